@@ -1,0 +1,1 @@
+"""The embedded demo model: its configs, weights and loader (see README)."""

@@ -1,0 +1,375 @@
+"""The only bridge between the engine (models/) and ComfyUI's internals.
+
+Engine code reports and yields through these calls and nothing else:
+
+- ``compute_device()``, ``offload_device()``, ``default_dtype(device)``, ``empty_cache()``
+- ``progress(total, desc)``: a reporter whose every update is also the cancel point. Inside ComfyUI it
+  drives ``comfy.utils.ProgressBar`` (with optional JPEG previews); outside it draws a terminal bar.
+- ``check_interrupt()`` and ``Interrupted`` (ComfyUI's own exception class when ComfyUI is present).
+- model folders: ``model_folders(kind)``, ``list_models(kind)``, ``model_path(kind, name)``. Inside
+  ComfyUI they are ``folder_paths``; outside, ``<root>/<kind>`` with the root taken from
+  ``set_models_root()`` (the CLI's ``--models-dir``), else ``$INTERPLAY_MODELS_DIR``, else ``./models``.
+- output/temp directories for nodes that write files.
+
+Nothing here imports ``comfy`` or ``folder_paths`` at module level; ComfyUI is detected lazily, so the
+engine imports and runs the same with or without it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+# Sub-folder names shared by ComfyUI and the standalone layout. sam2 and interplay are ours and get
+# registered with ComfyUI by register_model_folders(); the others are ComfyUI's own keys.
+MODEL_FOLDERS = (
+    "diffusion_models",
+    "vae",
+    "text_encoders",
+    "clip_vision",
+    "checkpoints",
+    "controlnet",
+    "loras",
+    "diffusers",
+    "sam2",
+    "interplay",
+)
+PACK_FOLDERS = ("sam2", "interplay")
+WEIGHT_EXTENSIONS = (".safetensors", ".sft")
+
+_models_root: Path | None = None
+_output_dir: Path | None = None
+_interrupt = threading.Event()
+_force_standalone = False  # tests flip this to exercise the standalone path with ComfyUI importable
+
+
+def _comfy():
+    """Return (model_management, utils, folder_paths) when running inside ComfyUI, else None."""
+    if _force_standalone:
+        return None
+    if "comfy.model_management" not in sys.modules and "folder_paths" not in sys.modules:
+        # Inside ComfyUI both are imported long before any custom node; never import them ourselves
+        # from a plain Python process (a stray `comfy` package on sys.path must not switch modes).
+        return None
+    try:
+        import comfy.model_management as mm  # type: ignore
+        import comfy.utils as cu  # type: ignore
+        import folder_paths  # type: ignore
+    except Exception:  # pragma: no cover - partial ComfyUI installs
+        return None
+    return mm, cu, folder_paths
+
+
+def in_comfyui() -> bool:
+    return _comfy() is not None
+
+
+# --------------------------------------------------------------------------------------------- errors
+class Interrupted(Exception):
+    """Raised at a progress update after a cancel. Inside ComfyUI this name is rebound to ComfyUI's own
+    InterruptProcessingException (see bind_comfyui), so ``except runtime.Interrupted`` catches a UI cancel;
+    engine code catches it to clean up (save a checkpoint) and re-raises."""
+
+
+def bind_comfyui() -> bool:
+    """Adopt ComfyUI's interrupt exception when running inside ComfyUI. Called at import; idempotent."""
+    global Interrupted
+    c = _comfy()
+    if c is None:
+        return False
+    Interrupted = c[0].InterruptProcessingException
+    return True
+
+
+def request_interrupt() -> None:
+    """Standalone cancel (the headless runner's Ctrl-C); inside ComfyUI use its /interrupt."""
+    _interrupt.set()
+
+
+def clear_interrupt() -> None:
+    _interrupt.clear()
+
+
+def check_interrupt() -> None:
+    c = _comfy()
+    if c is not None:
+        c[0].throw_exception_if_processing_interrupted()
+    if _interrupt.is_set():
+        _interrupt.clear()
+        raise Interrupted("interrupted")
+
+
+# -------------------------------------------------------------------------------------------- devices
+def compute_device() -> torch.device:
+    c = _comfy()
+    if c is not None:
+        return c[0].get_torch_device()
+    forced = os.environ.get("INTERPLAY_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    c = _comfy()
+    if c is not None:
+        return c[0].unet_offload_device()
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    device = torch.device(device) if device is not None else compute_device()
+    if device.type == "cpu":
+        return torch.float32
+    c = _comfy()
+    if c is not None:
+        mm = c[0]
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if mm.should_use_fp16(device) else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """Map a widget value ("auto", "bf16", "fp16", "fp32") to a torch dtype."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name == "auto":
+        return default_dtype(device)
+    if name not in table:
+        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {name!r}")
+    return table[name]
+
+
+def empty_cache() -> None:
+    c = _comfy()
+    if c is not None:
+        c[0].soft_empty_cache()
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def interrupt_aware_sleep(seconds: float) -> None:  # used by tests of the cancel path
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        check_interrupt()
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------------------- progress
+class Progress:
+    """Progress reporter. Call ``update(n=1, preview=None, text=None)`` or ``set(value)``.
+
+    Every update checks for an interrupt. ``preview`` is a zero-argument callable returning a PIL image;
+    it is only called when a UI can show it (inside ComfyUI), so computing it costs nothing headless.
+    """
+
+    def __init__(self, total: int, desc: str = "", stream=None, min_interval: float = 0.1):
+        self.total = max(int(total), 1)
+        self.value = 0
+        self.desc = desc
+        self.text = ""
+        self.start = time.monotonic()
+        self._stream = stream if stream is not None else sys.stderr
+        self._last_draw = 0.0
+        self._min_interval = min_interval
+        c = _comfy()
+        self._bar = c[1].ProgressBar(self.total) if c is not None else None
+
+    def update(self, n: int = 1, preview: Callable | None = None, text: str | None = None) -> None:
+        self.set(self.value + n, preview=preview, text=text)
+
+    def set(self, value: int, preview: Callable | None = None, text: str | None = None) -> None:
+        self.value = min(int(value), self.total)
+        if text is not None:
+            self.text = text
+        if self._bar is not None:
+            shown = None
+            if preview is not None:
+                img = preview()
+                if img is not None:
+                    shown = ("JPEG", img, 512)
+            self._bar.update_absolute(self.value, self.total, shown)
+        else:
+            self._draw()
+        check_interrupt()
+
+    def eta(self) -> float | None:
+        if self.value <= 0:
+            return None
+        elapsed = time.monotonic() - self.start
+        return elapsed / self.value * (self.total - self.value)
+
+    def line(self) -> str:
+        width = 24
+        filled = int(width * self.value / self.total)
+        eta = self.eta()
+        eta_s = "?" if eta is None else _fmt_seconds(eta)
+        parts = [f"{self.desc}" if self.desc else "", f"[{'#' * filled}{'.' * (width - filled)}]",
+                 f"{self.value}/{self.total}", f"ETA {eta_s}"]
+        if self.text:
+            parts.append(self.text)
+        return " ".join(p for p in parts if p)
+
+    def _draw(self) -> None:
+        now = time.monotonic()
+        done = self.value >= self.total
+        if not done and now - self._last_draw < self._min_interval:
+            return
+        self._last_draw = now
+        stream = self._stream
+        if stream is None or os.environ.get("INTERPLAY_QUIET"):
+            return
+        tty = getattr(stream, "isatty", lambda: False)()
+        if tty:
+            stream.write("\r" + self.line() + ("\n" if done else ""))
+        elif done or self.value == 1:
+            stream.write(self.line() + "\n")
+        stream.flush()
+
+    def close(self) -> None:
+        if self._bar is None and self.value < self.total:
+            stream = self._stream
+            if stream is not None and getattr(stream, "isatty", lambda: False)():
+                stream.write("\n")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def progress(total: int, desc: str = "") -> Progress:
+    return Progress(total, desc)
+
+
+# ------------------------------------------------------------------------------------- model folders
+def set_models_root(path: str | os.PathLike | None) -> None:
+    """Standalone models root (the CLI's --models-dir). None falls back to the environment."""
+    global _models_root
+    _models_root = Path(path).expanduser().resolve() if path is not None else None
+
+
+def models_root() -> Path:
+    if _models_root is not None:
+        return _models_root
+    env = os.environ.get("INTERPLAY_MODELS_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("models").resolve()
+
+
+def register_model_folders() -> None:
+    """Inside ComfyUI, add the pack's own folders (models/sam2, models/interplay). Idempotent."""
+    c = _comfy()
+    if c is None:
+        return
+    fp = c[2]
+    for name in PACK_FOLDERS:
+        path = os.path.join(fp.models_dir, name)
+        if name not in fp.folder_names_and_paths or path not in fp.folder_names_and_paths[name][0]:
+            fp.add_model_folder_path(name, path)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_FOLDERS:
+        raise ValueError(f"unknown model folder {kind!r}; expected one of {', '.join(MODEL_FOLDERS)}")
+
+
+def model_folders(kind: str) -> list[Path]:
+    """Every folder searched for models of this kind, in priority order."""
+    _check_kind(kind)
+    c = _comfy()
+    if c is not None:
+        fp = c[2]
+        try:
+            return [Path(p) for p in fp.get_folder_paths(kind)]
+        except KeyError:
+            return [Path(fp.models_dir) / kind]
+    return [models_root() / kind]
+
+
+def list_models(kind: str, extensions: Iterable[str] | None = WEIGHT_EXTENSIONS,
+                folders_only: bool = False) -> list[str]:
+    """Relative names of the files (or, with folders_only, sub-folders) under the kind's folders."""
+    names: set[str] = set()
+    for base in model_folders(kind):
+        if not base.is_dir():
+            continue
+        if folders_only:
+            names.update(p.name for p in base.iterdir() if p.is_dir())
+            continue
+        for p in base.rglob("*"):
+            if p.is_file() and (extensions is None or p.suffix.lower() in extensions):
+                names.add(p.relative_to(base).as_posix())
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> Path:
+    """Resolve a model file or folder name inside the kind's folders.
+
+    Names may contain sub-folders but never escape the folder (``..``, absolute paths): the pack
+    reads nothing outside the model folders it is given.
+    """
+    _check_kind(kind)
+    if not name or name.strip() == "":
+        raise ValueError(f"no {kind} model name given; put the file in {model_folders(kind)[0]} and pick it")
+    searched = model_folders(kind)
+    for base in searched:
+        base = base.resolve()
+        cand = (base / name).resolve()
+        if base != cand and base not in cand.parents:
+            raise ValueError(f"model name {name!r} points outside the {kind} folder {base}; "
+                             "use a name relative to that folder")
+        if cand.exists():
+            return cand
+    where = ", ".join(str(s) for s in searched)
+    raise FileNotFoundError(f"{kind} model {name!r} not found; searched: {where}. "
+                            f"Put the file there (ComfyUI: models/{kind}/) or pass --models-dir.")
+
+
+# ----------------------------------------------------------------------------------------- file i/o
+def set_output_directory(path: str | os.PathLike | None) -> None:
+    global _output_dir
+    _output_dir = Path(path).resolve() if path is not None else None
+
+
+def output_directory() -> Path:
+    c = _comfy()
+    if c is not None:
+        return Path(c[2].get_output_directory())
+    return _output_dir if _output_dir is not None else Path("output").resolve()
+
+
+def temp_directory() -> Path:
+    c = _comfy()
+    if c is not None:
+        return Path(c[2].get_temp_directory())
+    return output_directory() / "temp"
+
+
+def input_directory() -> Path:
+    c = _comfy()
+    if c is not None:
+        return Path(c[2].get_input_directory())
+    return Path(os.environ.get("INTERPLAY_INPUT_DIR", "input")).resolve()
+
+
+bind_comfyui()
