@@ -1,0 +1,1 @@
+"""Segmentation: SAM2 image prompts and video propagation."""
