@@ -1,0 +1,905 @@
+"""Headless graph runner: `interplay run WORKFLOW.json` executes a ComfyUI workflow without ComfyUI.
+
+Both of ComfyUI's formats are read:
+
+- the API format, ``{id: {"class_type": ..., "inputs": {name: value | [src_id, output_index]}}}``;
+- the UI format the frontend saves (``nodes`` with positional ``widgets_values``, ``links``), converted the
+  way the frontend's ``graphToPrompt`` does: widgets are matched in INPUT_TYPES order (required, then
+  optional), a seed widget is followed by its ``control_after_generate`` value, muted nodes (mode 2) are
+  dropped, bypassed nodes (mode 4) pass a same-typed input through, Reroute and PrimitiveNode are resolved,
+  Note/MarkdownNote and groups are ignored.
+
+Validation mirrors ComfyUI's /prompt (``execution.validate_prompt``): errors are dicts with ``type``,
+``message``, ``details`` and ``extra_info.input_name``, plus the ``node_id`` and ``class_type`` they belong to;
+``prompt_response(errors)`` builds /prompt's ``{"error", "node_errors"}`` body. Only the nodes an output node
+depends on are validated and run, in dependency order; nothing executes when validation fails.
+
+Public API: load_workflow, ui_to_api, api_to_ui, validate, execute, format_errors, cli_main.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..models import runtime
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
+UPLOAD_OPTIONS = {"image_upload": "image", "video_upload": "video", "audio_upload": "audio"}
+IGNORED_UI_NODES = ("Note", "MarkdownNote")
+VIRTUAL_UI_NODES = ("Reroute", "PrimitiveNode") + IGNORED_UI_NODES
+MODE_MUTED, MODE_BYPASS = 2, 4
+
+
+class WorkflowError(ValueError):
+    """A workflow file that cannot be read or converted (bad JSON, unknown layout)."""
+
+
+class ValidationFailed(ValueError):
+    """Raised by execute() when the prompt does not validate; ``.errors`` holds the /prompt-shaped list."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors
+        super().__init__(format_errors(errors))
+
+
+class NodeExecutionError(RuntimeError):
+    """A node raised while running; names the node id, class and the original exception."""
+
+    def __init__(self, node_id: str, class_type: str, exc: BaseException):
+        self.node_id, self.class_type, self.original = node_id, class_type, exc
+        super().__init__(f"node {node_id} ({class_type}) failed: {type(exc).__name__}: {exc}")
+
+
+class Outputs(dict):
+    """execute()'s result: node id -> tuple of that node's outputs (a slot is a list when the node ran over
+    a list or declares OUTPUT_IS_LIST); ``.ui`` maps output node ids to the ``ui`` dict they returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.ui: dict[str, dict] = {}
+
+
+# ------------------------------------------------------------------------------------ input specs
+def _default_classes() -> Mapping[str, type]:
+    from . import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS
+
+
+def _input_types(cls: type) -> dict:
+    spec = cls.INPUT_TYPES() or {}
+    return {k: dict(spec.get(k) or {}) for k in ("required", "optional", "hidden")}
+
+
+def _spec_type_options(spec: tuple | list) -> tuple[Any, dict]:
+    typ = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if typ == "COMBO" and "options" in opts:  # newer string-typed combo declaration
+        typ = list(opts["options"])
+    return typ, opts
+
+
+def _is_widget(spec) -> bool:
+    typ, opts = _spec_type_options(spec)
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES
+
+
+def _has_control(name: str, spec) -> bool:
+    typ, opts = _spec_type_options(spec)
+    if opts.get("control_after_generate"):
+        return True
+    return typ == "INT" and name in ("seed", "noise_seed")
+
+
+def _upload_value(spec) -> str | None:
+    _, opts = _spec_type_options(spec)
+    for key, value in UPLOAD_OPTIONS.items():
+        if opts.get(key):
+            return value
+    return None
+
+
+def _widget_inputs(cls: type) -> list[tuple[str, tuple]]:
+    """(name, spec) of every input the frontend draws as a widget, in the frontend's order."""
+    it = _input_types(cls)
+    return [(n, s) for cat in ("required", "optional") for n, s in it[cat].items() if _is_widget(s)]
+
+
+def _type_name(typ) -> str:
+    return "COMBO" if isinstance(typ, (list, tuple)) else str(typ)
+
+
+def _widget_default(spec):
+    typ, opts = _spec_type_options(spec)
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(typ, (list, tuple)):
+        return typ[0] if typ else ""
+    return {"INT": opts.get("min", 0) if opts.get("min", 0) > 0 else 0,
+            "FLOAT": float(opts.get("min", 0.0)) if opts.get("min", 0.0) > 0 else 0.0,
+            "STRING": "", "BOOLEAN": False}.get(typ)
+
+
+# ------------------------------------------------------------------------------------ loading
+def _read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"workflow file {str(path)!r} not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise WorkflowError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def is_ui_workflow(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
+
+
+def load_workflow(path: str | os.PathLike, node_classes: Mapping[str, type] | None = None) -> dict:
+    """Read a workflow file in either format and return the API prompt ``{id: {class_type, inputs}}``."""
+    data = _read_json(path)
+    return to_api(data, node_classes, source=str(path))
+
+
+def to_api(data: Any, node_classes: Mapping[str, type] | None = None, source: str = "workflow") -> dict:
+    if is_ui_workflow(data):
+        return ui_to_api(data, node_classes)
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "nodes" not in data:
+        data = data["prompt"]  # a saved /prompt request body
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        return {str(k): dict(v, inputs=dict(v.get("inputs") or {})) for k, v in data.items()}
+    raise WorkflowError(f"{source}: neither a UI workflow (a 'nodes' list) nor an API prompt "
+                        "({id: {class_type, inputs}}); save it from ComfyUI with Save or Export (API)")
+
+
+# ------------------------------------------------------------------------------------ UI -> API
+def _ui_links(ui: dict) -> dict[int, dict]:
+    links = {}
+    for link in ui.get("links") or []:
+        if isinstance(link, dict):  # schema 1 objects
+            entry = {k: link.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")}
+        else:  # schema 0.4 arrays [id, origin_id, origin_slot, target_id, target_slot, type]
+            entry = dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+        links[entry["id"]] = entry
+    return links
+
+
+def _assign_widgets(values: list, widgets: list[tuple[str, tuple]]) -> tuple[dict, int]:
+    """Walk ``widgets_values`` over the widget inputs; returns ({name: value}, number of values consumed)."""
+    out, i = {}, 0
+    for name, spec in widgets:
+        if i >= len(values):
+            break
+        out[name] = values[i]
+        i += 1
+        if _has_control(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
+            i += 1  # control_after_generate: applied by the frontend after queueing, not an input
+        upload = _upload_value(spec)
+        if upload is not None and i < len(values) and values[i] == upload:
+            i += 1  # the upload button's own widget value
+    return out, i
+
+
+def _widget_values(node: dict, cls: type) -> dict:
+    values = node.get("widgets_values")
+    widgets = _widget_inputs(cls)
+    if isinstance(values, dict):  # some nodes save widgets by name
+        return {n: values[n] for n, _ in widgets if n in values}
+    values = list(values or [])
+    # The frontend keeps a widget (and its value) when the widget is converted to an input, so values
+    # cover every widget; files written by tools that drop linked widgets are accepted when only that
+    # reading fits the widgets' types.
+    full, used = _assign_widgets(values, widgets)
+    if used == len(values) and _plausible(full, widgets):
+        return full
+    linked = {inp.get("name") for inp in node.get("inputs") or [] if inp.get("link") is not None}
+    sparse = [(n, s) for n, s in widgets if n not in linked]
+    alt, used_alt = _assign_widgets(values, sparse)
+    if sparse != widgets and used_alt == len(values) and _plausible(alt, sparse):
+        return alt
+    return full
+
+
+def _plausible(assigned: dict, widgets: list[tuple[str, tuple]]) -> bool:
+    for name, spec in widgets:
+        if name not in assigned:
+            continue
+        v = assigned[name]
+        typ, _ = _spec_type_options(spec)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if isinstance(typ, (list, tuple)):
+            ok = v in typ or isinstance(v, str)
+        else:
+            ok = {"INT": number, "FLOAT": number, "BOOLEAN": isinstance(v, bool),
+                  "STRING": isinstance(v, str)}.get(typ, True)
+        if not ok:
+            return False
+    return True
+
+
+def ui_to_api(ui: dict, node_classes: Mapping[str, type] | None = None) -> dict:
+    """Convert a UI workflow (what the frontend saves) to an API prompt, like the frontend's graphToPrompt."""
+    node_classes = _default_classes() if node_classes is None else node_classes
+    if ui.get("definitions", {}).get("subgraphs"):
+        raise WorkflowError("workflow uses subgraphs, which the headless runner does not expand; "
+                            "unpack them in ComfyUI (right-click > Unpack Subgraph) and save again")
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    links = _ui_links(ui)
+
+    def input_link(node: dict, slot: int | str):
+        inputs = node.get("inputs") or []
+        slot = int(slot)
+        if slot < 0 or slot >= len(inputs):
+            return None
+        lid = inputs[slot].get("link")
+        return links.get(lid) if lid is not None else None
+
+    def resolve(link: dict | None, want_type: str | None) -> tuple[str, Any]:
+        """Follow a link upstream through Reroutes and bypassed nodes. Returns ("link", link),
+        ("primitive", node), ("drop", None) when the source is removed (muted, or bypassed with no input of
+        the wanted type: the input goes missing, as in the frontend) or ("none", None) for a dangling reroute."""
+        seen = set()
+        while link is not None:
+            parent = nodes.get(link["origin_id"])
+            if parent is None:
+                return "link", link  # dangling: validation names the missing node
+            if parent["id"] in seen:
+                return "drop", None
+            seen.add(parent["id"])
+            ptype = parent.get("type")
+            if ptype == "PrimitiveNode":
+                return "primitive", parent
+            if ptype in IGNORED_UI_NODES:
+                return "drop", None
+            if ptype == "Reroute":
+                link = input_link(parent, 0)
+                continue
+            mode = parent.get("mode", 0)
+            if mode == MODE_BYPASS:
+                pinputs = parent.get("inputs") or []
+                order = [int(link.get("origin_slot") or 0)] + list(range(len(pinputs)))
+                k = next((k for k in order if k < len(pinputs) and want_type is not None
+                          and pinputs[k].get("type") == want_type), None)
+                if k is None:
+                    return "drop", None
+                link = input_link(parent, k)
+                if link is None:
+                    return "drop", None
+                continue
+            if mode == MODE_MUTED:
+                return "drop", None
+            return "link", link
+        return "none", None
+
+    prompt: dict[str, dict] = {}
+    for node in sorted(ui["nodes"], key=lambda n: (n.get("order", 0), n["id"])):
+        ntype = node.get("type")
+        if ntype in VIRTUAL_UI_NODES or node.get("mode", 0) in (MODE_MUTED, MODE_BYPASS):
+            continue
+        cls = node_classes.get(ntype)
+        inputs: dict[str, Any] = {}
+        if cls is not None:
+            inputs.update(_widget_values(node, cls))
+        for slot, inp in enumerate(node.get("inputs") or []):
+            if inp.get("link") is None:
+                continue
+            name = inp.get("name") or (inp.get("widget") or {}).get("name")
+            want = inp.get("type")
+            kind, got = resolve(links.get(inp["link"]), want)
+            if kind == "drop":
+                inputs.pop(name, None)
+            elif kind == "primitive":
+                # The frontend copies a PrimitiveNode's value into the widget it drives before queueing.
+                pvals = got.get("widgets_values") or []
+                if pvals:
+                    inputs[name] = pvals[0]
+            elif kind == "link":
+                inputs[name] = [str(got["origin_id"]), int(got.get("origin_slot") or 0)]
+        entry = {"class_type": ntype, "inputs": inputs}
+        title = node.get("title")
+        entry["_meta"] = {"title": title if title else ntype}
+        prompt[str(node["id"])] = entry
+    return prompt
+
+
+# ------------------------------------------------------------------------------------ API -> UI
+def _depths(prompt: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(nid: str, stack: set) -> int:
+        if nid in depth:
+            return depth[nid]
+        if nid in stack or nid not in prompt:
+            return -1
+        stack.add(nid)
+        ups = [visit(str(v[0]), stack) for v in prompt[nid]["inputs"].values() if _is_link(v)]
+        stack.discard(nid)
+        depth[nid] = 1 + max(ups, default=-1)
+        return depth[nid]
+
+    for nid in prompt:
+        visit(nid, set())
+    return depth
+
+
+def _node_size(cls: type | None, n_sockets: int, widgets: list) -> list[int]:
+    h = 26 + 22 * n_sockets
+    for name, spec in widgets:
+        typ, opts = _spec_type_options(spec)
+        h += 90 if (typ == "STRING" and opts.get("multiline")) else 26
+        h += 26 if _has_control(name, spec) else 0
+    return [340, max(h, 60)]
+
+
+def api_to_ui(prompt: dict, node_classes: Mapping[str, type] | None = None) -> dict:
+    """Lay an API prompt out as a UI workflow the ComfyUI frontend loads (schema 0.4): one column per
+    dependency depth, seed widgets followed by "fixed" so reruns reproduce."""
+    node_classes = _default_classes() if node_classes is None else node_classes
+    ids = list(prompt)
+    numeric = all(str(i).isdigit() for i in ids)
+    uid = {nid: (int(nid) if numeric else k + 1) for k, nid in enumerate(ids)}
+    depth = _depths(prompt)
+    order = sorted(ids, key=lambda n: (depth.get(n, 0), uid[n]))
+    col_y: dict[int, float] = {}
+    ui_nodes, ui_links = [], []
+    node_by_id: dict[str, dict] = {}
+
+    for idx, nid in enumerate(order):
+        entry = prompt[nid]
+        ctype = entry["class_type"]
+        cls = node_classes.get(ctype)
+        if cls is None:
+            raise WorkflowError(f"node {nid}: class_type {ctype!r} is not a node of this pack")
+        it = _input_types(cls)
+        widgets = _widget_inputs(cls)
+        inputs = entry.get("inputs") or {}
+        ui_inputs, values = [], []
+        for cat in ("required", "optional"):
+            for name, spec in it[cat].items():
+                typ, _ = _spec_type_options(spec)
+                if _is_widget(spec):
+                    val = inputs.get(name)
+                    if _is_link(val):
+                        ui_inputs.append({"name": name, "type": _type_name(typ), "link": None,
+                                          "widget": {"name": name}})
+                        val = _widget_default(spec)
+                    elif name not in inputs:
+                        val = _widget_default(spec)
+                    elif isinstance(val, dict) and "__value__" in val:
+                        val = val["__value__"]
+                    values.append(val)
+                    if _has_control(name, spec):
+                        values.append("fixed")
+                    if _upload_value(spec):
+                        values.append(_upload_value(spec))
+                else:
+                    ui_inputs.append({"name": name, "type": _type_name(typ), "link": None})
+        rtypes = list(getattr(cls, "RETURN_TYPES", ()))
+        rnames = list(getattr(cls, "RETURN_NAMES", None) or rtypes)
+        is_list = list(getattr(cls, "OUTPUT_IS_LIST", None) or [False] * len(rtypes))
+        ui_outputs = []
+        for k, t in enumerate(rtypes):
+            out = {"name": rnames[k], "type": _type_name(t), "links": None, "slot_index": k}
+            if k < len(is_list) and is_list[k]:
+                out["shape"] = 6
+            ui_outputs.append(out)
+        d = depth.get(nid, 0)
+        size = _node_size(cls, max(len([i for i in ui_inputs if "widget" not in i]), len(ui_outputs)), widgets)
+        y = col_y.get(d, 50.0)
+        col_y[d] = y + size[1] + 60
+        node = {"id": uid[nid], "type": ctype, "pos": [50 + 400 * d, y], "size": size, "flags": {},
+                "order": idx, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs,
+                "properties": {"Node name for S&R": ctype}, "widgets_values": values}
+        title = (entry.get("_meta") or {}).get("title")
+        if title and title != ctype:
+            node["title"] = title
+        node_by_id[nid] = node
+        ui_nodes.append(node)
+
+    link_id = 0
+    for nid in order:
+        node = node_by_id[nid]
+        for inp in node["inputs"]:
+            val = (prompt[nid].get("inputs") or {}).get(inp["name"])
+            if not _is_link(val):
+                continue
+            src = node_by_id.get(str(val[0]))
+            if src is None:
+                raise WorkflowError(f"node {nid} input {inp['name']!r} links to node {val[0]}, "
+                                    "which is not in the prompt")
+            slot = int(val[1])
+            if slot >= len(src["outputs"]):
+                raise WorkflowError(f"node {nid} input {inp['name']!r} links to output {slot} of node "
+                                    f"{val[0]}, which has {len(src['outputs'])} outputs")
+            link_id += 1
+            ltype = src["outputs"][slot]["type"]
+            ui_links.append([link_id, src["id"], slot, node["id"], node["inputs"].index(inp), ltype])
+            inp["link"] = link_id
+            src["outputs"][slot]["links"] = (src["outputs"][slot]["links"] or []) + [link_id]
+    # Sockets first, then converted widgets: the order the frontend writes them in.
+    for node in ui_nodes:
+        node["inputs"] = [i for i in node["inputs"] if "widget" not in i] + \
+                         [i for i in node["inputs"] if "widget" in i and i["link"] is not None]
+    for link in ui_links:
+        target = next(n for n in ui_nodes if n["id"] == link[3])
+        link[4] = next(k for k, i in enumerate(target["inputs"]) if i["link"] == link[0])
+    ui_nodes.sort(key=lambda n: n["id"])
+    return {"last_node_id": max((n["id"] for n in ui_nodes), default=0), "last_link_id": link_id,
+            "nodes": ui_nodes, "links": ui_links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+
+
+# ------------------------------------------------------------------------------------ validation
+def _is_link(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+            and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+def types_match(received: str, expected: str) -> bool:
+    """Output type vs input type: equal, either "*", or overlapping comma-separated unions."""
+    if received == expected or received == "*" or expected == "*":
+        return True
+    if not isinstance(received, str) or not isinstance(expected, str):
+        return False
+    a = {t.strip() for t in received.split(",")}
+    b = {t.strip() for t in expected.split(",")}
+    return bool(a & b) or "*" in a or "*" in b
+
+
+def _err(kind: str, message: str, details: str, node_id=None, class_type=None, **extra) -> dict:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra,
+            "node_id": None if node_id is None else str(node_id), "class_type": class_type}
+
+
+def output_nodes(prompt: dict, node_classes: Mapping[str, type]) -> list[str]:
+    return [nid for nid, e in prompt.items()
+            if getattr(node_classes.get(e.get("class_type")), "OUTPUT_NODE", False) is True]
+
+
+def _needed(prompt: dict, outputs: Iterable[str]) -> list[str]:
+    """Node ids the outputs depend on (outputs included), in a stable dependency order; cycles left out."""
+    state: dict[str, int] = {}
+    order: list[str] = []
+
+    def key(n):
+        return (0, int(n), "") if str(n).isdigit() else (1, 0, str(n))
+
+    def visit(nid: str):
+        if state.get(nid) == 2 or nid not in prompt:
+            return
+        if state.get(nid) == 1:
+            raise _Cycle(nid)
+        state[nid] = 1
+        ups = sorted({str(v[0]) for v in prompt[nid]["inputs"].values() if _is_link(v)}, key=key)
+        for up in ups:
+            visit(up)
+        state[nid] = 2
+        order.append(nid)
+
+    for o in sorted(outputs, key=key):
+        visit(o)
+    return order
+
+
+class _Cycle(Exception):
+    pass
+
+
+def _model_folder_hint(name: str, opts: dict) -> str:
+    kind = opts.get("model_folder") or opts.get("folder")
+    if kind:
+        try:
+            where = ", ".join(str(p) for p in runtime.model_folders(kind))
+        except ValueError:
+            where = kind
+        return f"; the choices are the files in the {kind} model folder ({where})"
+    return (f"; if this is a model file, put it in the model folder this input lists (models root "
+            f"{runtime.models_root()}, set with --models-dir)")
+
+
+def _coerce(typ, value):
+    if typ == "INT":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not a whole number")
+        return int(value)
+    if typ == "FLOAT":
+        return float(value)
+    if typ == "STRING":
+        return str(value)
+    if typ == "BOOLEAN":
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(f"{value!r} is not true/false")
+        return bool(value)
+    return value
+
+
+def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> list[dict]:
+    entry = prompt[nid]
+    ctype = entry["class_type"]
+    cls = node_classes[ctype]
+    it = _input_types(cls)
+    inputs = entry["inputs"]
+    errors = []
+    E = lambda kind, msg, det, **kw: errors.append(_err(kind, msg, det, nid, ctype, **kw))  # noqa: E731
+    vfunc = getattr(cls, "VALIDATE_INPUTS", None)
+    vargs: list[str] = []
+    vkw = False
+    if vfunc is not None:
+        spec = inspect.getfullargspec(vfunc)
+        vargs, vkw = [a for a in spec.args if a not in ("cls", "self", "s")], spec.varkw is not None
+    received_types = {}
+    for cat in ("required", "optional"):
+        for name, spec in it[cat].items():
+            typ, opts = _spec_type_options(spec)
+            expected = _type_name(typ)
+            if name not in inputs:
+                if cat == "required":
+                    E("required_input_missing", "Required input is missing",
+                      f"{name} (expected {expected}): connect it or give it a value", input_name=name)
+                continue
+            val = inputs[name]
+            if isinstance(val, list) and not _is_link(val):
+                E("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                  f"{name}: got {val!r}", input_name=name, received_value=val)
+                continue
+            if _is_link(val):
+                src_id, slot = str(val[0]), val[1]
+                if src_id not in prompt:
+                    E("bad_linked_input", "Input is linked to a node that is not in the workflow",
+                      f"{name}: linked to node {src_id}, which does not exist (expected a {expected} output)",
+                      input_name=name, linked_node=val)
+                    continue
+                src_cls = node_classes.get(prompt[src_id]["class_type"])
+                rtypes = list(getattr(src_cls, "RETURN_TYPES", ()))
+                if not 0 <= slot < len(rtypes):
+                    E("bad_linked_input", "Input is linked to an output index that does not exist",
+                      f"{name}: linked to output {slot} of node {src_id} "
+                      f"({prompt[src_id]['class_type']}), which has {len(rtypes)} output(s); "
+                      f"expected a {expected} output", input_name=name, linked_node=val)
+                    continue
+                received = _type_name(rtypes[slot])
+                received_types[name] = received
+                if "input_types" not in vargs and not types_match(received, expected):
+                    E("return_type_mismatch", "Return type mismatch between linked nodes",
+                      f"{name}, received_type({received}) mismatch input_type({expected}): node {src_id} "
+                      f"output {slot} gives {received}, this input expects {expected}",
+                      input_name=name, received_type=received, linked_node=val)
+                continue
+            if isinstance(val, dict) and "__value__" in val:
+                val = val["__value__"]
+            try:
+                val = _coerce(typ, val)
+            except (TypeError, ValueError) as ex:
+                E("invalid_input_type", f"Failed to convert an input value to a {expected} value",
+                  f"{name}, {val!r}, {ex}", input_name=name, received_value=val)
+                continue
+            inputs[name] = val
+            if name in vargs or vkw:
+                continue  # the node validates this input itself, as in ComfyUI
+            if typ in ("INT", "FLOAT"):
+                lo, hi = opts.get("min"), opts.get("max")
+                if lo is not None and val < lo:
+                    E("value_smaller_than_min", f"Value {val} smaller than min of {lo}",
+                      f"{name}: expected {expected} in [{lo}, {hi if hi is not None else 'inf'}], got {val}",
+                      input_name=name, received_value=val)
+                    continue
+                if hi is not None and val > hi:
+                    E("value_bigger_than_max", f"Value {val} bigger than max of {hi}",
+                      f"{name}: expected {expected} in [{lo if lo is not None else '-inf'}, {hi}], got {val}",
+                      input_name=name, received_value=val)
+                    continue
+                step = opts.get("step")
+                if typ == "INT" and step and step > 1:
+                    base = lo if lo is not None else 0
+                    if (val - base) % step:
+                        E("value_not_on_step", f"Value {val} is not on the step of {step}",
+                          f"{name}: expected {base} + a multiple of {step}, got {val}",
+                          input_name=name, received_value=val)
+                        continue
+            if isinstance(typ, (list, tuple)) and val not in typ:
+                shown = str(list(typ)) if len(typ) <= 20 else f"(list of length {len(typ)})"
+                if not typ:
+                    det = f"{name}: {val!r} not in [] (no choices available{_model_folder_hint(name, opts)})"
+                else:
+                    det = f"{name}: {val!r} not in {shown}"
+                E("value_not_in_list", "Value not in list", det, input_name=name, received_value=val)
+    if errors or vfunc is None:
+        return errors
+    call = {k: v for k, v in inputs.items() if (k in vargs or vkw) and not _is_link(v)}
+    if "input_types" in vargs:
+        call["input_types"] = received_types
+    try:
+        ret = vfunc(**call)  # ComfyUI calls it on the class: a classmethod, or a plain function without self
+    except Exception as ex:  # a VALIDATE_INPUTS that raises is a validation failure, not a crash
+        ret = f"{type(ex).__name__}: {ex}"
+    if ret is not True:
+        names = ", ".join(k for k in call if k != "input_types") or "inputs"
+        E("custom_validation_failed", "Custom validation failed for node",
+          names + ("" if ret is False else f" - {ret}"), input_name=names)
+    return errors
+
+
+def validate(prompt: dict, node_classes: Mapping[str, type] | None = None) -> list[dict]:
+    """Check a prompt like ComfyUI's /prompt; returns a list of errors (empty when valid).
+
+    Each error: {type, message, details, extra_info: {input_name, ...}, node_id, class_type}. Widget
+    values are converted to their declared type in place (INT/FLOAT/STRING/BOOLEAN), as ComfyUI does.
+    """
+    node_classes = _default_classes() if node_classes is None else node_classes
+    if not isinstance(prompt, dict):
+        return [_err("invalid_prompt", "Prompt must be an object of nodes", type(prompt).__name__)]
+    errors: list[dict] = []
+    for nid, entry in prompt.items():
+        if not isinstance(entry, dict) or "class_type" not in entry:
+            errors.append(_err("invalid_prompt", "Cannot execute because a node is missing the class_type "
+                               "property.", f"Node ID '#{nid}'", nid))
+            continue
+        entry.setdefault("inputs", {})
+        if entry["class_type"] not in node_classes:
+            errors.append(_err("invalid_prompt", f"Cannot execute because node {entry['class_type']} does "
+                               "not exist.", f"Node ID '#{nid}': {entry['class_type']!r} is not a node of this "
+                               "pack (a core ComfyUI node or another pack's node); the headless runner only "
+                               "runs Interplay nodes", nid, entry["class_type"]))
+    if errors:
+        return errors
+    outs = output_nodes(prompt, node_classes)
+    if not outs:
+        return [_err("prompt_no_outputs", "Prompt has no outputs",
+                     "no output node (one that saves or previews) in the workflow")]
+    try:
+        needed = _needed(prompt, outs)
+    except _Cycle as c:
+        nid = c.args[0]
+        return [_err("dependency_cycle", "Dependency cycle in prompt",
+                     f"node {nid} depends on itself through its links", nid, prompt[nid]["class_type"])]
+    for nid in needed:
+        errors += _validate_node(prompt, nid, node_classes)
+    return errors
+
+
+def prompt_response(errors: list[dict]) -> dict:
+    """The body ComfyUI's /prompt returns for these errors: {"error": {...}, "node_errors": {...}}."""
+    node_errors: dict[str, dict] = {}
+    for e in errors:
+        if e.get("node_id") is None:
+            continue
+        ne = node_errors.setdefault(e["node_id"], {"errors": [], "dependent_outputs": [],
+                                                   "class_type": e.get("class_type")})
+        ne["errors"].append({k: e[k] for k in ("type", "message", "details", "extra_info")})
+    top = next((e for e in errors if e["type"] in ("invalid_prompt", "prompt_no_outputs")), None)
+    if top is not None:
+        error = {k: top[k] for k in ("type", "message", "details", "extra_info")}
+    else:
+        error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                 "details": "\n".join(f"{e['message']}: {e['details']}" for e in errors), "extra_info": {}}
+    return {"error": error, "node_errors": node_errors}
+
+
+def format_errors(errors: list[dict]) -> str:
+    lines = []
+    for e in errors:
+        where = ""
+        if e.get("node_id") is not None:
+            where = f"node {e['node_id']} ({e.get('class_type')})"
+            name = (e.get("extra_info") or {}).get("input_name")
+            if name:
+                where += f" input {name!r}"
+            where += ": "
+        lines.append(f"{where}{e['message']}: {e['details']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ execution
+def _hidden_value(kind: str, nid: str, prompt: dict, extra: dict) -> Any:
+    if kind == "UNIQUE_ID":
+        return nid
+    if kind == "PROMPT":
+        return prompt
+    if kind == "EXTRA_PNGINFO":
+        return extra.get("extra_pnginfo")
+    return None
+
+
+def execute(prompt: dict, node_classes: Mapping[str, type] | None = None, *, extra_pnginfo: dict | None = None,
+            on_node=None) -> Outputs:
+    """Validate, then run every node an output node depends on, in dependency order.
+
+    Raises ValidationFailed (``.errors``) before running anything, or NodeExecutionError naming the node.
+    ``on_node(node_id, class_type)`` is called before each node runs.
+    """
+    node_classes = _default_classes() if node_classes is None else node_classes
+    errors = validate(prompt, node_classes)
+    if errors:
+        raise ValidationFailed(errors)
+    order = _needed(prompt, output_nodes(prompt, node_classes))
+    results: dict[str, list[list]] = {}  # node id -> per output slot, the list of values (ComfyUI's layout)
+    outputs = Outputs()
+    extra = {"extra_pnginfo": extra_pnginfo}
+    for nid in order:
+        runtime.check_interrupt()
+        entry = prompt[nid]
+        ctype = entry["class_type"]
+        cls = node_classes[ctype]
+        it = _input_types(cls)
+        data: dict[str, list] = {}
+        for name, val in entry["inputs"].items():
+            if name not in it["required"] and name not in it["optional"]:
+                continue
+            if _is_link(val):
+                data[name] = results[str(val[0])][val[1]]
+            else:
+                data[name] = [val["__value__"] if isinstance(val, dict) and "__value__" in val else val]
+        for name, spec in it["hidden"].items():
+            kind = spec if isinstance(spec, str) else spec[0]
+            data[name] = [_hidden_value(kind, nid, prompt, extra)]
+        if on_node is not None:
+            on_node(nid, ctype)
+        try:
+            obj = cls()
+            func = getattr(obj, cls.FUNCTION)
+            if getattr(cls, "INPUT_IS_LIST", False):
+                calls = [dict(data)]
+            else:
+                n = max((len(v) for v in data.values()), default=1)
+                if any(len(v) == 0 for v in data.values()):
+                    n = 0  # an empty list upstream: ComfyUI skips the node
+                calls = [{k: v[min(i, len(v) - 1)] for k, v in data.items()} for i in range(n)]
+            rets = [func(**kw) for kw in calls]
+        except runtime.Interrupted:
+            raise
+        except Exception as ex:
+            raise NodeExecutionError(nid, ctype, ex) from ex
+        rtypes = list(getattr(cls, "RETURN_TYPES", ()))
+        is_list = list(getattr(cls, "OUTPUT_IS_LIST", None) or [False] * len(rtypes))
+        slots: list[list] = [[] for _ in rtypes]
+        for r in rets:
+            if isinstance(r, dict):
+                if r.get("ui") is not None:
+                    ui = outputs.ui.setdefault(nid, {})
+                    for k, v in r["ui"].items():
+                        ui.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+                r = r.get("result") or ()
+            if r is None:
+                r = ()
+            if not isinstance(r, (tuple, list)):
+                raise NodeExecutionError(nid, ctype, TypeError(f"{cls.FUNCTION} returned {type(r).__name__}, "
+                                                               "expected a tuple"))
+            if len(r) < len(rtypes):
+                raise NodeExecutionError(nid, ctype, TypeError(
+                    f"{cls.FUNCTION} returned {len(r)} value(s), RETURN_TYPES declares {len(rtypes)}"))
+            for k in range(len(rtypes)):
+                if k < len(is_list) and is_list[k]:
+                    slots[k].extend(r[k])
+                else:
+                    slots[k].append(r[k])
+        results[nid] = slots
+        single = len(rets) == 1
+        outputs[nid] = tuple(s[0] if single and not (k < len(is_list) and is_list[k]) and s else s
+                             for k, s in enumerate(slots))
+    return outputs
+
+
+# ------------------------------------------------------------------------------------ --set
+def apply_overrides(prompt: dict, sets: Iterable[str], node_classes: Mapping[str, type]) -> list[dict]:
+    """Apply ``NODE_ID.INPUT=VALUE`` overrides, typed by the input's INPUT_TYPES; returns errors."""
+    errors = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        nid, dot, name = key.partition(".")
+        if not sep or not dot or not nid or not name:
+            errors.append(_err("invalid_override", "Bad --set", f"{item!r}: expected NODE_ID.INPUT=VALUE"))
+            continue
+        if nid not in prompt:
+            errors.append(_err("invalid_override", "Bad --set", f"{item!r}: no node {nid} in the workflow "
+                               f"(nodes: {', '.join(prompt)})"))
+            continue
+        ctype = prompt[nid].get("class_type")
+        cls = node_classes.get(ctype)
+        if cls is None:
+            errors.append(_err("invalid_override", "Bad --set", f"{item!r}: node type {ctype!r} is unknown",
+                               nid, ctype))
+            continue
+        it = _input_types(cls)
+        spec = it["required"].get(name) or it["optional"].get(name)
+        if spec is None:
+            names = ", ".join(list(it["required"]) + list(it["optional"]))
+            errors.append(_err("invalid_override", "Bad --set", f"{item!r}: {ctype} has no input {name!r} "
+                               f"(inputs: {names})", nid, ctype, input_name=name))
+            continue
+        typ, _ = _spec_type_options(spec)
+        try:
+            if typ == "INT":
+                value = _coerce("INT", float(raw) if any(c in raw for c in ".eE") else int(raw))
+            elif typ in ("FLOAT", "BOOLEAN"):
+                value = _coerce(typ, raw)
+            elif typ == "STRING" or isinstance(typ, (list, tuple)):
+                value = raw
+            else:
+                value = json.loads(raw)
+        except (ValueError, TypeError) as ex:
+            errors.append(_err("invalid_override", "Bad --set", f"{item!r}: {name} expects "
+                               f"{_type_name(typ)}: {ex}", nid, ctype, input_name=name))
+            continue
+        prompt[nid]["inputs"][name] = value
+    return errors
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _snapshot(folder: Path) -> dict[Path, float]:
+    if not folder.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | None = None) -> int:
+    """`interplay run`: 0 on success, 1 when a node fails or the file cannot be read, 2 on validation errors.
+    ``node_classes`` defaults to the pack's NODE_CLASS_MAPPINGS (tests pass their own)."""
+    ap = argparse.ArgumentParser(prog="interplay run", description="Execute a ComfyUI workflow (UI or API "
+                                 "format) with the Interplay nodes, without ComfyUI.")
+    ap.add_argument("workflow", help="workflow JSON saved from ComfyUI (Save, or Export (API))")
+    ap.add_argument("--models-dir", help="models root laid out like ComfyUI's models/ folder")
+    ap.add_argument("--out", help="output folder (default ./output)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                    help="override an input value; repeatable")
+    ap.add_argument("--print-prompt", action="store_true", help="print the API prompt and exit")
+    args = ap.parse_args(argv)
+
+    if args.models_dir is not None:
+        runtime.set_models_root(args.models_dir)
+    if args.out is not None:
+        runtime.set_output_directory(args.out)
+    runtime.clear_interrupt()
+    node_classes = _default_classes() if node_classes is None else node_classes
+    try:
+        data = _read_json(args.workflow)
+        prompt = to_api(data, node_classes, source=args.workflow)
+    except (WorkflowError, FileNotFoundError) as ex:
+        print(f"error: {ex}", file=sys.stderr)
+        return 2 if isinstance(ex, WorkflowError) else 1
+    errors = apply_overrides(prompt, args.sets, node_classes)
+    if args.print_prompt and not errors:
+        print(json.dumps(prompt, indent=2))
+        return 0
+    errors = errors or validate(prompt, node_classes)
+    if errors:
+        print(f"error: {args.workflow} failed validation:\n" + format_errors(errors), file=sys.stderr)
+        return 2
+    out_dir = runtime.output_directory()
+    before = _snapshot(out_dir)
+    t0 = time.monotonic()
+    try:
+        outputs = execute(prompt, node_classes, extra_pnginfo={"workflow": data} if is_ui_workflow(data) else None,
+                          on_node=lambda nid, ct: print(f"[{nid}] {ct}", file=sys.stderr))
+    except NodeExecutionError as ex:
+        print(f"error: {ex}", file=sys.stderr)
+        return 1
+    except (runtime.Interrupted, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    written = sorted(p for p, m in _snapshot(out_dir).items() if before.get(p) != m)
+    print(f"ran {len(outputs)} node(s) in {time.monotonic() - t0:.1f}s")
+    for nid, ui in outputs.ui.items():
+        items = [f"{k}: {len(v)}" for k, v in ui.items()]
+        print(f"  output node {nid} ({prompt[nid]['class_type']}): {', '.join(items)}")
+    if written:
+        print(f"wrote {len(written)} file(s) under {out_dir}:")
+        for p in written:
+            print(f"  {p}")
+    else:
+        print("wrote no files")
+    return 0
