@@ -1,0 +1,79 @@
+"""SVD backbone: diffusers-folder loading, encoders, decode in chunks, input checks."""
+import pytest
+import torch
+
+from interplay.models.backbones import svd
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return svd.random_backbone("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def folder(bb, tmp_path_factory):
+    return svd.save_diffusers_folder(bb, tmp_path_factory.mktemp("svd") / "tiny_svd")
+
+
+def test_load_diffusers_folder_identity(bb, folder):
+    got = svd.load_svd(folder, dtype=torch.float32, device="cpu")
+    assert got.family == "svd" and got.variant == "tiny" and got.source["kind"] == "diffusers"
+    for a, b in ((bb.denoiser, got.denoiser), (bb.vae, got.vae), (bb.image_encoder, got.image_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not any(p.requires_grad for p in got.denoiser.parameters())
+    assert got.scheduler_config["prediction_type"] == "v_prediction" and got.scheduler_config["sigma_max"] == 700.0
+    assert got.extra["vae_scale_factor"] == 8 and got.extra["clip_size"] == 32
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(svd.encode_image_embeds(got, img), svd.encode_image_embeds(bb, img))
+
+
+def test_load_bf16_keeps_vae_fp32(folder):
+    got = svd.load_svd(folder, dtype="bf16", device="cpu")
+    assert next(got.denoiser.parameters()).dtype == torch.bfloat16
+    assert next(got.vae.parameters()).dtype == torch.float32  # force_upcast
+    emb = svd.encode_image_embeds(got, torch.rand(1, 64, 64, 3))
+    assert emb.shape == (1, 1, 16) and emb.dtype == torch.bfloat16
+
+
+def test_offload_model_moves_back(folder):
+    got = svd.load_svd(folder, dtype=torch.float32, device="cpu", offload="model")
+    assert got.offload == "model"
+    lat = svd.encode_image_latent(got, torch.rand(1, 64, 64, 3), noise_aug=0.0)
+    assert lat.shape == (1, 4, 8, 8)
+
+
+def test_missing_parts_named(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks vae, image_encoder"):
+        svd.load_svd(tmp_path, device="cpu")
+    with pytest.raises(FileNotFoundError, match="neither a diffusers folder nor a checkpoint"):
+        svd.load_svd(tmp_path / "nope", device="cpu")
+
+
+def test_image_latent_is_vae_mode_unscaled(bb):
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    lat = svd.encode_image_latent(bb, img, noise_aug=0.0)
+    ref = bb.vae.encode(img.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    torch.testing.assert_close(lat, ref)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = svd.encode_image_latent(bb, img, noise_aug=0.02, generator=g1)
+    x = img.permute(0, 3, 1, 2) * 2 - 1 + 0.02 * torch.randn(1, 3, 64, 64, generator=g2)
+    torch.testing.assert_close(a, bb.vae.encode(x).latent_dist.mode())
+
+
+def test_decode_chunks(bb):
+    z = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    full = svd.decode_latents(bb, z, chunk=4)
+    ref = bb.vae.decode(z[0] / bb.vae.config.scaling_factor, num_frames=4).sample
+    torch.testing.assert_close(full[0], ((ref + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
+    parts = svd.decode_latents(bb, z, chunk=2)
+    assert parts.shape == (1, 4, 64, 64, 3) and parts.dtype == torch.float32
+    torch.testing.assert_close(parts[0, :2], svd.decode_latents(bb, z[:, :2], chunk=2)[0])
+
+
+def test_check_frames_message(bb):
+    with pytest.raises(ValueError, match="multiples of 64; got 60x64"):
+        svd.check_frames(bb, 4, 60, 64)
+    svd.check_frames(bb, 4, 64, 128)
+    assert svd.added_time_ids(6, 40, 0.02, 2).tolist() == [[6.0, 40.0, pytest.approx(0.02)]] * 2
