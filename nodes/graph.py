@@ -178,13 +178,16 @@ def _ui_links(ui: dict) -> dict[int, dict]:
 def _assign_widgets(values: list, widgets: list[tuple[str, tuple]]) -> tuple[dict, int]:
     """Walk ``widgets_values`` over the widget inputs; returns ({name: value}, number of values consumed)."""
     out, i = {}, 0
-    for name, spec in widgets:
+    for k, (name, spec) in enumerate(widgets):
         if i >= len(values):
             break
         out[name] = values[i]
         i += 1
         if _has_control(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
             i += 1  # control_after_generate: applied by the frontend after queueing, not an input
+            if isinstance(_spec_type_options(spec)[0], (list, tuple)) and i < len(values) \
+                    and isinstance(values[i], str) and len(values) - i > len(widgets) - k - 1:
+                i += 1  # a combo's control is followed by its filter-list widget (client-only)
         upload = _upload_value(spec)
         if upload is not None and i < len(values) and values[i] == upload:
             i += 1  # the upload button's own widget value

@@ -466,3 +466,47 @@ def test_default_node_classes_are_the_pack():
     from interplay.nodes import NODE_CLASS_MAPPINGS
 
     assert graph._default_classes() is NODE_CLASS_MAPPINGS
+
+
+# ------------------------------------------------------------------------------ scripts/build_workflows.py
+def _build_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "build_workflows.py"
+    spec = importlib.util.spec_from_file_location("build_workflows", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_build_workflows_writes_and_checks(tmp_path, capsys):
+    bw = _build_script()
+    (tmp_path / "api").mkdir()
+    _write(tmp_path / "api", API, "demo.json")
+    args = ["--workflows", str(tmp_path)]
+    assert bw.main(args + ["--check"], node_classes=CLASSES) == 1
+    assert "demo.json is missing" in capsys.readouterr().out
+    assert bw.main(args, node_classes=CLASSES) == 0
+    ui = json.loads((tmp_path / "demo.json").read_text())
+    assert ui["version"] == 0.4 and len(ui["nodes"]) == len(API)
+    expected = copy.deepcopy(API)
+    expected["20"]["inputs"]["offset"] = 0
+    assert _strip_meta(graph.ui_to_api(ui, CLASSES)) == expected
+    assert bw.main(args + ["--check"], node_classes=CLASSES) == 0
+    _write(tmp_path / "api", _broken(**{"3": {"amount": 2}}), "demo.json")
+    assert bw.main(args + ["--check"], node_classes=CLASSES) == 1
+    assert "demo.json is stale" in capsys.readouterr().out
+    _write(tmp_path / "api", {"1": {"class_type": "KSampler", "inputs": {}}}, "bad.json")
+    assert bw.main(args, node_classes=CLASSES) == 2
+    assert "KSampler" in capsys.readouterr().err
+
+
+def test_repo_workflows_are_up_to_date():
+    """workflows/<name>.json must be what build_workflows.py makes from workflows/api/<name>.json."""
+    bw = _build_script()
+    api_files = sorted((bw.ROOT / "workflows" / "api").glob("*.json"))
+    if not api_files:  # nothing committed yet: the builder's own behaviour is covered above
+        assert not (bw.ROOT / "workflows" / "api").exists() or api_files == []
+        return
+    assert bw.main(["--check"]) == 0, "run python scripts/build_workflows.py and commit workflows/*.json"
