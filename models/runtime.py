@@ -334,7 +334,9 @@ def model_path(kind: str, name: str) -> Path:
     searched = model_folders(kind)
     for base in searched:
         base = base.resolve()
-        cand = (base / name).resolve()
+        # Lexical check, not resolve(): a model symlinked into the folder (common with shared model
+        # stores) is inside it; only names that climb out ("..", absolute paths) are refused.
+        cand = Path(os.path.normpath(base / name))
         if base != cand and base not in cand.parents:
             raise ValueError(f"model name {name!r} points outside the {kind} folder {base}; "
                              "use a name relative to that folder")
