@@ -77,3 +77,64 @@ def test_check_frames_message(bb):
         svd.check_frames(bb, 4, 60, 64)
     svd.check_frames(bb, 4, 64, 128)
     assert svd.added_time_ids(6, 40, 0.02, 2).tolist() == [[6.0, 40.0, pytest.approx(0.02)]] * 2
+
+
+# ------------------------------------------------------------------------------- single-file checkpoints
+from interplay.models.backbones import svd_convert  # noqa: E402
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def single_file(bb, tmp_path_factory):
+    return svd_convert.save_single_file(bb, tmp_path_factory.mktemp("ckpt") / "checkpoints" / "svd.safetensors")
+
+
+def test_single_file_layout_names(single_file):
+    from safetensors import safe_open
+    with safe_open(str(single_file), "pt") as f:
+        keys = set(f.keys())
+    for k in ("model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.time_embed.0.weight",
+              "model.diffusion_model.label_emb.0.2.bias", "model.diffusion_model.input_blocks.3.0.op.weight",
+              "model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight",
+              "model.diffusion_model.input_blocks.1.1.time_stack.0.ff_in.net.0.proj.weight",
+              "model.diffusion_model.middle_block.2.time_mixer.mix_factor",
+              "model.diffusion_model.output_blocks.2.1.conv.weight", "model.diffusion_model.output_blocks.5.2.conv.weight",
+              "model.diffusion_model.out.2.weight", "first_stage_model.encoder.down.0.block.0.conv1.weight",
+              "first_stage_model.decoder.up.3.block.0.time_stack.in_layers.2.weight",
+              "first_stage_model.decoder.conv_out.time_mix_conv.weight", "first_stage_model.decoder.mid.attn_1.q.weight",
+              "conditioner.embedders.0.open_clip.model.visual.transformer.resblocks.0.attn.in_proj_weight",
+              "conditioner.embedders.0.open_clip.model.visual.proj"):
+        assert k in keys, k
+
+
+def test_single_file_loads_identical(bb, single_file):
+    got = svd.load_svd(single_file, dtype=torch.float32, device="cpu")
+    assert got.source["kind"] == "single_file"
+    assert _same_weights(bb.denoiser, got.denoiser) and _same_weights(bb.vae, got.vae)
+    assert _same_weights(bb.image_encoder, got.image_encoder)
+    from interplay.models.sampling import edm
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    a = edm.sample_svd(bb, img, num_frames=4, steps=2, seed=1)
+    b = edm.sample_svd(got, img, num_frames=4, steps=2, seed=1)
+    assert torch.equal(a, b)
+
+
+def test_single_file_clip_vision_separate(bb, tmp_path):
+    ckpt = svd_convert.save_single_file(bb, tmp_path / "svd_noclip.safetensors", include_clip=False)
+    with pytest.raises(ValueError, match="holds no CLIP image encoder; pick a clip_vision file"):
+        svd.load_svd(ckpt, device="cpu")
+    hf = svd_convert.save_clip_vision_file(bb, tmp_path / "clip_vision_h.safetensors")
+    got = svd.load_svd(ckpt, dtype=torch.float32, device="cpu", clip_vision=hf)
+    assert _same_weights(bb.image_encoder, got.image_encoder)
+
+
+def test_single_file_rejects_other_layouts(tmp_path):
+    from safetensors.torch import save_file
+    p = tmp_path / "unet.safetensors"
+    save_file({"conv_in.weight": torch.zeros(1)}, str(p))
+    with pytest.raises(ValueError, match="not an original-layout SVD checkpoint"):
+        svd.load_svd(p, device="cpu")
