@@ -22,7 +22,9 @@ import argparse
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -607,9 +609,10 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
                       input_name=name, received_value=val)
                     continue
                 step = opts.get("step")
-                if typ == "INT" and step and step > 1:
+                if typ == "INT" and isinstance(step, int) and step > 1:
+                    # On the grid from min or from 0: frontends have snapped INT widgets both ways.
                     base = lo if lo is not None else 0
-                    if (val - base) % step:
+                    if (val - base) % step and val % step:
                         E("value_not_on_step", f"Value {val} is not on the step of {step}",
                           f"{name}: expected {base} + a multiple of {step}, got {val}",
                           input_name=name, received_value=val)
@@ -849,6 +852,25 @@ def _snapshot(folder: Path) -> dict[Path, float]:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
+def _install_sigint():
+    """First Ctrl-C asks the running node to stop at its next progress step (so a trainer can save a
+    checkpoint and raise runtime.Interrupted); a second one aborts at once. Returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    count = [0]
+
+    def handler(signum, frame):
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
+        print("\ninterrupt requested: stopping at the next step (Ctrl-C again to abort now)", file=sys.stderr)
+        runtime.request_interrupt()
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    return previous
+
+
 def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | None = None) -> int:
     """`interplay run`: 0 on success, 1 when a node fails or the file cannot be read, 2 on validation errors.
     ``node_classes`` defaults to the pack's NODE_CLASS_MAPPINGS (tests pass their own)."""
@@ -885,6 +907,7 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
     out_dir = runtime.output_directory()
     before = _snapshot(out_dir)
     t0 = time.monotonic()
+    previous_handler = _install_sigint()
     try:
         outputs = execute(prompt, node_classes, extra_pnginfo={"workflow": data} if is_ui_workflow(data) else None,
                           on_node=lambda nid, ct: print(f"[{nid}] {ct}", file=sys.stderr))
@@ -894,6 +917,10 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
     except (runtime.Interrupted, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 1
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+        runtime.clear_interrupt()
     written = sorted(p for p, m in _snapshot(out_dir).items() if before.get(p) != m)
     print(f"ran {len(outputs)} node(s) in {time.monotonic() - t0:.1f}s")
     for nid, ui in outputs.ui.items():

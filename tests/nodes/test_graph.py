@@ -510,3 +510,52 @@ def test_repo_workflows_are_up_to_date():
         assert not (bw.ROOT / "workflows" / "api").exists() or api_files == []
         return
     assert bw.main(["--check"]) == 0, "run python scripts/build_workflows.py and commit workflows/*.json"
+
+
+class FakeTrain:  # a long loop that saves a checkpoint when cancelled, like the trainer
+    CATEGORY, FUNCTION, DESCRIPTION = "Interplay/test", "train", "train"
+    RETURN_TYPES = ("FAKE_NUM",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 100, "min": 1, "max": 1000, "step": 4})}}
+
+    def train(self, steps):
+        import os
+        import signal
+
+        bar = runtime.progress(steps, "train")
+        try:
+            for i in range(steps):
+                if i == 3:
+                    os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+                bar.update()
+        except runtime.Interrupted:
+            (runtime.output_directory() / "checkpoint.txt").parent.mkdir(parents=True, exist_ok=True)
+            (runtime.output_directory() / "checkpoint.txt").write_text(str(bar.value))
+            raise
+        return (steps,)
+
+
+def test_ctrl_c_interrupts_at_next_step(tmp_path, capsys):
+    classes = dict(CLASSES, FakeTrain=FakeTrain)
+    prompt = {"1": {"class_type": "FakeTrain", "inputs": {"steps": 100}},
+              "2": {"class_type": "FakeSave", "inputs": {"x": ["1", 0], "filename_prefix": "t"}}}
+    out = tmp_path / "out"
+    assert graph.cli_main([str(_write(tmp_path, prompt)), "--out", str(out)], node_classes=classes) == 1
+    assert "interrupted" in capsys.readouterr().err
+    assert (out / "checkpoint.txt").read_text() == "4"  # stopped at the first update after the signal
+    assert not (out / "t.txt").exists()
+    runtime.check_interrupt()  # the request does not leak into the next run
+
+
+def test_int_step_grid():
+    prompt = {"1": {"class_type": "FakeTrain", "inputs": {"steps": 9}},
+              "2": {"class_type": "FakeSave", "inputs": {"x": ["1", 0], "filename_prefix": "t"}}}
+    classes = dict(CLASSES, FakeTrain=FakeTrain)
+    assert graph.validate(prompt, classes) == []  # 1 + 2 * 4: on the grid from min
+    prompt["1"]["inputs"]["steps"] = 8
+    assert graph.validate(prompt, classes) == []  # 2 * 4: on the grid from 0
+    prompt["1"]["inputs"]["steps"] = 7
+    errors = graph.validate(prompt, classes)
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_on_step", "steps")]
