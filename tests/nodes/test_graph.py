@@ -559,3 +559,63 @@ def test_int_step_grid():
     prompt["1"]["inputs"]["steps"] = 7
     errors = graph.validate(prompt, classes)
     assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_on_step", "steps")]
+
+
+class FakeInt:
+    CATEGORY, FUNCTION, DESCRIPTION = "Interplay/test", "make", "int"
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"n": ("INT", {"default": 0, "min": 0, "max": 10**6})}}
+
+    def make(self, n):
+        return (n * 2,)
+
+
+def _socket(name, typ, link=None, widget=False):
+    entry = {"localized_name": name, "name": name, "type": typ, "link": link}
+    if widget:
+        entry["widget"] = {"name": name}
+    return entry
+
+
+# The newer frontend's save: every widget also listed as an input socket (link null unless connected),
+# localized names, output shapes, frontendVersion in extra.
+UI_NEW = {
+    "id": "3c0e1f0e-5b0b-4d55-9f55-2a9e7d6f4a10", "revision": 0, "last_node_id": 12, "last_link_id": 11,
+    "nodes": [
+        {"id": 9, "type": "FakeInt", "pos": [0, 0], "size": [270, 82], "flags": {}, "order": 0, "mode": 0,
+         "inputs": [_socket("n", "INT", widget=True)],
+         "outputs": [{"localized_name": "INT", "name": "INT", "type": "INT", "links": [10]}],
+         "properties": {"Node name for S&R": "FakeInt", "cnr_id": "comfyui-interplay", "ver": "0.1.0"},
+         "widgets_values": [500]},
+        {"id": 10, "type": "FakeSource", "pos": [320, 0], "size": [400, 220], "flags": {}, "order": 1, "mode": 0,
+         "inputs": [_socket("value", "INT", widget=True), _socket("seed", "INT", 10, widget=True),
+                    _socket("mode", "COMBO", widget=True), _socket("text", "STRING", widget=True)],
+         "outputs": [{"localized_name": "number", "name": "number", "type": "FAKE_NUM", "links": [11]}],
+         "properties": {"Node name for S&R": "FakeSource"},
+         "widgets_values": [3, 42, "increment", "a", "multi\nline"]},
+        {"id": 12, "type": "FakeSave", "pos": [760, 0], "size": [300, 90], "flags": {}, "order": 2, "mode": 0,
+         "inputs": [_socket("x", "FAKE_NUM", 11), _socket("filename_prefix", "STRING", widget=True)],
+         "outputs": [], "properties": {"Node name for S&R": "FakeSave"}, "widgets_values": ["new/format"]},
+    ],
+    "links": [[10, 9, 0, 10, 1, "INT"], [11, 10, 0, 12, 0, "FAKE_NUM"]],
+    "groups": [], "config": {},
+    "extra": {"ds": {"scale": 0.9, "offset": [10.5, -3.25]}, "frontendVersion": "1.28.7"}, "version": 0.4,
+}
+
+
+def test_new_frontend_save_runs(tmp_path):
+    api = graph.ui_to_api(copy.deepcopy(UI_NEW), dict(CLASSES, FakeInt=FakeInt))
+    assert _strip_meta(api) == {
+        "9": {"class_type": "FakeInt", "inputs": {"n": 500}},
+        "10": {"class_type": "FakeSource", "inputs": {"value": 3, "seed": ["9", 0], "mode": "a",
+                                                      "text": "multi\nline"}},
+        "12": {"class_type": "FakeSave", "inputs": {"filename_prefix": "new/format", "x": ["10", 0]}},
+    }
+    out = tmp_path / "out"
+    rc = graph.cli_main([str(_write(tmp_path, UI_NEW)), "--out", str(out), "--set", "9.n=7"],
+                        node_classes=dict(CLASSES, FakeInt=FakeInt))
+    assert rc == 0
+    assert (out / "new" / "format.txt").read_text() == repr(3 + 14 + 1000000)  # mode "a" adds 1e6
