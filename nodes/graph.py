@@ -640,11 +640,13 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
     return errors
 
 
-def validate(prompt: dict, node_classes: Mapping[str, type] | None = None) -> list[dict]:
+def validate(prompt: dict, node_classes: Mapping[str, type] | None = None,
+             targets: Iterable[str] | None = None) -> list[dict]:
     """Check a prompt like ComfyUI's /prompt; returns a list of errors (empty when valid).
 
     Each error: {type, message, details, extra_info: {input_name, ...}, node_id, class_type}. Widget
     values are converted to their declared type in place (INT/FLOAT/STRING/BOOLEAN), as ComfyUI does.
+    ``targets`` (node ids) replaces the OUTPUT_NODE nodes as the ends of the graph (partial execution).
     """
     node_classes = _default_classes() if node_classes is None else node_classes
     if not isinstance(prompt, dict):
@@ -663,7 +665,10 @@ def validate(prompt: dict, node_classes: Mapping[str, type] | None = None) -> li
                                "runs Interplay nodes", nid, entry["class_type"]))
     if errors:
         return errors
-    outs = output_nodes(prompt, node_classes)
+    outs = output_nodes(prompt, node_classes) if targets is None else [str(t) for t in targets]
+    missing = [t for t in outs if t not in prompt]
+    if missing:
+        return [_err("invalid_prompt", "Target node not in prompt", f"no node {', '.join(missing)}")]
     if not outs:
         return [_err("prompt_no_outputs", "Prompt has no outputs",
                      "no output node (one that saves or previews) in the workflow")]
@@ -721,18 +726,19 @@ def _hidden_value(kind: str, nid: str, prompt: dict, extra: dict) -> Any:
     return None
 
 
-def execute(prompt: dict, node_classes: Mapping[str, type] | None = None, *, extra_pnginfo: dict | None = None,
-            on_node=None) -> Outputs:
-    """Validate, then run every node an output node depends on, in dependency order.
+def execute(prompt: dict, node_classes: Mapping[str, type] | None = None, *, targets: Iterable[str] | None = None,
+            extra_pnginfo: dict | None = None, on_node=None) -> Outputs:
+    """Validate, then run every node an output node (or a node in ``targets``) depends on, in dependency order.
 
     Raises ValidationFailed (``.errors``) before running anything, or NodeExecutionError naming the node.
     ``on_node(node_id, class_type)`` is called before each node runs.
     """
     node_classes = _default_classes() if node_classes is None else node_classes
-    errors = validate(prompt, node_classes)
+    targets = None if targets is None else [str(t) for t in targets]
+    errors = validate(prompt, node_classes, targets)
     if errors:
         raise ValidationFailed(errors)
-    order = _needed(prompt, output_nodes(prompt, node_classes))
+    order = _needed(prompt, output_nodes(prompt, node_classes) if targets is None else targets)
     results: dict[str, list[list]] = {}  # node id -> per output slot, the list of values (ComfyUI's layout)
     outputs = Outputs()
     extra = {"extra_pnginfo": extra_pnginfo}

@@ -619,3 +619,14 @@ def test_new_frontend_save_runs(tmp_path):
                         node_classes=dict(CLASSES, FakeInt=FakeInt))
     assert rc == 0
     assert (out / "new" / "format.txt").read_text() == repr(3 + 14 + 1000000)  # mode "a" adds 1e6
+
+
+def test_execute_targets_runs_a_partial_graph():
+    prompt = copy.deepcopy(API)
+    prompt["20"]["inputs"]["factor"] = 1000.0  # invalid, but not a target's dependency
+    outputs = graph.execute(prompt, CLASSES, targets=["3"])
+    assert CALLS == ["source", "filter"] and set(outputs) == {"1", "3"} and outputs["3"] == (11,)
+    with pytest.raises(graph.ValidationFailed) as ei:
+        graph.execute(prompt, CLASSES, targets=[20])
+    assert ei.value.errors[0]["node_id"] == "20" and "factor" in str(ei.value)
+    assert graph.validate(prompt, CLASSES, targets=["99"])[0]["details"] == "no node 99"
