@@ -133,11 +133,20 @@ def _widget_default(spec):
 
 # ------------------------------------------------------------------------------------ loading
 def _read_json(path: str | os.PathLike) -> Any:
+    """A workflow file's JSON; a PNG saved by ComfyUI yields the workflow embedded in its metadata."""
     path = Path(path)
-    try:
+    if not path.is_file():
+        raise FileNotFoundError(f"workflow file {str(path)!r} not found")
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(path) as img:
+            info = dict(img.info)
+        text = info.get("workflow") or info.get("prompt")
+        if text is None:
+            raise WorkflowError(f"{path}: this PNG carries no ComfyUI workflow (no 'workflow' or 'prompt' text)")
+    else:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"workflow file {str(path)!r} not found") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -296,7 +305,7 @@ def ui_to_api(ui: dict, node_classes: Mapping[str, type] | None = None) -> dict:
         inputs: dict[str, Any] = {}
         if cls is not None:
             inputs.update(_widget_values(node, cls))
-        for slot, inp in enumerate(node.get("inputs") or []):
+        for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue
             name = inp.get("name") or (inp.get("widget") or {}).get("name")

@@ -630,3 +630,16 @@ def test_execute_targets_runs_a_partial_graph():
         graph.execute(prompt, CLASSES, targets=[20])
     assert ei.value.errors[0]["node_id"] == "20" and "factor" in str(ei.value)
     assert graph.validate(prompt, CLASSES, targets=["99"])[0]["details"] == "no node 99"
+
+
+def test_workflow_embedded_in_png(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("prompt", json.dumps(UI_AS_API))
+    meta.add_text("workflow", json.dumps(UI))
+    Image.new("RGB", (4, 4)).save(tmp_path / "saved.png", pnginfo=meta)
+    assert _strip_meta(graph.load_workflow(tmp_path / "saved.png", CLASSES)) == UI_AS_API
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    with pytest.raises(graph.WorkflowError, match="no ComfyUI workflow"):
+        graph.load_workflow(tmp_path / "plain.png", CLASSES)
