@@ -92,7 +92,23 @@ def build_model(config: str | os.PathLike, image_size: int | None = None) -> tor
         cfg.model.image_size = int(image_size)
     OmegaConf.resolve(cfg)
     model = instantiate(cfg.model, _recursive_=True)
+    model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)
     return model.eval()
+
+
+def _memory_to_query_dtype(module, args, kwargs):
+    """The video predictor stores mask memories as bfloat16 (it expects CUDA autocast); outside autocast a
+    float32 model would then multiply bfloat16 by float32. Bring the memory to the query's dtype."""
+    curr = kwargs.get("curr")
+    if isinstance(curr, list):
+        curr = curr[0]
+    if curr is None:
+        return None
+    for k in ("memory", "memory_pos"):
+        v = kwargs.get(k)
+        if isinstance(v, torch.Tensor) and v.dtype != curr.dtype:
+            kwargs[k] = v.to(curr.dtype)
+    return args, kwargs
 
 
 @dataclass
