@@ -304,7 +304,9 @@ def ui_to_api(ui: dict, node_classes: Mapping[str, type] | None = None) -> dict:
         cls = node_classes.get(ntype)
         inputs: dict[str, Any] = {}
         if cls is not None:
-            inputs.update(_widget_values(node, cls))
+            # List values are wrapped, as the frontend does, so they are never read as links.
+            inputs.update({k: {"__value__": v} if isinstance(v, list) else v
+                           for k, v in _widget_values(node, cls).items()})
         for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue
@@ -594,7 +596,8 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
                       f"output {slot} gives {received}, this input expects {expected}",
                       input_name=name, received_type=received, linked_node=val)
                 continue
-            if isinstance(val, dict) and "__value__" in val:
+            wrapped = isinstance(val, dict) and "__value__" in val
+            if wrapped:
                 val = val["__value__"]
             try:
                 val = _coerce(typ, val)
@@ -602,7 +605,8 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
                 E("invalid_input_type", f"Failed to convert an input value to a {expected} value",
                   f"{name}, {val!r}, {ex}", input_name=name, received_value=val)
                 continue
-            inputs[name] = val
+            if not wrapped:  # a wrapped list stays wrapped: a bare 2-list would read as a link
+                inputs[name] = val
             if name in vargs or vkw:
                 continue  # the node validates this input itself, as in ComfyUI
             if typ in ("INT", "FLOAT"):
@@ -635,7 +639,8 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
                 E("value_not_in_list", "Value not in list", det, input_name=name, received_value=val)
     if errors or vfunc is None:
         return errors
-    call = {k: v for k, v in inputs.items() if (k in vargs or vkw) and not _is_link(v)}
+    call = {k: v["__value__"] if isinstance(v, dict) and "__value__" in v else v
+            for k, v in inputs.items() if (k in vargs or vkw) and not _is_link(v)}
     if "input_types" in vargs:
         call["input_types"] = received_types
     try:

@@ -643,3 +643,18 @@ def test_workflow_embedded_in_png(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     with pytest.raises(graph.WorkflowError, match="no ComfyUI workflow"):
         graph.load_workflow(tmp_path / "plain.png", CLASSES)
+
+
+def test_list_widget_values_are_not_links():
+    # ["1", 0] as a saved widget value must stay a value, not become a link to node 1
+    ui = {"nodes": [
+        {"id": 1, "type": "FakeEven", "mode": 0, "inputs": [], "outputs": [], "widgets_values": [2]},
+        {"id": 2, "type": "FakeSave", "mode": 0, "inputs": [{"name": "x", "type": "FAKE_NUM", "link": 1}],
+         "widgets_values": ["l"]},
+        {"id": 3, "type": "FakeSplit", "mode": 0, "inputs": [], "widgets_values": [[5, 0]]}],
+        "links": [[1, 1, 0, 2, 0, "FAKE_NUM"]]}
+    api = graph.ui_to_api(ui, CLASSES)
+    assert api["3"]["inputs"]["n"] == {"__value__": [5, 0]}
+    assert graph.validate(api, CLASSES) == []  # node 3 feeds no output
+    errors = graph.validate(api, CLASSES, targets=["3"])
+    assert [e["type"] for e in errors] == ["invalid_input_type"] and errors[0]["node_id"] == "3"
