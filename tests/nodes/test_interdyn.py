@@ -1,0 +1,91 @@
+"""InterDyn nodes: loaders from model folders, driving mask + edits, sampler, compare output."""
+import json
+
+import pytest
+import torch
+
+from interplay.models import runtime
+from interplay.models.backbones import svd, svd_convert
+from interplay.nodes import interdyn as nd
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    bb = svd.random_backbone("tiny", seed=0)
+    root = tmp_path_factory.mktemp("models")
+    svd.save_diffusers_folder(bb, root / "diffusers" / "tiny_svd")
+    svd_convert.save_single_file(bb, root / "checkpoints" / "svd_tiny.safetensors")
+    return bb, root
+
+
+def test_loader_folder_and_single_file(tiny):
+    bb, root = tiny
+    runtime.set_models_root(root)
+    choices = nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0]
+    assert "diffusers/tiny_svd" in choices and "svd_tiny.safetensors" in choices
+    (a,) = nd.InterplaySVDLoader().load("diffusers/tiny_svd", nd.FROM_CHECKPOINT, "fp32", "none", 14)
+    (b,) = nd.InterplaySVDLoader().load("svd_tiny.safetensors", nd.FROM_CHECKPOINT, "fp32", "none", 14)
+    for m in ("denoiser", "vae", "image_encoder"):
+        sa, sb = getattr(a, m).state_dict(), getattr(b, m).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(FileNotFoundError, match="not found; searched"):
+        nd.InterplaySVDLoader().load("missing.safetensors", nd.FROM_CHECKPOINT, "fp32", "none", 14)
+
+
+def test_branch_loader_new_and_saved(tiny, tmp_path):
+    bb, root = tiny
+    runtime.set_models_root(root)
+    with pytest.raises(ValueError, match="connect 'backbone'"):
+        nd.InterplayInterDynBranchLoader().load(nd.NEW_BRANCH, "auto")
+    (br,) = nd.InterplayInterDynBranchLoader().load(nd.NEW_BRANCH, "auto", backbone=bb)
+    assert br.config["residual_rule"] == "once" and br.kind == "interdyn"
+    from interplay.models.control import interdyn
+    interdyn.save_branch(br, root / "controlnet" / "interdyn_tiny", layout="diffusers")
+    (got,) = nd.InterplayInterDynBranchLoader().load("interdyn_tiny", "quirk", backbone=bb)
+    assert got.config["residual_rule"] == "quirk"
+
+
+def _masks(F=6, H=64, W=64):
+    m = torch.zeros(F, H, W)
+    for t in range(F):
+        m[t, 20:36, 4 + 6 * t:20 + 6 * t] = 1
+    return m
+
+
+def test_driving_mask_and_edit():
+    ctrl, cond, prev, first, masks = nd.InterplayDrivingMask().render(
+        4, 64, 64, 0.0, 6.0, 0, "center", masks=_masks(), video=torch.rand(6, 64, 64, 3))
+    assert ctrl.kind == "hand_mask" and ctrl.video.shape == (4, 64, 64, 3)
+    assert float(ctrl.video.min()) == -1 and float(ctrl.video.max()) == 1
+    assert cond.shape == (4, 64, 64, 3) and float(cond.min()) == 0 and first.shape == (1, 64, 64, 3)
+    assert ctrl.meta["indices"] == [0, 2, 3, 5]
+    c2, cond2, prev2 = nd.InterplayDrivingMaskEdit().edit(ctrl, "remove", 0, 0, "0", 1.0, 1)
+    assert torch.equal(c2.video[0], ctrl.video[0]) and float(c2.video[1:].max()) == -1
+    assert torch.equal(ctrl.video[1, ..., 0] > 0, masks[1] > 0.5)  # original left untouched
+    with pytest.raises(ValueError, match="'frames' must be a whole number"):
+        nd.InterplayDrivingMaskEdit().edit(ctrl, "time_shift", 0, 0, "x", 1.0, 1)
+    with pytest.raises(ValueError, match="connect 'masks', or 'video' \\+ 'sam2'"):
+        nd.InterplayDrivingMask().render(4, 64, 64, 0.0, 6.0, 0, "center")
+    with pytest.raises(ValueError, match="'prompts' must be"):
+        nd._parse_prompts(json.dumps({"frames": {}}))
+
+
+def test_sampler_node_and_compare(tiny):
+    bb, _ = tiny
+    (br,) = nd.InterplayInterDynBranchLoader().load(nd.NEW_BRANCH, "auto", backbone=bb)
+    ctrl, _, prev, first, _ = nd.InterplayDrivingMask().render(4, 64, 64, 0.0, 6.0, 0, "center", masks=_masks())
+    s = nd.InterplayInterDynSampler()
+    (a,) = s.sample(bb, first, 3, 2, 4, 1.0, 3.0, 6, 40, 0.02, 1, branch=br, control=ctrl)
+    (b,) = s.sample(bb, first, 3, 2, 4, 1.0, 3.0, 6, 40, 0.02, 1)
+    assert a.shape == (4, 64, 64, 3) and 0 <= float(a.min()) and float(a.max()) <= 1
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # zero-init branch == bare SVD
+    (two,) = s.sample(bb, first, 3, 1, 4, 1.0, 1.0, 6, 40, 0.02, 2)
+    assert two.shape == (8, 64, 64, 3)
+    with pytest.raises(ValueError, match="'control' is connected but 'branch' is not"):
+        s.sample(bb, first, 3, 1, 4, 1.0, 3.0, 6, 40, 0.02, 1, control=ctrl)
+    with pytest.raises(ValueError, match="'control' has 4 frames but num_frames is 5"):
+        s.sample(bb, first, 3, 1, 5, 1.0, 3.0, 6, 40, 0.02, 1, branch=br, control=ctrl)
+    res = nd.InterplayInterDynCompare().compare(a, 6.0, "interdyn/test", video_b=b, preview_a=prev, preview_b=prev)
+    assert res["result"][0].shape == (4, 128, 128, 3)
+    info = res["ui"]["images"][0]
+    assert (runtime.output_directory() / info["subfolder"] / info["filename"]).is_file()
