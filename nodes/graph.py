@@ -718,14 +718,18 @@ def prompt_response(errors: list[dict]) -> dict:
 def format_errors(errors: list[dict]) -> str:
     lines = []
     for e in errors:
-        where = ""
+        where, details = "", str(e["details"])
         if e.get("node_id") is not None:
             where = f"node {e['node_id']} ({e.get('class_type')})"
             name = (e.get("extra_info") or {}).get("input_name")
             if name:
                 where += f" input {name!r}"
+                for sep in (": ", ", "):  # /prompt's details repeat the input name first
+                    if details.startswith(f"{name}{sep}"):
+                        details = details[len(name) + len(sep):]
+                        break
             where += ": "
-        lines.append(f"{where}{e['message']}: {e['details']}")
+        lines.append(f"{where}{e['message']}: {details}")
     return "\n".join(lines)
 
 
