@@ -19,3 +19,21 @@ def _fresh_runtime(tmp_path, monkeypatch):
     runtime.set_models_root(None)
     runtime.set_output_directory(None)
     runtime.clear_interrupt()
+
+
+# ------------------------------------------------------------------ tiny models (tests/kit/tiny.py)
+# Session scope; each builds once per machine (cached under tests/.tiny_models/, keyed by config + versions).
+@pytest.fixture(scope="session")
+def tiny_cogvideox():
+    """Path of a tiny diffusers CogVideoXImageToVideoPipeline folder."""
+    from kit.tiny import tiny_cogvideox_dir
+
+    return tiny_cogvideox_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_files():
+    """dict(transformer=, vae=, text_encoder=, tokenizer=, root=) single safetensors files (ComfyUI layout)."""
+    from kit.tiny import tiny_cogvideox_files as build
+
+    return build()

@@ -1,0 +1,286 @@
+"""Tiny random instances of the REAL diffusers/transformers/sam2 classes, saved the way users have them.
+
+Every builder is deterministic (``torch.manual_seed`` per model), builds once and caches on disk under
+``tests/.tiny_models/<name>-<hash>/`` (hash of the config + library versions, so a config or version change
+rebuilds). A build writes into a private temp dir and is published with ``os.replace``, so parallel pytest
+processes never see a half-written folder; a builder that finds the folder complete returns at once.
+``INTERPLAY_TINY_MODELS`` overrides the cache location.
+
+Builders (all return paths; fixtures of the same names live in tests/conftest.py, session scope):
+
+- :func:`tiny_cogvideox_dir` -> diffusers ``CogVideoXImageToVideoPipeline`` folder.
+- :func:`tiny_cogvideox_files` -> ``dict(transformer=, vae=, text_encoder=, tokenizer=)`` single files.
+- :func:`tiny_svd_dir` -> diffusers ``StableVideoDiffusionPipeline`` folder.
+- :func:`tiny_wan_dir` -> diffusers ``WanImageToVideoPipeline`` folder (two experts: transformer + transformer_2).
+- :func:`tiny_sam2` -> ``(yaml_path, weights_safetensors)``.
+- :func:`tiny_models_root` / :func:`models_root` -> a ComfyUI-style models root holding all of the above.
+
+CogVideoX facts (tiny config in :data:`COGVIDEOX_TRANSFORMER`, :data:`COGVIDEOX_VAE`, :data:`T5_CONFIG`)
+--------------------------------------------------------------------------------------------------------
+Frames/pixels: H, W multiples of 8 (VAE 4x space x patch 2). Frames must be F = 8k+1 (1, 9, 17, ...): the
+VAE keeps frame 0 apart, encodes F -> f = (F-1)//4 + 1 latent frames, and decodes f -> 4(f-1)+1 frames only
+when f is odd (measured with diffusers 0.42: 5 -> 2 -> 8 and 13 -> 4 -> 16 do NOT round-trip; 9 -> 3 -> 9 and
+17 -> 5 -> 17 do). With 32 px and 9 frames: latents [B, f=3, C=4, h=8, w=8] (diffusers VAE order is
+[B, C, f, h, w]); the transformer sees 3 x 4 x 4 = 48 video tokens.
+
+Single-file keys (diffusers names, what ``save_pretrained`` writes; ``<root>/diffusion_models/
+tiny_cogvideox_transformer.safetensors``) and how a loader infers the config from shapes:
+
+- ``patch_embed.proj.weight`` [inner, in_channels, p, p] -> inner_dim, in_channels (I2V: 2 x latent channels),
+  patch_size p. ``patch_embed.text_proj.weight`` [inner, text_embed_dim].
+- ``transformer_blocks.<i>.*`` -> num_layers = 1 + max i. ``transformer_blocks.0.attn1.norm_q.weight``
+  [attention_head_dim] (qk_norm is per head) -> num_attention_heads = inner / head_dim.
+- ``time_embedding.linear_1.weight`` [time_embed_dim, inner] -> time_embed_dim.
+- ``proj_out.weight`` [p*p*out_channels, inner] -> out_channels (p_t is None: not CogVideoX 1.5).
+- ``ofs_embedding.*`` present only for CogVideoX 1.5 I2V (ofs_embed_dim); absent here.
+- ``patch_embed.pos_embedding`` present only with learned positional embeddings (5B I2V: absent; rotary).
+  Rotary/learned are NOT recoverable from shapes when pos_embedding is absent: rotary for 5B/1.5 models.
+- Original SAT/ComfyUI-wrapper CogVideoX files use different names (``model.diffusion_model.`` prefix, e.g.
+  ``mixins.patch_embed.proj.weight``, ``transformer.layers.<i>.attention.query_key_value.weight`` fused QKV,
+  ``transformer.layers.<i>.mlp.dense_h_to_4h``, ``mixins.adaln_layer.adaLN_modulations.<i>``); a loader of such
+  files needs a converter (diffusers' scripts/convert_cogvideox_to_diffusers.py documents the map). The kit only
+  writes diffusers names.
+
+VAE file (``<root>/vae/tiny_cogvideox_vae.safetensors``, diffusers names): ``encoder.conv_in.conv.weight``
+[C0, 3, 3, 3, 3] -> block_out_channels[0]; ``encoder.down_blocks.<i>.resnets.0.conv1.conv.weight`` [C_i, ...]
+-> block_out_channels and number of levels; ``encoder.conv_out.conv.weight`` [2*latent_channels, ...];
+``encoder.down_blocks.<i>.resnets.<j>`` -> layers_per_block = 1 + max j. temporal_compression_ratio (4) and
+scaling_factor (0.7 for 5B) are not in the weights: use the release values. norm_num_groups is not in the
+weights either (this kit: 4; releases: 32).
+
+Text encoder file (``<root>/text_encoders/tiny_t5.safetensors``, HF T5 names like ComfyUI's t5xxl files):
+``shared.weight`` [vocab, d_model]; ``encoder.block.<i>.layer.0.SelfAttention.q.weight`` [heads*d_kv, d_model];
+``encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight`` [buckets, heads] -> num_heads;
+``encoder.block.<i>.layer.1.DenseReluDense.wi_0.weight`` (gated-gelu; ``wi.weight`` when relu) [d_ff, d_model].
+``encoder.embed_tokens.weight`` is tied to ``shared.weight`` and not stored. The tokenizer folder sits beside it
+(``<root>/text_encoders/tiny_t5_tokenizer/``) since a single file carries no tokenizer.
+
+SVD facts (:data:`SVD_UNET`, :data:`SVD_VAE`, :data:`SVD_CLIP`)
+----------------------------------------------------------------
+UNet cross_attention_dim == CLIP projection_dim (16); projection_class_embeddings_input_dim = 3 x
+addition_time_embed_dim (fps, motion bucket, noise aug). The CLIP image processor is saved at size 32 (the tiny
+CLIP's image_size; the release uses 224 with the OpenAI CLIP mean/std): a loader must resize to
+``feature_extractor.crop_size`` (never a hard-coded 224) with ``image_mean``/``image_std`` from that folder.
+
+Wan facts: see :func:`tiny_wan_dir`. SAM2 facts: see :func:`tiny_sam2`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+KIT_VERSION = 1  # bump to force every tiny model to rebuild
+
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".tiny_models"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTERPLAY_TINY_MODELS") or DEFAULT_CACHE)
+
+
+def _versions() -> dict:
+    import diffusers
+    import safetensors
+    import transformers
+
+    v = dict(kit=KIT_VERSION, torch=torch.__version__.split("+")[0], diffusers=diffusers.__version__,
+             transformers=transformers.__version__, safetensors=safetensors.__version__)
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        v["sam2"] = version("sam2")
+    return v
+
+
+def spec_hash(spec) -> str:
+    blob = json.dumps({"spec": spec, "versions": _versions()}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+COMPLETE = ".complete"
+
+
+def cached(name: str, spec, build: Callable[[Path], None]) -> Path:
+    """``<cache>/<name>-<hash(spec, versions)>/``, built by ``build(tmp_dir)`` only if not yet complete.
+
+    Atomic: ``build`` writes into a fresh temp dir next to the target which is then renamed; if another process
+    published first, its folder is kept and ours discarded.
+    """
+    root = cache_root()
+    final = root / f"{name}-{spec_hash(spec)}"
+    if (final / COMPLETE).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    try:
+        with torch.random.fork_rng(devices=[]):  # building never disturbs the caller's RNG
+            build(tmp)
+        (tmp / COMPLETE).write_text(json.dumps({"spec": spec, "versions": _versions()}, indent=1, default=str))
+        if final.exists() and not (final / COMPLETE).is_file():
+            # a stale, incomplete folder (a killed build before the atomic publish existed): move it away
+            with contextlib.suppress(OSError):
+                os.replace(final, root / f".stale-{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / COMPLETE).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _save_module(module, folder: Path) -> None:
+    module.save_pretrained(folder, safe_serialization=True)
+
+
+def save_single_file(module, path: Path, metadata: dict | None = None) -> Path:
+    """The module's state dict as one safetensors file (diffusers/HF key names; tied weights stored once)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd, seen = {}, {}
+    for k, v in module.state_dict().items():
+        key = (v.data_ptr(), v.shape, v.stride()) if v.numel() else None
+        if key is not None and key in seen:
+            continue  # tied (e.g. T5 encoder.embed_tokens.weight is shared.weight)
+        if key is not None:
+            seen[key] = k
+        sd[k] = v.detach().contiguous().clone()
+    save_file(sd, str(path), metadata={"format": "pt", **(metadata or {})})
+    return path
+
+
+# ============================================================================================ CogVideoX
+LATENT_CHANNELS = 4
+
+COGVIDEOX_VAE = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("CogVideoXDownBlock3D",) * 3, up_block_types=("CogVideoXUpBlock3D",) * 3,
+    block_out_channels=(8, 16, 16), latent_channels=LATENT_CHANNELS, layers_per_block=1, norm_num_groups=4,
+    temporal_compression_ratio=4, sample_height=32, sample_width=32, scaling_factor=0.7,
+)
+"""3 levels -> 4x space and 4x time (the first two down blocks compress both); 0.7 = 5B release scaling."""
+
+COGVIDEOX_TRANSFORMER = dict(
+    num_attention_heads=2, attention_head_dim=16, in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+    time_embed_dim=16, ofs_embed_dim=None, text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8,
+    sample_frames=9, patch_size=2, patch_size_t=None, temporal_compression_ratio=4, max_text_seq_length=226,
+    use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+)
+"""I2V layout (noisy latent ++ image latent). head_dim 16 because 3D RoPE splits it 4/6/6 (t/h/w, all even).
+sample_* = latent 8x8 (32 px) and 9 pixel frames: only used for the RoPE base grid."""
+
+T5_CONFIG = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                 is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+                 decoder_start_token_id=0)
+"""T5 v1.1 style (gated-gelu, like t5-v1_1-xxl that CogVideoX uses); vocab_size = len(tokenizer)."""
+
+COGVIDEOX_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, clip_sample_range=1.0,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True, sample_max_value=1.0,
+    set_alpha_to_one=True, snr_shift_scale=1.0, steps_offset=0, timestep_spacing="trailing", trained_betas=None,
+)
+"""CogVideoXDDIMScheduler of THUDM/CogVideoX-5b-I2V (2B uses snr_shift_scale 3.0)."""
+
+COGVIDEOX_INDEX = {
+    "_class_name": "CogVideoXImageToVideoPipeline", "_diffusers_version": "0.32.0",
+    "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLCogVideoX"],
+}
+
+
+def build_t5_tokenizer():
+    """``T5TokenizerFast`` over a small local Unigram vocabulary (pad 0, eos 1, unk 2; no download).
+
+    The package's demo tokenizer (interplay.models.demo.tokenizer) is reused so the kit and the demo agree.
+    """
+    from interplay.models.demo.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+def new_t5(vocab_size: int, seed: int = 2, cls_name: str = "T5EncoderModel", config: dict | None = None):
+    import transformers
+
+    torch.manual_seed(seed)
+    if cls_name == "UMT5EncoderModel":
+        cfg = transformers.UMT5Config(vocab_size=vocab_size, **(config or T5_CONFIG))
+    else:
+        cfg = transformers.T5Config(vocab_size=vocab_size, **(config or T5_CONFIG))
+    return getattr(transformers, cls_name)(cfg).eval()
+
+
+def new_cogvideox_modules(seed: int = 0) -> dict:
+    """In-memory modules of the tiny CogVideoX (same weights as the saved folder for the same seed)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLCogVideoX(**COGVIDEOX_VAE).eval()
+    torch.manual_seed(seed + 1)
+    transformer = CogVideoXTransformer3DModel(**COGVIDEOX_TRANSFORMER).eval()
+    tokenizer = build_t5_tokenizer()
+    text_encoder = new_t5(len(tokenizer), seed=seed + 2)
+    return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
+                scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
+
+
+def _cogvideox_spec(seed):
+    return dict(vae=COGVIDEOX_VAE, transformer=COGVIDEOX_TRANSFORMER, t5=T5_CONFIG, sched=COGVIDEOX_SCHEDULER,
+                index=COGVIDEOX_INDEX, seed=seed)
+
+
+def tiny_cogvideox_dir(seed: int = 0) -> Path:
+    """Diffusers folder loadable by ``CogVideoXImageToVideoPipeline.from_pretrained`` (float32 weights).
+
+    Layout: model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/.
+    """
+
+    def build(tmp: Path):
+        m = new_cogvideox_modules(seed)
+        for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+            m[name].save_pretrained(tmp / name)
+        (tmp / "model_index.json").write_text(json.dumps(COGVIDEOX_INDEX, indent=2))
+
+    return cached("cogvideox", _cogvideox_spec(seed), build)
+
+
+COGVIDEOX_FILES = dict(transformer="diffusion_models/tiny_cogvideox_transformer.safetensors",
+                       vae="vae/tiny_cogvideox_vae.safetensors",
+                       text_encoder="text_encoders/tiny_t5.safetensors",
+                       tokenizer="text_encoders/tiny_t5_tokenizer")
+
+
+def tiny_cogvideox_files(seed: int = 0) -> dict:
+    """The same weights as :func:`tiny_cogvideox_dir` as single safetensors files in a ComfyUI-style root.
+
+    Returns ``dict(transformer=, vae=, text_encoder=, tokenizer=, root=)`` (paths; ``root`` is the models root,
+    laid out as in :data:`COGVIDEOX_FILES`). No config is embedded: loaders infer it from shapes (module doc).
+    """
+    src = tiny_cogvideox_dir(seed)
+
+    def build(tmp: Path):
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+        from transformers import T5EncoderModel, T5TokenizerFast
+
+        save_single_file(CogVideoXTransformer3DModel.from_pretrained(src / "transformer"),
+                         tmp / COGVIDEOX_FILES["transformer"])
+        save_single_file(AutoencoderKLCogVideoX.from_pretrained(src / "vae"), tmp / COGVIDEOX_FILES["vae"])
+        save_single_file(T5EncoderModel.from_pretrained(src / "text_encoder"), tmp / COGVIDEOX_FILES["text_encoder"])
+        T5TokenizerFast.from_pretrained(src / "tokenizer").save_pretrained(tmp / COGVIDEOX_FILES["tokenizer"])
+
+    root = cached("cogvideox_files", dict(src=src.name, files=COGVIDEOX_FILES), build)
+    return {k: root / v for k, v in COGVIDEOX_FILES.items()} | {"root": root}

@@ -1,0 +1,149 @@
+"""The tiny-model kit: every builder's files load through the user-facing classes with identical outputs to
+the in-memory model, tokenizers load offline, and the on-disk cache is reused."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kit import tiny
+
+
+def _same(a, b):
+    assert a.shape == b.shape
+    assert torch.equal(a, b), (a - b).abs().max()
+
+
+@pytest.fixture(scope="module")
+def cog_mem():
+    return tiny.new_cogvideox_modules(0)
+
+
+def _cog_inputs():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 3, 2 * tiny.LATENT_CHANNELS, 8, 8, generator=g)  # [B,f,2C,h,w]
+    text = torch.randn(1, 7, tiny.T5_CONFIG["d_model"], generator=g)
+    return lat, text
+
+
+def _cog_forward(transformer, lat, text):
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    cfg = transformer.config
+    rope = get_3d_rotary_pos_embed(cfg.attention_head_dim, crops_coords=((0, 0), (4, 4)), grid_size=(4, 4),
+                                   temporal_size=lat.shape[1], device=lat.device)
+    with torch.no_grad():
+        return transformer(hidden_states=lat, encoder_hidden_states=text, timestep=torch.tensor([500]),
+                           image_rotary_emb=rope, return_dict=False)[0]
+
+
+def test_cogvideox_folder_is_the_in_memory_model(tiny_cogvideox, cog_mem):
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(tiny_cogvideox)
+    assert json.loads((tiny_cogvideox / "model_index.json").read_text())["_class_name"] == \
+        "CogVideoXImageToVideoPipeline"
+    lat, text = _cog_inputs()
+    out = _cog_forward(pipe.transformer, lat, text)
+    assert out.shape == (1, 3, tiny.LATENT_CHANNELS, 8, 8)
+    _same(out, _cog_forward(cog_mem["transformer"], lat, text))
+    # VAE: 9 frames of 32 px -> 3 latent frames of 8x8 -> 9 frames back
+    x = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mean
+        _same(z, cog_mem["vae"].encode(x).latent_dist.mean)
+        assert z.shape == (1, tiny.LATENT_CHANNELS, 3, 8, 8)
+        assert pipe.vae.decode(z).sample.shape == (1, 3, 9, 32, 32)
+    sc = pipe.scheduler.config
+    assert (sc.prediction_type, sc.timestep_spacing, sc.snr_shift_scale, sc.rescale_betas_zero_snr) == \
+        ("v_prediction", "trailing", 1.0, True)
+    assert pipe.vae.config.scaling_factor == 0.7
+
+
+def test_cogvideox_tokenizer_and_t5_load_offline(tiny_cogvideox, cog_mem, monkeypatch):
+    from transformers import AutoTokenizer, T5EncoderModel, T5TokenizerFast
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(tiny_cogvideox / "tokenizer")
+    assert isinstance(tok, T5TokenizerFast)
+    ids = tok(["A red box pushes the cube"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    assert ids.shape == (1, 16)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert 1 in ids[0].tolist() and ids[0, -1] == 0  # eos appended, padded with pad
+    te = T5EncoderModel.from_pretrained(tiny_cogvideox / "text_encoder")
+    with torch.no_grad():
+        _same(te(ids).last_hidden_state, cog_mem["text_encoder"](ids).last_hidden_state)
+
+
+def test_cogvideox_single_files_hold_the_folder_weights(tiny_cogvideox, tiny_cogvideox_files, cog_mem):
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    f = tiny_cogvideox_files
+    root = f["root"]
+    assert f["transformer"] == root / "diffusion_models" / "tiny_cogvideox_transformer.safetensors"
+    assert f["vae"] == root / "vae" / "tiny_cogvideox_vae.safetensors"
+    assert f["text_encoder"] == root / "text_encoders" / "tiny_t5.safetensors"
+    sd = load_file(f["transformer"])
+    # the shape facts the module docstring promises a config-inferring loader
+    assert sd["patch_embed.proj.weight"].shape == (32, 2 * tiny.LATENT_CHANNELS, 2, 2)
+    assert sd["patch_embed.text_proj.weight"].shape == (32, 32)
+    assert sd["transformer_blocks.0.attn1.norm_q.weight"].shape == (16,)
+    assert sd["proj_out.weight"].shape == (2 * 2 * tiny.LATENT_CHANNELS, 32)
+    assert "patch_embed.pos_embedding" not in sd and not any(k.startswith("ofs_") for k in sd)
+    tr = CogVideoXTransformer3DModel(**tiny.COGVIDEOX_TRANSFORMER)
+    tr.load_state_dict(sd, strict=True)
+    lat, text = _cog_inputs()
+    _same(_cog_forward(tr.eval(), lat, text), _cog_forward(cog_mem["transformer"], lat, text))
+
+    vsd = load_file(f["vae"])
+    assert vsd["encoder.conv_out.conv.weight"].shape[0] == 2 * tiny.LATENT_CHANNELS
+    vae = AutoencoderKLCogVideoX(**tiny.COGVIDEOX_VAE)
+    vae.load_state_dict(vsd, strict=True)
+    for k, v in cog_mem["vae"].state_dict().items():
+        _same(vsd[k], v)
+
+    tsd = load_file(f["text_encoder"])
+    assert "shared.weight" in tsd and "encoder.embed_tokens.weight" not in tsd  # tied, stored once
+    tok = T5TokenizerFast.from_pretrained(f["tokenizer"])
+    te = T5EncoderModel(T5Config(vocab_size=tsd["shared.weight"].shape[0], **tiny.T5_CONFIG))
+    missing, unexpected = te.load_state_dict(tsd, strict=False)
+    assert missing == [] or set(missing) == {"encoder.embed_tokens.weight"}
+    assert unexpected == []
+    ids = tok(["a box"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        _same(te.eval()(ids).last_hidden_state, cog_mem["text_encoder"](ids).last_hidden_state)
+
+
+def test_cache_is_reused_and_keyed_by_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERPLAY_TINY_MODELS", str(tmp_path))
+    calls = []
+
+    def build(d):
+        calls.append(d)
+        (d / "w.txt").write_text("x")
+
+    a = tiny.cached("thing", {"k": 1}, build)
+    mtime = (a / "w.txt").stat().st_mtime_ns
+    assert tiny.cached("thing", {"k": 1}, build) == a and len(calls) == 1
+    assert (a / "w.txt").stat().st_mtime_ns == mtime
+    b = tiny.cached("thing", {"k": 2}, build)
+    assert b != a and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])  # no temp dirs left
+
+    def boom(d):
+        (d / "half").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        tiny.cached("thing", {"k": 3}, boom)
+    assert len(list(tmp_path.iterdir())) == 2  # a failed build publishes nothing
+
+
+def test_cogvideox_cache_not_rebuilt(tiny_cogvideox):
+    stamp = (tiny_cogvideox / tiny.COMPLETE).stat().st_mtime_ns
+    w = next((tiny_cogvideox / "transformer").glob("*.safetensors")).stat().st_mtime_ns
+    assert tiny.tiny_cogvideox_dir() == tiny_cogvideox
+    assert (tiny_cogvideox / tiny.COMPLETE).stat().st_mtime_ns == stamp
+    assert next((tiny_cogvideox / "transformer").glob("*.safetensors")).stat().st_mtime_ns == w
