@@ -906,6 +906,7 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                     help="override an input value; repeatable")
     ap.add_argument("--print-prompt", action="store_true", help="print the API prompt and exit")
+    ap.add_argument("--validate-only", action="store_true", help="validate, run nothing (exit 0 or 2)")
     args = ap.parse_args(argv)
 
     if args.models_dir is not None:
@@ -928,6 +929,9 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
     if errors:
         print(f"error: {args.workflow} failed validation:\n" + format_errors(errors), file=sys.stderr)
         return 2
+    if args.validate_only:
+        print(f"{args.workflow}: valid ({len(prompt)} node(s))")
+        return 0
     out_dir = runtime.output_directory()
     before = _snapshot(out_dir)
     t0 = time.monotonic()

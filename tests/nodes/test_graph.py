@@ -658,3 +658,13 @@ def test_list_widget_values_are_not_links():
     assert graph.validate(api, CLASSES) == []  # node 3 feeds no output
     errors = graph.validate(api, CLASSES, targets=["3"])
     assert [e["type"] for e in errors] == ["invalid_input_type"] and errors[0]["node_id"] == "3"
+
+
+def test_validate_only_and_print_prompt(tmp_path, capsys):
+    path = _write(tmp_path, UI)
+    out = tmp_path / "out"
+    assert graph.cli_main([str(path), "--out", str(out), "--validate-only"], node_classes=CLASSES) == 0
+    assert "valid (3 node(s))" in capsys.readouterr().out and CALLS == [] and not out.exists()
+    assert graph.cli_main([str(path), "--print-prompt", "--set", "4.offset=2"], node_classes=CLASSES) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["4"]["inputs"] == {"factor": 2.5, "offset": 2, "x": ["1", 0]} and CALLS == []
