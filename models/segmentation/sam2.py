@@ -381,3 +381,123 @@ def propagate_video_objects(sam: Sam2, frames, objects: list[dict]) -> torch.Ten
 def propagate_video(sam: Sam2, frames, prompts: dict) -> torch.Tensor:
     """One object through a clip: bool [F, H, W]; ``prompts`` = {frame: dict(points, labels, box | mask)}."""
     return propagate_video_objects(sam, frames, [prompts])[0]
+
+
+# ------------------------------------------------------------------------------------- node-facing helpers
+_WEIGHT_NAMES = {"tiny": "t", "small": "s", "base_plus": "b+", "base-plus": "b+", "b+": "b+", "large": "l",
+                 "t": "t", "s": "s", "l": "l"}
+
+
+def guess_config(weights_name: str) -> str:
+    """The config of an official or Kijai/sam2-safetensors file name ("sam2.1_hiera_tiny-fp16.safetensors"
+    -> "sam2.1_hiera_t"); ValueError when the name says nothing."""
+    import re
+
+    base = Path(weights_name).name.lower()
+    m = re.search(r"(sam2(?:\.1)?)_hiera_(tiny|small|base_plus|base-plus|large|b\+|t|s|l)(?![a-z])", base)
+    if not m:
+        raise ValueError(f"`config`: cannot tell the SAM2 config from the file name {weights_name!r}; pick the "
+                         f"config explicitly (one of {', '.join(CONFIGS)})")
+    return f"{m.group(1)}_hiera_{_WEIGHT_NAMES[m.group(2)]}"
+
+
+PROMPT_SCHEMA = '{"v": 1, "points": [[x, y, 1|0], ...], "box": [x0, y0, x1, y1]} (points and/or box, image pixels)'
+VIDEO_PROMPT_SCHEMA = '{"v": 1, "frames": {"0": {"points": [[x, y, 1|0]], "box": [x0, y0, x1, y1]}, ...}}'
+
+
+def _parse_json(text, input_name: str, schema: str) -> dict:
+    import json
+
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"`{input_name}` is empty; expected {schema}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"`{input_name}` is not valid JSON ({e.msg} at column {e.colno}); expected {schema}") from None
+    if not isinstance(data, dict) or data.get("v") != 1:
+        raise ValueError(f"`{input_name}` must be a JSON object with \"v\": 1; expected {schema}")
+    return data
+
+
+def _frame_prompt(p, where: str, schema: str) -> dict:
+    if not isinstance(p, dict):
+        raise ValueError(f"{where} must be an object; expected {schema}")
+    out: dict = {}
+    pts = p.get("points") or []
+    if not isinstance(pts, list) or not all(
+            isinstance(q, (list, tuple)) and len(q) in (2, 3) and all(isinstance(c, (int, float)) for c in q)
+            and (len(q) == 2 or q[2] in (0, 1)) for q in pts):
+        raise ValueError(f"{where}.points must be [[x, y, 1|0], ...] (label 1 positive, 0 negative); got {pts!r}")
+    if pts:
+        out["points"] = [[float(q[0]), float(q[1])] for q in pts]
+        out["labels"] = [int(q[2]) if len(q) == 3 else 1 for q in pts]
+    box = p.get("box")
+    if box is not None:
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(c, (int, float)) for c in box)
+                and box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"{where}.box must be [x0, y0, x1, y1] with x1 > x0, y1 > y0; got {box!r}")
+        out["box"] = [float(c) for c in box]
+    if not out:
+        raise ValueError(f"{where} needs points and/or a box; expected {schema}")
+    return out
+
+
+def parse_image_prompts(text, input_name: str = "prompts") -> dict:
+    """``{"v":1,"points":[[x,y,label]],"box":[...]}`` -> dict(points, labels, box) for ``segment_image``."""
+    return _frame_prompt(_parse_json(text, input_name, PROMPT_SCHEMA), f"`{input_name}`", PROMPT_SCHEMA)
+
+
+def parse_video_prompts(text, num_frames: int, input_name: str = "prompts") -> dict[int, dict]:
+    """``{"v":1,"frames":{"0":{...}}}`` -> {frame: dict(points, labels, box)} for ``propagate_video``."""
+    data = _parse_json(text, input_name, VIDEO_PROMPT_SCHEMA)
+    frames = data.get("frames")
+    if not isinstance(frames, dict) or not frames:
+        raise ValueError(f"`{input_name}` needs a non-empty \"frames\" object; expected {VIDEO_PROMPT_SCHEMA}")
+    out = {}
+    for k, p in frames.items():
+        try:
+            f = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"`{input_name}`: frame key {k!r} is not an integer") from None
+        if not 0 <= f < num_frames:
+            raise ValueError(f"`{input_name}`: frame {f} is outside the clip's frames 0..{num_frames - 1}")
+        out[f] = _frame_prompt(p, f"`{input_name}`.frames[{k!r}]", VIDEO_PROMPT_SCHEMA)
+    return out
+
+
+def mask_overlay(frames: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.2, 0.2), alpha: float = 0.5) -> torch.Tensor:
+    """frames [F,H,W,3] 0..1 with masks [F,H,W] tinted: IMAGE [F,H,W,3]."""
+    fr = torch.as_tensor(frames).float().cpu()
+    m = (torch.as_tensor(masks).float().cpu() >= 0.5)[..., None]
+    c = torch.tensor(color, dtype=torch.float32)
+    return torch.where(m, fr * (1 - alpha) + c * alpha, fr)
+
+
+def write_tiny_config(path: str | os.PathLike, image_size: int = 128) -> Path:
+    """A sam2.1_hiera_t-shaped model YAML at toy widths (~0.9M parameters) for tests and CPU smoke runs.
+
+    Same classes as the release (Hiera trunk, FPN neck, memory attention/encoder, SAM heads); only widths,
+    depths and the input size shrink. Global attention sits on a non-pooling block (Hiera requires it).
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(resolve_config("sam2.1_hiera_t"))
+    m = cfg.model
+    t = m.image_encoder.trunk
+    t.embed_dim, t.stages, t.global_att_blocks = 16, [1, 1, 2, 1], [3]
+    n = m.image_encoder.neck
+    n.d_model, n.position_encoding.num_pos_feats, n.backbone_channel_list = 32, 32, [128, 64, 32, 16]
+    a = m.memory_attention
+    a.d_model, a.num_layers, a.layer.d_model, a.layer.dim_feedforward = 32, 1, 32, 64
+    a.layer.self_attention.embedding_dim = a.layer.cross_attention.embedding_dim = 32
+    a.layer.cross_attention.kv_in_dim = 16
+    e = m.memory_encoder
+    e.out_dim, e.in_dim, e.position_encoding.num_pos_feats = 16, 32, 16
+    e.mask_downsampler.embed_dim, e.fuser.layer.dim, e.fuser.num_layers = 32, 32, 1
+    m.image_size, m.num_maskmem = int(image_size), 3
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path)
+    return path

@@ -16,27 +16,8 @@ from interplay.models.segmentation import sam2 as S  # noqa: E402
 
 
 def build_tiny_sam2(folder: Path) -> tuple[str, Path]:
-    """A sam2.1_hiera_t-shaped YAML at toy size plus its seeded random weights. Returns (yaml, safetensors)."""
-    import sam2
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(Path(sam2.__path__[0]) / "configs/sam2.1/sam2.1_hiera_t.yaml")
-    m = cfg.model
-    t = m.image_encoder.trunk
-    t.embed_dim, t.stages, t.global_att_blocks = 16, [1, 1, 2, 1], [3]  # global attention off the pooling blocks
-    n = m.image_encoder.neck
-    n.d_model, n.position_encoding.num_pos_feats, n.backbone_channel_list = 32, 32, [128, 64, 32, 16]
-    a = m.memory_attention
-    a.d_model, a.num_layers, a.layer.d_model, a.layer.dim_feedforward = 32, 1, 32, 64
-    a.layer.self_attention.embedding_dim = a.layer.cross_attention.embedding_dim = 32
-    a.layer.cross_attention.kv_in_dim = 16
-    e = m.memory_encoder
-    e.out_dim, e.in_dim, e.position_encoding.num_pos_feats = 16, 32, 16
-    e.mask_downsampler.embed_dim, e.fuser.layer.dim, e.fuser.num_layers = 32, 32, 1
-    m.image_size, m.num_maskmem = 128, 3
-    folder.mkdir(parents=True, exist_ok=True)
-    yaml = folder / "sam2.1_hiera_tiny_test.yaml"
-    OmegaConf.save(cfg, yaml)
+    """The toy sam2.1_hiera_t YAML plus its seeded random weights. Returns (yaml, safetensors)."""
+    yaml = S.write_tiny_config(folder / "sam2.1_hiera_tiny_test.yaml")
     torch.manual_seed(0)
     model = S.build_model(str(yaml))
     weights = S.save_sam2_weights(model, folder / "sam2.1_hiera_tiny_test.safetensors")
