@@ -940,6 +940,11 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         outputs = execute(prompt, node_classes, extra_pnginfo={"workflow": data} if is_ui_workflow(data) else None,
                           on_node=lambda nid, ct: print(f"[{nid}] {ct}", file=sys.stderr))
     except NodeExecutionError as ex:
+        import traceback
+
+        # Where in the node it failed (last frames), then the one line that names the node.
+        tb = traceback.format_exception(ex.original)[-6:]
+        print("".join(tb).rstrip(), file=sys.stderr)
         print(f"error: {ex}", file=sys.stderr)
         return 1
     except (runtime.Interrupted, KeyboardInterrupt):
