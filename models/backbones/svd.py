@@ -163,17 +163,23 @@ def _clip_norm(processor):
 
 
 def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", seed: int = 0) -> Backbone:
-    """A random-weight SVD of the real classes: "tiny" (tests) or "full" (benchmark UNet; small VAE/CLIP)."""
+    """A random-weight SVD of the real classes: "tiny" (tests), "full" (real UNet, tiny VAE/CLIP: step
+    benchmarks) or "full_all" (real UNet, VAE and ViT-H: end-to-end sample timing)."""
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
     device = torch.device(device)
-    ucfg = dict(SVD_UNET_CONFIG if size == "full" else TINY_UNET_CONFIG)
+    from .svd_convert import SVD_VAE_CONFIG, VIT_H_CONFIG
+
+    if size not in ("tiny", "full", "full_all"):
+        raise ValueError(f"random_backbone: size must be tiny, full or full_all; got {size!r}")
+    ucfg = dict(TINY_UNET_CONFIG if size == "tiny" else SVD_UNET_CONFIG)
+    vcfg = SVD_VAE_CONFIG if size == "full_all" else TINY_VAE_CONFIG
+    ccfg = VIT_H_CONFIG if size == "full_all" else dict(TINY_CLIP_CONFIG, projection_dim=ucfg["cross_attention_dim"])
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel(**ucfg)
-        vae = AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG)
-        ccfg = dict(TINY_CLIP_CONFIG, projection_dim=ucfg["cross_attention_dim"])
+        vae = AutoencoderKLTemporalDecoder(**vcfg)
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**ccfg))
     return assemble_backbone(unet, vae, clip, None, None, dtype=dtype, device=device,
                              variant="random-" + size, source={"kind": "random"})

@@ -63,13 +63,28 @@ def model_forward(bb: Backbone, latent_in: torch.Tensor, c_noise, image_embeds: 
                              residual_rule=rule)
 
 
+def compiled_forward(bb: Backbone, branch: ControlBranch | None = None):
+    """``model_forward`` under torch.compile (one graph per shape; cached on the bundle's ``extra``)."""
+    cache = bb.extra.setdefault("_compiled_forward", {})
+    key = id(branch.module) if branch is not None else None
+    if key not in cache:
+        def fwd(inp, t, emb, tids, control, weight):
+            return model_forward(bb, inp, t, emb, tids, branch=branch, control=control, weight=weight)
+        cache[key] = torch.compile(fwd, dynamic=False)
+    return cache[key]
+
+
 def denoise(bb: Backbone, x: torch.Tensor, sigma: float, image_latent: torch.Tensor, image_embeds, time_ids, *,
-            branch=None, control=None, weight=1.0) -> torch.Tensor:
+            branch=None, control=None, weight=1.0, compile: bool = False) -> torch.Tensor:
     """D(x; sigma): x [B,F,4,h,w], image_latent [B,F,4,h,w] -> denoised x0 estimate [B,F,4,h,w]."""
     c_skip, c_out, c_in, c_noise = (float(v) for v in precondition(sigma))
     inp = torch.cat([(x * c_in).to(bb.dtype), image_latent.to(bb.dtype)], dim=2)
     t = torch.full((x.shape[0],), c_noise, device=x.device, dtype=torch.float32)
-    out = model_forward(bb, inp, t, image_embeds, time_ids, branch=branch, control=control, weight=weight)
+    if compile:
+        fwd = compiled_forward(bb, branch if control is not None else None)
+        out = fwd(inp, t, image_embeds, time_ids, control, float(weight))
+    else:
+        out = model_forward(bb, inp, t, image_embeds, time_ids, branch=branch, control=control, weight=weight)
     return c_skip * x + c_out * out.float()
 
 
@@ -78,7 +93,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                branch: ControlBranch | None = None, num_frames: int = 14, steps: int = 50,
                min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6, motion_bucket_id: float = 40,
                noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1, image_embeds: torch.Tensor | None = None,
-               image_latent: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+               image_latent: torch.Tensor | None = None, callback=None, compile: bool = False) -> torch.Tensor:
     """Sample SVD image-to-video with an optional InterDyn branch.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -86,6 +101,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     has zero image embedding and zero image latent but the same control; cond/uncond run as one batch, and the
     control is doubled only when guidance is on. Noise from a CPU generator seeded with ``seed``.
     ``image_embeds``/``image_latent`` may be passed precomputed ([1,1,D], [1,C,h,w]) to skip the encoders.
+    ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
     Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``).
     """
     if image.ndim == 3:
@@ -135,7 +151,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
         on = ctrl is not None and start <= i / steps < end
         xin = torch.cat([x, x]) if cfg_on else x
         d = denoise(bb, xin, s, lat_in, emb_in, tids, branch=branch if on else None,
-                    control=ctrl if on else None, weight=1.0 if weight is None else weight)
+                    control=ctrl if on else None, weight=1.0 if weight is None else weight, compile=compile)
         if cfg_on:
             d_u, d_c = d.chunk(2)
             denoised = d_u + w * (d_c - d_u)
