@@ -37,3 +37,19 @@ def tiny_cogvideox_files():
     from kit.tiny import tiny_cogvideox_files as build
 
     return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_svd():
+    """Path of a tiny diffusers StableVideoDiffusionPipeline folder."""
+    from kit.tiny import tiny_svd_dir
+
+    return tiny_svd_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_svd_files():
+    """dict(clip_vision=, root=): the tiny SVD's CLIP vision encoder as a single file in <root>/clip_vision/."""
+    from kit.tiny import tiny_svd_files as build
+
+    return build()

@@ -284,3 +284,100 @@ def tiny_cogvideox_files(seed: int = 0) -> dict:
 
     root = cached("cogvideox_files", dict(src=src.name, files=COGVIDEOX_FILES), build)
     return {k: root / v for k, v in COGVIDEOX_FILES.items()} | {"root": root}
+
+
+# ================================================================================================== SVD
+SVD_UNET = dict(
+    sample_size=8, in_channels=8, out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+    block_out_channels=(32, 32, 32, 32), addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+    layers_per_block=2, cross_attention_dim=16, transformer_layers_per_block=1, num_attention_heads=(2, 2, 2, 2),
+    num_frames=4,
+)
+"""The release's 4 block types (so the 12-skip layout is real) at 32 channels (GroupNorm groups = 32)."""
+
+SVD_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(32,) * 4,
+    layers_per_block=1, latent_channels=4, sample_size=64, scaling_factor=0.18215, force_upcast=True,
+)
+"""8x space like the release (64 px -> 8x8 latents); temporal decoder, no time compression."""
+
+SVD_CLIP = dict(hidden_size=32, intermediate_size=37, projection_dim=16, num_hidden_layers=1, num_attention_heads=2,
+                image_size=224, patch_size=32, hidden_act="gelu")
+"""224 px like the release (StableVideoDiffusionPipeline hard-codes a 224 resize), 7x7 patches of 32 px."""
+
+SVD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", trained_betas=None,
+    prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True, sigma_min=0.002,
+    sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous", steps_offset=1,
+    rescale_betas_zero_snr=False,
+)
+"""EulerDiscreteScheduler of stabilityai/stable-video-diffusion-img2vid(-xt) (EDM sigmas, Karras, v-pred)."""
+
+SVD_INDEX = {
+    "_class_name": "StableVideoDiffusionPipeline", "_diffusers_version": "0.24.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
+    "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
+}
+
+
+def new_svd_modules(seed: int = 0) -> dict:
+    """In-memory tiny SVD parts (unet, vae, image_encoder, feature_extractor, scheduler)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(**SVD_UNET).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLTemporalDecoder(**SVD_VAE).eval()
+    torch.manual_seed(seed + 2)
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).eval()
+    # the release's feature_extractor: 224 shortest edge + 224 center crop, OpenAI CLIP mean/std
+    fe = CLIPImageProcessor(size={"shortest_edge": SVD_CLIP["image_size"]},
+                            crop_size={"height": SVD_CLIP["image_size"], "width": SVD_CLIP["image_size"]},
+                            image_mean=[0.48145466, 0.4578275, 0.40821073],
+                            image_std=[0.26862954, 0.26130258, 0.27577711])
+    return dict(unet=unet, vae=vae, image_encoder=clip, feature_extractor=fe,
+                scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER))
+
+
+def tiny_svd_dir(seed: int = 0) -> Path:
+    """Diffusers folder loadable by ``StableVideoDiffusionPipeline.from_pretrained`` (float32).
+
+    Layout: model_index.json, unet/, vae/, image_encoder/, feature_extractor/, scheduler/. Frames: any count
+    (default 4); pixels multiples of 8 (64 px -> latents [B,F,4,8,8]); CLIP input 224 px.
+    """
+
+    def build(tmp: Path):
+        m = new_svd_modules(seed)
+        for name in ("unet", "vae", "image_encoder", "feature_extractor", "scheduler"):
+            m[name].save_pretrained(tmp / name)
+        (tmp / "model_index.json").write_text(json.dumps(SVD_INDEX, indent=2))
+
+    spec = dict(unet=SVD_UNET, vae=SVD_VAE, clip=SVD_CLIP, sched=SVD_SCHEDULER, index=SVD_INDEX, seed=seed)
+    return cached("svd", spec, build)
+
+
+SVD_FILES = dict(clip_vision="clip_vision/tiny_svd_clip_vision.safetensors")
+
+
+def tiny_svd_files(seed: int = 0) -> dict:
+    """Single files of the tiny SVD that ComfyUI users keep apart: the CLIP vision encoder in ``clip_vision/``
+    (HF ``CLIPVisionModelWithProjection`` key names: ``vision_model.*`` + ``visual_projection.weight``).
+
+    The original-SGM ``checkpoints/`` file is written by the SVD owner's fixture writer (svd_convert), not here.
+    Returns ``dict(clip_vision=, root=)``.
+    """
+    src = tiny_svd_dir(seed)
+
+    def build(tmp: Path):
+        from transformers import CLIPVisionModelWithProjection
+
+        save_single_file(CLIPVisionModelWithProjection.from_pretrained(src / "image_encoder"),
+                         tmp / SVD_FILES["clip_vision"])
+
+    root = cached("svd_files", dict(src=src.name, files=SVD_FILES), build)
+    return {k: root / v for k, v in SVD_FILES.items()} | {"root": root}
