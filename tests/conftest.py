@@ -53,3 +53,12 @@ def tiny_svd_files():
     from kit.tiny import tiny_svd_files as build
 
     return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2():
+    """(yaml_path, weights_safetensors_path) of a tiny random SAM2.1 Hiera (128 px input)."""
+    pytest.importorskip("sam2")
+    from kit.tiny import tiny_sam2 as build
+
+    return build()

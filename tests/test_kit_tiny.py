@@ -233,3 +233,32 @@ def test_svd_clip_vision_single_file(tiny_svd_files, svd_mem):
     px = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _same(m.eval()(px).image_embeds, svd_mem["image_encoder"](px).image_embeds)
+
+
+# ------------------------------------------------------------------------------------------------ SAM2
+def test_sam2_weights_load_into_the_package_builders(tiny_sam2):
+    pytest.importorskip("sam2")
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
+
+    yaml, weights = tiny_sam2
+    assert yaml.parent.name == "sam2" and weights.parent == yaml.parent and weights.suffix == ".safetensors"
+    sd = load_file(weights)
+    assert "image_encoder.trunk.patch_embed.proj.weight" in sd and "maskmem_tpos_enc" in sd
+    assert sd["image_encoder.trunk.patch_embed.proj.weight"].shape[0] == 16
+    mem = tiny.new_sam2_model(yaml, seed=0)
+    x = torch.rand(1, 3, tiny.SAM2_IMAGE_SIZE, tiny.SAM2_IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = mem.forward_image(x)["vision_features"]
+    assert ref.shape == (1, 32, tiny.SAM2_IMAGE_SIZE // 16, tiny.SAM2_IMAGE_SIZE // 16)
+    with tiny.sam2_hydra_dir(yaml.parent):
+        img = build_sam2(yaml.stem, ckpt_path=None, device="cpu")
+        vid = build_sam2_video_predictor(yaml.stem, ckpt_path=None, device="cpu")
+    for m in (img, vid):
+        assert m.load_state_dict(sd, strict=True)
+        _owned(m)
+        with torch.no_grad():
+            _same(m.eval().forward_image(x)["vision_features"], ref)
+    # sam2's own search path is back: the release configs still resolve by name
+    from hydra import compose
+
+    assert compose(config_name=tiny.SAM2_BASE).model.image_size == 1024

@@ -381,3 +381,90 @@ def tiny_svd_files(seed: int = 0) -> dict:
 
     root = cached("svd_files", dict(src=src.name, files=SVD_FILES), build)
     return {k: root / v for k, v in SVD_FILES.items()} | {"root": root}
+
+
+# ================================================================================================= SAM2
+SAM2_BASE = "configs/sam2.1/sam2.1_hiera_t.yaml"  # inside the sam2 package
+SAM2_IMAGE_SIZE = 128
+SAM2_OVERRIDES = {
+    "image_encoder.trunk.embed_dim": 16, "image_encoder.trunk.stages": [1, 1, 2, 1],
+    "image_encoder.trunk.global_att_blocks": [3],  # Hiera: global attention must sit on a non-pooling block
+    "image_encoder.neck.d_model": 32, "image_encoder.neck.position_encoding.num_pos_feats": 32,
+    "image_encoder.neck.backbone_channel_list": [128, 64, 32, 16],
+    "memory_attention.d_model": 32, "memory_attention.num_layers": 1, "memory_attention.layer.d_model": 32,
+    "memory_attention.layer.dim_feedforward": 64, "memory_attention.layer.self_attention.embedding_dim": 32,
+    "memory_attention.layer.cross_attention.embedding_dim": 32,
+    "memory_attention.layer.cross_attention.kv_in_dim": 16,
+    "memory_encoder.out_dim": 16, "memory_encoder.in_dim": 32,
+    "memory_encoder.position_encoding.num_pos_feats": 16, "memory_encoder.mask_downsampler.embed_dim": 32,
+    "memory_encoder.fuser.layer.dim": 32, "memory_encoder.fuser.num_layers": 1,
+    "image_size": SAM2_IMAGE_SIZE, "num_maskmem": 3,
+}
+"""sam2.1_hiera_t at toy widths (~0.87M parameters, 128 px input). Same classes as the release. Why: the real
+hiera_t at 1024 px takes ~4.5 s per image encoder pass on one CPU core; this one ~4 ms."""
+
+SAM2_FILES = dict(config="sam2/sam2.1_hiera_tiny_test.yaml", weights="sam2/sam2.1_hiera_tiny_test.safetensors")
+
+
+def write_sam2_config(path: Path) -> Path:
+    """The derived YAML (a complete SAM2 model config: ``model:`` with the release's ``_target_`` classes)."""
+    import sam2
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(sam2.__path__[0]) / SAM2_BASE)
+    for dotted, v in SAM2_OVERRIDES.items():
+        OmegaConf.update(cfg.model, dotted, v, merge=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def new_sam2_model(config: Path, seed: int = 0):
+    """Random-init SAM2Base from a YAML path (no hydra search path needed), eval mode, CPU."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config)
+    OmegaConf.resolve(cfg)
+    torch.manual_seed(seed)
+    return instantiate(cfg.model, _recursive_=True).eval()
+
+
+def tiny_sam2(seed: int = 0) -> tuple[Path, Path]:
+    """``(yaml_path, weights_path)`` of a tiny random SAM2.1 (Hiera) inside a models root
+    (``<root>/sam2/sam2.1_hiera_tiny_test.{yaml,safetensors}``).
+
+    Weights: the model's state dict with the keys of an official checkpoint's ``"model"`` dict
+    (``image_encoder.trunk.*``, ``sam_mask_decoder.*``, ``memory_attention.*``, ``maskmem_tpos_enc`` ...),
+    identical for SAM2Base and SAM2VideoPredictor. The YAML is a path, not a name in the sam2 package:
+    ``sam2.build_sam.build_sam2``/``build_sam2_video_predictor`` look names up with hydra ``compose`` and
+    need :func:`sam2_hydra_dir` around the call (name = ``yaml.stem``); ``OmegaConf.load`` + ``instantiate`` work
+    directly.
+    """
+    import sam2  # noqa: F401  (fail early with ImportError when the optional package is absent)
+
+    def build(tmp: Path):
+        from safetensors.torch import save_file
+
+        yaml = write_sam2_config(tmp / SAM2_FILES["config"])
+        model = new_sam2_model(yaml, seed)
+        sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / SAM2_FILES["weights"]), metadata={"format": "pt"})
+
+    root = cached("sam2", dict(base=SAM2_BASE, overrides=SAM2_OVERRIDES, files=SAM2_FILES, seed=seed), build)
+    return root / SAM2_FILES["config"], root / SAM2_FILES["weights"]
+
+
+@contextlib.contextmanager
+def sam2_hydra_dir(config_dir: Path):
+    """Let ``sam2.build_sam.build_sam2(name)`` find YAMLs in ``config_dir``; restores sam2's search path after."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.2"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        initialize_config_module("sam2", version_base="1.2")
