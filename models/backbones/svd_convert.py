@@ -316,12 +316,31 @@ def load_clip_vision_file(path, default_config=None):
     sd = load_file(str(path))
     if any(k.startswith("vision_model.") for k in sd):
         sd = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
+        if "interplay_configs" not in meta:
+            cfg = infer_clip_config(sd)
         return sd, cfg
     for pre in (CLIP_PREFIX, "visual.", ""):
         vis = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
         if "conv1.weight" in vis:
             return openclip_to_hf(vis, cfg), cfg
     raise ValueError(f"clip_vision file {path.name}: neither HF CLIP (vision_model.*) nor OpenCLIP (visual.*) keys")
+
+
+KNOWN_HEADS = {1280: 16, 1024: 16, 768: 12}  # ViT-H/14, ViT-L/14, ViT-B
+
+
+def infer_clip_config(sd: dict) -> dict:
+    """CLIPVisionConfig fields from an HF-layout state dict's shapes. Head counts are not in the shapes: the
+    known CLIP widths use their release counts, other widths 16-dim heads."""
+    hidden = int(sd["vision_model.embeddings.class_embedding"].numel())
+    patch = int(sd["vision_model.embeddings.patch_embedding.weight"].shape[-1])
+    npos = int(sd["vision_model.embeddings.position_embedding.weight"].shape[0])
+    layers = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("vision_model.encoder.layers."))
+    inter = int(sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0])
+    proj = int(sd["visual_projection.weight"].shape[0])
+    return dict(VIT_H_CONFIG, hidden_size=hidden, intermediate_size=inter, projection_dim=proj,
+                num_hidden_layers=layers, num_attention_heads=KNOWN_HEADS.get(hidden, max(1, hidden // 16)),
+                image_size=int(round((npos - 1) ** 0.5)) * patch, patch_size=patch)
 
 
 def save_single_file(bb, path, include_clip: bool = True) -> Path:

@@ -138,3 +138,15 @@ def test_single_file_rejects_other_layouts(tmp_path):
     save_file({"conv_in.weight": torch.zeros(1)}, str(p))
     with pytest.raises(ValueError, match="not an original-layout SVD checkpoint"):
         svd.load_svd(p, device="cpu")
+
+
+def test_kit_folder_and_kit_clip_vision_file(tiny_svd, tiny_svd_files, tmp_path):
+    """The shared kit's tiny SVD: loaded as a folder, exported to the original layout without CLIP, and
+    loaded back with the kit's HF-layout clip_vision file (no config metadata: inferred from shapes)."""
+    a = svd.load_svd(tiny_svd, dtype=torch.float32, device="cpu")
+    assert a.extra["clip_size"] == 224
+    ckpt = svd_convert.save_single_file(a, tmp_path / "svd.safetensors", include_clip=False)
+    b = svd.load_svd(ckpt, dtype=torch.float32, device="cpu", clip_vision=tiny_svd_files["clip_vision"])
+    assert _same_weights(a.denoiser, b.denoiser) and _same_weights(a.image_encoder, b.image_encoder)
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(svd.encode_image_embeds(a, img), svd.encode_image_embeds(b, img))
