@@ -62,3 +62,20 @@ def tiny_sam2():
     from kit.tiny import tiny_sam2 as build
 
     return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_wan():
+    """Path of a tiny diffusers WanImageToVideoPipeline folder, Wan2.2 A14B layout (transformer + transformer_2,
+    boundary_ratio 0.9, no image encoder)."""
+    from kit.tiny import tiny_wan_dir
+
+    return tiny_wan_dir(variant="2.2")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan21():
+    """Path of a tiny Wan2.1-I2V diffusers folder (one transformer with the CLIP image branch + CLIPVisionModel)."""
+    from kit.tiny import tiny_wan_dir
+
+    return tiny_wan_dir(variant="2.1")

@@ -262,3 +262,63 @@ def test_sam2_weights_load_into_the_package_builders(tiny_sam2):
     from hydra import compose
 
     assert compose(config_name=tiny.SAM2_BASE).model.image_size == 1024
+
+
+# ------------------------------------------------------------------------------------------------- Wan
+def _wan_out(tr, image_embeds=None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, tr.config.in_channels, 2, 4, 4, generator=g)  # [B,2z+4,f,h,w]
+    text = torch.randn(1, 6, tiny.UMT5_CONFIG["d_model"], generator=g)
+    with torch.no_grad():
+        return tr(x, torch.tensor([700]), text, encoder_hidden_states_image=image_embeds, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("variant", ["2.2", "2.1"])
+def test_wan_folder_is_the_in_memory_model(variant, request, monkeypatch):
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    folder = request.getfixturevalue("tiny_wan" if variant == "2.2" else "tiny_wan21")
+    mem = tiny.new_wan_modules(0, variant)
+    pipe = WanImageToVideoPipeline.from_pretrained(folder)
+    experts = ["transformer", "transformer_2"] if variant == "2.2" else ["transformer"]
+    for name in experts + ["vae", "text_encoder"] + ([] if variant == "2.2" else ["image_encoder"]):
+        _same_weights(getattr(pipe, name), mem[name])
+        _owned(getattr(pipe, name))
+    assert isinstance(pipe.text_encoder, UMT5EncoderModel)
+    img = None
+    if variant == "2.1":
+        px = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            img = pipe.image_encoder(px, output_hidden_states=True).hidden_states[-2]
+            _same(img, mem["image_encoder"](px, output_hidden_states=True).hidden_states[-2])
+        assert pipe.transformer_2 is None and pipe.config.boundary_ratio is None
+    else:
+        assert pipe.config.boundary_ratio == 0.9 and pipe.image_encoder is None
+        # two distinct experts of one architecture
+        assert not torch.equal(pipe.transformer.patch_embedding.weight, pipe.transformer_2.patch_embedding.weight)
+    for name in experts:
+        out = _wan_out(getattr(pipe, name), img)
+        assert out.shape == (1, tiny.WAN_Z, 2, 4, 4)
+        _same(out, _wan_out(mem[name], img))
+    x = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mode()
+        _same(z, mem["vae"].encode(x).latent_dist.mode())
+        assert z.shape == (1, tiny.WAN_Z, 2, 4, 4)
+        assert pipe.vae.decode(z).sample.shape == (1, 3, 5, 32, 32)
+    sc = pipe.scheduler.config
+    assert (sc.prediction_type, sc.use_flow_sigmas, sc.flow_shift) == ("flow_prediction", True, 5.0)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    ids = tok(["a red box"], padding="max_length", max_length=8, return_tensors="pt").input_ids
+    with torch.no_grad():
+        _same(pipe.text_encoder(ids).last_hidden_state, mem["text_encoder"](ids).last_hidden_state)
+    # the release pipeline runs end to end (prompt embeds given: its text cleaning needs the optional `ftfy`)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 8, 32, generator=g)
+    frames = pipe(image=Image.new("RGB", (32, 32), (200, 10, 10)), prompt_embeds=emb, negative_prompt_embeds=emb,
+                  height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=2.0, output_type="pt",
+                  generator=g).frames
+    assert frames.shape == (1, 5, 3, 32, 32) and torch.isfinite(frames).all()

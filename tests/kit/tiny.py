@@ -468,3 +468,115 @@ def sam2_hydra_dir(config_dir: Path):
     finally:
         GlobalHydra.instance().clear()
         initialize_config_module("sam2", version_base="1.2")
+
+
+# ================================================================================================== Wan
+WAN_Z = 4
+WAN_VAE = dict(
+    base_dim=8, z_dim=WAN_Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0,
+    latents_mean=[0.1, -0.2, 0.3, -0.1], latents_std=[1.5, 2.0, 1.2, 1.8],
+    scale_factor_temporal=4, scale_factor_spatial=8,
+)
+"""Wan2.1 VAE structure (also Wan2.2 A14B's): 8x space, 4x time keeping frame 0 apart; latents_mean/std have z_dim
+entries (the pipeline normalises latents with them instead of a scaling factor)."""
+
+WAN_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=2 * WAN_Z + 4,
+    out_channels=WAN_Z, text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
+    pos_embed_seq_len=None,
+)
+"""Wan2.2 I2V-A14B expert layout: input = noisy latent (z) ++ 4 first-frame mask channels ++ image latent (z);
+no CLIP branch (image_dim None). head_dim 16: RoPE splits it t/h/w = 8/4/4."""
+
+WAN21_TRANSFORMER = dict(WAN_TRANSFORMER, image_dim=32, added_kv_proj_dim=32)
+"""Wan2.1 I2V layout: the same plus a CLIP image branch (image_dim = CLIP hidden size, added K/V projections of
+width inner_dim)."""
+
+WAN_CLIP = dict(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                image_size=224, patch_size=32, hidden_act="gelu")
+"""Wan2.1 I2V uses CLIPVisionModel hidden_states[-2] (penultimate layer) at 224 px."""
+
+UMT5_CONFIG = dict(T5_CONFIG)
+
+WAN_SCHEDULER = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                     flow_shift=5.0, solver_order=2, solver_type="bh2", lower_order_final=True,
+                     final_sigmas_type="zero", timestep_spacing="linspace")
+"""UniPCMultistepScheduler as Wan2.2-I2V-A14B-Diffusers ships it (flow matching, shift 5.0 = sample_shift)."""
+
+WAN_BOUNDARY_RATIO = 0.9  # Wan2.2 A14B: high-noise expert `transformer` for t >= 900, `transformer_2` below
+
+
+def _wan_index(variant: str) -> dict:
+    idx = {
+        "_class_name": "WanImageToVideoPipeline", "_diffusers_version": "0.35.0",
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }
+    if variant == "2.2":
+        idx |= {"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": WAN_BOUNDARY_RATIO,
+                "expand_timesteps": False, "image_encoder": [None, None], "image_processor": [None, None]}
+    else:
+        idx |= {"image_encoder": ["transformers", "CLIPVisionModel"],
+                "image_processor": ["transformers", "CLIPImageProcessor"]}
+    return idx
+
+
+def new_wan_modules(seed: int = 0, variant: str = "2.2") -> dict:
+    """In-memory tiny Wan parts. ``variant`` "2.2" (A14B: two experts, no CLIP) or "2.1" (one expert + CLIP)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    if variant not in ("2.1", "2.2"):
+        raise ValueError(f"tiny Wan: variant must be '2.1' or '2.2'; got {variant!r}")
+    torch.manual_seed(seed)
+    out = dict(vae=AutoencoderKLWan(**WAN_VAE).eval())
+    tcfg = WAN_TRANSFORMER if variant == "2.2" else WAN21_TRANSFORMER
+    torch.manual_seed(seed + 1)
+    out["transformer"] = WanTransformer3DModel(**tcfg).eval()
+    if variant == "2.2":
+        torch.manual_seed(seed + 3)
+        out["transformer_2"] = WanTransformer3DModel(**tcfg).eval()
+    else:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        torch.manual_seed(seed + 4)
+        out["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(**WAN_CLIP)).eval()
+        out["image_processor"] = CLIPImageProcessor(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    out["tokenizer"] = build_t5_tokenizer()
+    out["text_encoder"] = new_t5(len(out["tokenizer"]), seed=seed + 2, cls_name="UMT5EncoderModel",
+                                 config=UMT5_CONFIG)
+    out["scheduler"] = UniPCMultistepScheduler(**WAN_SCHEDULER)
+    return out
+
+
+def tiny_wan_dir(seed: int = 0, variant: str = "2.2") -> Path:
+    """Diffusers folder loadable by ``WanImageToVideoPipeline.from_pretrained``.
+
+    variant "2.2" (default, the Wan2.2 I2V-A14B layout): transformer/ (high-noise expert), transformer_2/
+    (low-noise expert), vae/, text_encoder/ (UMT5EncoderModel), tokenizer/ (T5TokenizerFast, local vocab),
+    scheduler/ (UniPC, flow shift 5), model_index.json with boundary_ratio 0.9 and no image encoder.
+    variant "2.1": one transformer with image_dim/added_kv_proj_dim + image_encoder/ (CLIPVisionModel) and
+    image_processor/.
+
+    Shapes: frames F = 4k+1 (81 in the release; 5 or 9 here), pixels multiples of 16 (VAE 8x, patch 2):
+    32 px, 5 frames -> latents [B, C=4, f=2, 4, 4] (diffusers order), transformer tokens 2 x 2 x 2 = 8.
+    Single-file keys are diffusers names (``patch_embedding.weight`` [inner, in, 1, 2, 2], ``blocks.<i>.*``,
+    ``condition_embedder.text_embedder.linear_1.weight`` [inner, text_dim], ``proj_out.weight``
+    [out*4, inner], ``blocks.0.attn2.add_k_proj`` only for 2.1 I2V); ComfyUI's Wan files use the original names
+    (``patch_embedding``, ``blocks.<i>.self_attn.q``, ``text_embedding.0``, ``head.head``) and need a key map.
+    """
+
+    def build(tmp: Path):
+        m = new_wan_modules(seed, variant)
+        for name, mod in m.items():
+            mod.save_pretrained(tmp / name)
+        (tmp / "model_index.json").write_text(json.dumps(_wan_index(variant), indent=2))
+
+    tcfg = WAN_TRANSFORMER if variant == "2.2" else WAN21_TRANSFORMER
+    spec = dict(vae=WAN_VAE, transformer=tcfg, clip=WAN_CLIP if variant == "2.1" else None, t5=UMT5_CONFIG,
+                sched=WAN_SCHEDULER, index=_wan_index(variant), seed=seed)
+    return cached(f"wan{variant.replace('.', '')}", spec, build)
