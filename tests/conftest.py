@@ -79,3 +79,15 @@ def tiny_wan21():
     from kit.tiny import tiny_wan_dir
 
     return tiny_wan_dir(variant="2.1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory):
+    """A ComfyUI-style models root with every tiny model (point --models-dir / runtime.set_models_root here).
+
+    Session-wide private copy made of symlinks into the cache (kit.tiny.tiny_models_root documents the layout);
+    a test that adds files should build its own with kit.tiny.models_root(tmp_path).
+    """
+    from kit.tiny import models_root
+
+    return models_root(tmp_path_factory.mktemp("models"))

@@ -322,3 +322,47 @@ def test_wan_folder_is_the_in_memory_model(variant, request, monkeypatch):
                   height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=2.0, output_type="pt",
                   generator=g).frames
     assert frames.shape == (1, 5, 3, 32, 32) and torch.isfinite(frames).all()
+
+
+# ------------------------------------------------------------------------------------------ models root
+def test_models_root_resolves_through_runtime(tiny_models_root, tiny_cogvideox_files, tmp_path):
+    from interplay.models import runtime
+
+    runtime.set_models_root(tiny_models_root)
+    assert set(tiny.ROOT_DIFFUSERS) <= set(runtime.list_models("diffusers", folders_only=True))
+    p = runtime.model_path("diffusion_models", "tiny_cogvideox_transformer.safetensors")
+    assert p.read_bytes() == tiny_cogvideox_files["transformer"].read_bytes()
+    for kind, name in (("vae", "tiny_cogvideox_vae.safetensors"), ("vae", "tiny_wan_vae.safetensors"),
+                       ("text_encoders", "tiny_t5.safetensors"), ("text_encoders", "tiny_umt5.safetensors"),
+                       ("clip_vision", "tiny_svd_clip_vision.safetensors"), ("checkpoints", "tiny_svd.safetensors"),
+                       ("diffusion_models", "tiny_wan22_i2v_low_noise.safetensors")):
+        assert name in runtime.list_models(kind), (kind, name)
+    if (tiny_models_root / "sam2").exists() and any((tiny_models_root / "sam2").iterdir()):
+        assert "sam2.1_hiera_tiny_test.safetensors" in runtime.list_models("sam2")
+    # a private root: files a test adds stay out of the shared cache
+    mine = tiny.models_root(tmp_path / "models")
+    (mine / "loras" / "x.safetensors").write_bytes(b"")
+    assert not (tiny.tiny_models_root() / "loras" / "x.safetensors").exists()
+    assert (mine / "diffusers" / "tiny_svd" / "model_index.json").is_file()
+
+
+def test_svd_checkpoint_in_root_is_the_folder_model(tiny_models_root, tiny_svd):
+    from interplay.models.backbones import svd
+
+    a = svd.load_svd(str(tiny_models_root / tiny.SVD_CHECKPOINT), dtype=torch.float32, device="cpu")
+    b = svd.load_svd(str(tiny_svd), dtype=torch.float32, device="cpu")
+    _same_weights(a.denoiser, b.denoiser)
+    _same_weights(a.vae, b.vae)
+
+
+def test_wan_single_files_hold_the_folder_weights(tiny_wan):
+    from diffusers import WanTransformer3DModel
+
+    f = tiny.tiny_wan_files()
+    for k in ("transformer", "transformer_2"):
+        sd = load_file(f[k])
+        assert sd["patch_embedding.weight"].shape == (32, 2 * tiny.WAN_Z + 4, 1, 2, 2)
+        ref = WanTransformer3DModel.from_pretrained(tiny_wan / k).state_dict()
+        assert sd.keys() == ref.keys()
+        for key in sd:
+            _same(sd[key], ref[key])

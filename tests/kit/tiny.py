@@ -580,3 +580,125 @@ def tiny_wan_dir(seed: int = 0, variant: str = "2.2") -> Path:
     spec = dict(vae=WAN_VAE, transformer=tcfg, clip=WAN_CLIP if variant == "2.1" else None, t5=UMT5_CONFIG,
                 sched=WAN_SCHEDULER, index=_wan_index(variant), seed=seed)
     return cached(f"wan{variant.replace('.', '')}", spec, build)
+
+
+def tiny_wan_files(seed: int = 0) -> dict:
+    """The Wan2.2 experts, VAE and umT5 of :func:`tiny_wan_dir` as single files (diffusers key names).
+
+    Returns ``dict(transformer=, transformer_2=, vae=, text_encoder=, tokenizer=, root=)``.
+    """
+    src = tiny_wan_dir(seed, "2.2")
+
+    def build(tmp: Path):
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import T5TokenizerFast, UMT5EncoderModel
+
+        for k in ("transformer", "transformer_2"):
+            save_single_file(WanTransformer3DModel.from_pretrained(src / k), tmp / WAN_FILES[k])
+        save_single_file(AutoencoderKLWan.from_pretrained(src / "vae"), tmp / WAN_FILES["vae"])
+        save_single_file(UMT5EncoderModel.from_pretrained(src / "text_encoder"), tmp / WAN_FILES["text_encoder"])
+        T5TokenizerFast.from_pretrained(src / "tokenizer").save_pretrained(tmp / WAN_FILES["tokenizer"])
+
+    root = cached("wan_files", dict(src=src.name, files=WAN_FILES), build)
+    return {k: root / v for k, v in WAN_FILES.items()} | {"root": root}
+
+
+WAN_FILES = dict(transformer="diffusion_models/tiny_wan22_i2v_high_noise.safetensors",
+                 transformer_2="diffusion_models/tiny_wan22_i2v_low_noise.safetensors",
+                 vae="vae/tiny_wan_vae.safetensors", text_encoder="text_encoders/tiny_umt5.safetensors",
+                 tokenizer="text_encoders/tiny_umt5_tokenizer")
+
+
+# ============================================================================================ models root
+ROOT_DIFFUSERS = ("tiny_cogvideox", "tiny_svd", "tiny_wan", "tiny_wan21")
+MODEL_KINDS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "checkpoints", "controlnet", "loras",
+               "diffusers", "sam2", "interplay")
+SVD_CHECKPOINT = "checkpoints/tiny_svd.safetensors"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_file, ignore=shutil.ignore_patterns(COMPLETE))
+    else:
+        _link_file(src, dst)
+
+
+def _link_file(src, dst):
+    try:
+        os.link(src, dst)  # same filesystem: free
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _source_digest(module_name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module_name)
+    return hashlib.sha1(Path(spec.origin).read_bytes()).hexdigest()[:10] if spec and spec.origin else "absent"
+
+
+def tiny_models_root(seed: int = 0) -> Path:
+    """A complete ComfyUI-style models root with every tiny model (cached; treat as read-only).
+
+    Layout::
+
+        diffusers/tiny_cogvideox/  diffusers/tiny_svd/  diffusers/tiny_wan/ (2.2 A14B)  diffusers/tiny_wan21/
+        diffusion_models/tiny_cogvideox_transformer.safetensors
+        diffusion_models/tiny_wan22_i2v_{high,low}_noise.safetensors
+        vae/tiny_cogvideox_vae.safetensors  vae/tiny_wan_vae.safetensors
+        text_encoders/tiny_t5.safetensors + tiny_t5_tokenizer/  text_encoders/tiny_umt5.safetensors + tiny_umt5_tokenizer/
+        clip_vision/tiny_svd_clip_vision.safetensors
+        checkpoints/tiny_svd.safetensors   (original SGM layout, written by the pack's svd_convert.save_single_file)
+        sam2/sam2.1_hiera_tiny_test.yaml + sam2/sam2.1_hiera_tiny_test.safetensors
+        controlnet/ loras/ interplay/      (empty)
+
+    Tests that write into a models root use :func:`models_root` (a private copy made of links).
+    """
+    parts = dict(cog=tiny_cogvideox_dir(seed), svd=tiny_svd_dir(seed), wan=tiny_wan_dir(seed, "2.2"),
+                 wan21=tiny_wan_dir(seed, "2.1"))
+    files = [tiny_cogvideox_files(seed)["root"], tiny_svd_files(seed)["root"], tiny_wan_files(seed)["root"]]
+    try:
+        sam = tiny_sam2(seed)[0].parent.parent
+    except ImportError:  # sam2 is optional
+        sam = None
+    if sam is not None:
+        files.append(sam)
+
+    def build(tmp: Path):
+        for kind in MODEL_KINDS:
+            (tmp / kind).mkdir(parents=True, exist_ok=True)
+        for name, key in zip(ROOT_DIFFUSERS, ("cog", "svd", "wan", "wan21")):
+            _link_or_copy(parts[key], tmp / "diffusers" / name)
+        for froot in files:
+            for kind_dir in froot.iterdir():
+                if kind_dir.is_dir():
+                    for entry in kind_dir.iterdir():
+                        _link_or_copy(entry, tmp / kind_dir.name / entry.name)
+        from interplay.models.backbones import svd, svd_convert
+
+        bb = svd.load_svd(str(parts["svd"]), dtype=torch.float32, device="cpu")
+        svd_convert.save_single_file(bb, tmp / SVD_CHECKPOINT)
+
+    spec = dict(parts={k: v.name for k, v in parts.items()}, files=[f.name for f in files],
+                svd_convert=_source_digest("interplay.models.backbones.svd_convert"))
+    return cached("models_root", spec, build)
+
+
+def models_root(dest: Path, seed: int = 0) -> Path:
+    """Lay out a private, writable models root at ``dest``: real kind folders whose entries are symlinks to
+    :func:`tiny_models_root` (so files a test adds never reach the shared cache). Returns ``dest``."""
+    src = tiny_models_root(seed)
+    dest = Path(dest)
+    for kind in src.iterdir():
+        if not kind.is_dir():
+            continue
+        (dest / kind.name).mkdir(parents=True, exist_ok=True)
+        for entry in kind.iterdir():
+            target = dest / kind.name / entry.name
+            if not target.exists():
+                try:
+                    target.symlink_to(entry, target_is_directory=entry.is_dir())
+                except OSError:
+                    _link_or_copy(entry, target)
+    return dest
