@@ -57,7 +57,14 @@ def model_forward(bb: Backbone, latent_in: torch.Tensor, c_noise, image_embeds: 
     if branch is not None and control is not None and weight != 0:
         if control.shape[0] != latent_in.shape[0]:
             control = control.expand(latent_in.shape[0], *control.shape[1:])
-        down, mid = branch.module(latent_in, c_noise, image_embeds, time_ids, control, conditioning_scale=weight)
+        bdt = next(branch.module.parameters()).dtype
+        if bdt == latent_in.dtype:
+            down, mid = branch.module(latent_in, c_noise, image_embeds, time_ids, control, conditioning_scale=weight)
+        else:  # e.g. an fp32 branch being trained on a bf16 backbone: compute in the backbone's dtype
+            with torch.autocast(latent_in.device.type, dtype=latent_in.dtype):
+                down, mid = branch.module(latent_in, c_noise, image_embeds, time_ids, control,
+                                          conditioning_scale=weight)
+            down, mid = [d.to(latent_in.dtype) for d in down], mid.to(latent_in.dtype)
         rule = branch.config.get("residual_rule", "quirk")
     return svdb.unet_forward(bb.denoiser, latent_in, c_noise, image_embeds, time_ids, down, mid,
                              residual_rule=rule)
@@ -145,6 +152,15 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dev) * math.sqrt(float(sigmas[0]) ** 2 + 1)
 
     pbar = runtime.progress(steps, "InterDyn sampling" if branch is not None else "SVD sampling")
+    with svdb.on_device(bb, bb.denoiser):
+        x = _euler_loop(bb, x, sigmas, steps, cfg_on, lat_in, emb_in, tids, ctrl, branch, weight, start, end, w,
+                        num_frames, pbar, callback, compile)
+    pbar.close()
+    return x
+
+
+def _euler_loop(bb, x, sigmas, steps, cfg_on, lat_in, emb_in, tids, ctrl, branch, weight, start, end, w,
+                num_frames, pbar, callback, compile):
     denoised = x
     for i in range(steps):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -162,7 +178,6 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
             callback(i, x, denoised)
         pbar.update(1, preview=lambda: svdb.latent_preview_rgb(denoised[0, num_frames // 2]),
                     text=f"sigma {s_next:.3f}")
-    pbar.close()
     return x
 
 

@@ -72,3 +72,13 @@ def test_loss_deterministic_and_named_errors(bb):
         task.loss({"frames": b["frames"]}, torch.Generator())
     with pytest.raises(ValueError, match="'pusher_mask' \\(2, 3, 64, 64\\) must match"):
         task.loss({"frames": b["frames"], "pusher_mask": b["pusher_mask"][:, :3]}, torch.Generator())
+
+
+def test_bf16_backbone_keeps_fp32_branch():
+    bb16 = svd.random_backbone("tiny", seed=0, dtype=torch.bfloat16)
+    task = task_mod.InterDynTask(bb16)
+    assert all(p.dtype == torch.float32 for p in task.trainable_parameters())
+    loss = task.loss(_batch(B=1), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.dtype == torch.float32 for p in task.trainable_parameters())
