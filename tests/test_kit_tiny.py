@@ -82,6 +82,13 @@ def test_cogvideox_folder_is_the_in_memory_model(tiny_cogvideox, cog_mem):
     assert (sc.prediction_type, sc.timestep_spacing, sc.snr_shift_scale, sc.rescale_betas_zero_snr) == \
         ("v_prediction", "trailing", 1.0, True)
     assert pipe.vae.config.scaling_factor == 0.7
+    # the release pipeline runs end to end on the tiny folder (local tokenizer, 9 frames of 32 px, 2 DDIM steps)
+    from PIL import Image
+
+    frames = pipe(image=Image.new("RGB", (32, 32), (200, 10, 10)), prompt="a red box pushes a cube",
+                  height=32, width=32, num_frames=9, num_inference_steps=2, max_sequence_length=16,
+                  output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 9, 3, 32, 32) and torch.isfinite(frames).all()
 
 
 def test_cogvideox_tokenizer_and_t5_load_offline(tiny_cogvideox, cog_mem, monkeypatch):

@@ -35,11 +35,12 @@ tiny_cogvideox_transformer.safetensors``) and how a loader infers the config fro
 - ``ofs_embedding.*`` present only for CogVideoX 1.5 I2V (ofs_embed_dim); absent here.
 - ``patch_embed.pos_embedding`` present only with learned positional embeddings (5B I2V: absent; rotary).
   Rotary/learned are NOT recoverable from shapes when pos_embedding is absent: rotary for 5B/1.5 models.
-- Original SAT/ComfyUI-wrapper CogVideoX files use different names (``model.diffusion_model.`` prefix, e.g.
-  ``mixins.patch_embed.proj.weight``, ``transformer.layers.<i>.attention.query_key_value.weight`` fused QKV,
-  ``transformer.layers.<i>.mlp.dense_h_to_4h``, ``mixins.adaln_layer.adaLN_modulations.<i>``); a loader of such
-  files needs a converter (diffusers' scripts/convert_cogvideox_to_diffusers.py documents the map). The kit only
-  writes diffusers names.
+- ComfyUI core has no CogVideoX model (checked: no ``cogvideo`` in comfy/); users' single files come from the
+  ComfyUI-CogVideoXWrapper ecosystem, which (to our knowledge) ships diffusers key names like these. The original
+  SAT checkpoints use other names (``model.diffusion_model.`` prefix, ``mixins.patch_embed.proj.weight``,
+  ``transformer.layers.<i>.attention.query_key_value.weight`` fused QKV, ``transformer.layers.<i>.mlp.
+  dense_h_to_4h``, ``mixins.adaln_layer.adaLN_modulations.<i>``); loading those needs a converter (diffusers'
+  scripts/convert_cogvideox_to_diffusers.py documents the map). The kit only writes diffusers names.
 
 VAE file (``<root>/vae/tiny_cogvideox_vae.safetensors``, diffusers names): ``encoder.conv_in.conv.weight``
 [C0, 3, 3, 3, 3] -> block_out_channels[0]; ``encoder.down_blocks.<i>.resnets.0.conv1.conv.weight`` [C_i, ...]
@@ -566,8 +567,10 @@ def tiny_wan_dir(seed: int = 0, variant: str = "2.2") -> Path:
     32 px, 5 frames -> latents [B, C=4, f=2, 4, 4] (diffusers order), transformer tokens 2 x 2 x 2 = 8.
     Single-file keys are diffusers names (``patch_embedding.weight`` [inner, in, 1, 2, 2], ``blocks.<i>.*``,
     ``condition_embedder.text_embedder.linear_1.weight`` [inner, text_dim], ``proj_out.weight``
-    [out*4, inner], ``blocks.0.attn2.add_k_proj`` only for 2.1 I2V); ComfyUI's Wan files use the original names
-    (``patch_embedding``, ``blocks.<i>.self_attn.q``, ``text_embedding.0``, ``head.head``) and need a key map.
+    [out*4, inner], ``blocks.0.attn2.add_k_proj`` only for 2.1 I2V). ComfyUI's Wan files use the original names
+    (``patch_embedding``, ``blocks.<i>.self_attn.q``, ``blocks.<i>.ffn.0``, ``text_embedding.0``, ``head.head``,
+    ``head.modulation``, ``img_emb.proj.*`` for 2.1 I2V) and need a key map; note ComfyUI's own detection
+    (comfy/model_detection.py) assumes head_dim 128 (num_heads = dim // 128), which a tiny model breaks.
     """
 
     def build(tmp: Path):
