@@ -144,7 +144,18 @@ def _read_animated(p: Path, max_frames, start, every_nth) -> tuple[list[np.ndarr
                 if max_frames and len(out) >= max_frames:
                     break
     d = float(np.median(durations)) if durations else 0.0
-    return out, (1000.0 / d if d > 0 else DEFAULT_SEQUENCE_FPS)
+    return out, (_fps_from_ms(d) if d > 0 else DEFAULT_SEQUENCE_FPS)
+
+
+def _fps_from_ms(d: float) -> float:
+    """webp/gif store whole-millisecond frame durations (12 fps -> 83 ms): give back the simplest rate (a whole or
+    half number) whose duration rounds to d, else 1000/d."""
+    raw = 1000.0 / d
+    for step in (1.0, 0.5):
+        c = round(raw / step) * step
+        if c > 0 and round(1000.0 / c) == round(d):
+            return c
+    return raw
 
 
 def list_image_sequence(folder, pattern: str = "*") -> list[Path]:
