@@ -284,13 +284,15 @@ def render_preview(image: torch.Tensor, masks: torch.Tensor, arrows: list[tuple[
     for i in range(m.shape[0]):
         c = tuple(int(v) for v in PALETTE[i % len(PALETTE)])
         contours, _ = cv2.findContours(m[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), thick + 1)  # white rim: visible on any colour
         cv2.drawContours(out, contours, -1, c, thick)
     for i, (x0, y0, x1, y1) in enumerate(arrows):
         c = tuple(int(v) for v in PALETTE[i % len(PALETTE)])
         p0, p1 = (int(round(x0)), int(round(y0))), (int(round(x1)), int(round(y1)))
         if p0 != p1:
-            cv2.arrowedLine(out, p0, p1, (255, 255, 255), thick + 2, cv2.LINE_AA, tipLength=0.25)
+            cv2.arrowedLine(out, p0, p1, (0, 0, 0), thick + 3, cv2.LINE_AA, tipLength=0.25)
             cv2.arrowedLine(out, p0, p1, c, thick, cv2.LINE_AA, tipLength=0.25)
+        cv2.circle(out, p0, thick + 3, (255, 255, 255), -1, cv2.LINE_AA)
         cv2.circle(out, p0, thick + 2, c, -1, cv2.LINE_AA)
         vx, vy, vz = (list(velocities[i]) + [0.0, 0.0, 0.0])[:3]
         label = f"{math.sqrt(vx * vx + vy * vy + vz * vz):.2f} m/s"
