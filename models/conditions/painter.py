@@ -206,13 +206,13 @@ def masks_for_drawing(drawing: Drawing, image: torch.Tensor, sam=None, masks: to
         out = m >= 0.5
         how = f"the `{mask_input}` input"
     elif sam is not None:
-        from ..segmentation.sam2 import segment_image
+        from ..segmentation.sam2 import segment_objects
 
-        img = torch.as_tensor(image).float()
-        out = torch.zeros(n, H, W, dtype=torch.bool)
+        prompts = []
         for i in range(n):
             pts, labels = drawing.prompts(i)
-            out[i] = torch.as_tensor(segment_image(sam, img, points=pts, labels=labels))
+            prompts.append(dict(points=pts, labels=labels))
+        out = torch.as_tensor(segment_objects(sam, torch.as_tensor(image).float(), prompts)).bool()
         how = f"SAM2 (`{sam_input}`) from the arrow tail and clicks"
     else:
         raise ValueError(f"no object masks: connect a SAM2 model to `{sam_input}` (InterplaySam2Loader) to segment "

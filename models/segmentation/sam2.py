@@ -276,7 +276,6 @@ def _check_prompts(points, labels, box, H, W, where="") -> tuple:
     return pts, labs, bx
 
 
-@torch.inference_mode()
 def segment_image(sam: Sam2, image, points=None, labels=None, box=None, multimask: bool | None = None) -> torch.Tensor:
     """One mask from clicks and/or a box: bool [H, W].
 
@@ -287,17 +286,29 @@ def segment_image(sam: Sam2, image, points=None, labels=None, box=None, multimas
         multimask: ask for three candidates and keep the best scored (default: only for a single click,
             SAM's own advice for ambiguous prompts).
     """
+    return segment_objects(sam, image, [dict(points=points, labels=labels, box=box)], multimask=multimask)[0]
+
+
+@torch.inference_mode()
+def segment_objects(sam: Sam2, image, prompts: list[dict], multimask: bool | None = None) -> torch.Tensor:
+    """Several objects in one image, encoding the image once: bool [N, H, W].
+
+    ``prompts``: one dict(points, labels, box) per object, as in ``segment_image``.
+    """
     img = _as_image(image)
     H, W = img.shape[:2]
-    pts, labs, bx = _check_prompts(points, labels, box, H, W)
-    if multimask is None:
-        multimask = pts is not None and len(pts) == 1 and bx is None
+    checked = [_check_prompts(p.get("points"), p.get("labels"), p.get("box"), H, W,
+                              f"object {i}: " if len(prompts) > 1 else "") for i, p in enumerate(prompts)]
     pred = sam.image_predictor()
+    out = torch.zeros(len(prompts), H, W, dtype=torch.bool)
     with sam.autocast():
         pred.set_image(img)
-        masks, scores, _ = pred.predict(point_coords=pts, point_labels=labs, box=bx, multimask_output=multimask)
-    best = int(np.argmax(scores)) if masks.shape[0] > 1 else 0
-    return torch.from_numpy(masks[best] > 0.5)
+        for i, (pts, labs, bx) in enumerate(checked):
+            multi = (pts is not None and len(pts) == 1 and bx is None) if multimask is None else multimask
+            masks, scores, _ = pred.predict(point_coords=pts, point_labels=labs, box=bx, multimask_output=multi)
+            best = int(np.argmax(scores)) if masks.shape[0] > 1 else 0
+            out[i] = torch.from_numpy(masks[best] > 0.5)
+    return out
 
 
 def _frames_tensor(sam: Sam2, frames) -> tuple[torch.Tensor, int, int]:

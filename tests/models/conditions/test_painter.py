@@ -103,13 +103,14 @@ def test_masks_from_a_segmenter_get_tail_and_clicks(monkeypatch):
 
     seen = []
 
-    def fake_segment(sam, image, points, labels, box=None):
-        seen.append((points, labels))
-        m = torch.zeros(H, W, dtype=torch.bool)
-        m[int(points[0][1]), int(points[0][0])] = True
-        return m
+    def fake_segment(sam, image, prompts):
+        out = torch.zeros(len(prompts), H, W, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            seen.append((p["points"], p["labels"]))
+            out[i, int(p["points"][0][1]), int(p["points"][0][0])] = True
+        return out
 
-    monkeypatch.setattr(sam2mod, "segment_image", fake_segment)
+    monkeypatch.setattr(sam2mod, "segment_objects", fake_segment)
     d = parse_drawing(json.dumps(KNOWN), (H, W))
     out = masks_for_drawing(d, torch.rand(H, W, 3), sam=object())
     assert seen == [([[10.0, 20.0]], [1]), ([[40.0, 30.0], [42.0, 31.0], [60.0, 40.0]], [1, 1, 0])]

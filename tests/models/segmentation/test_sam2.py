@@ -119,6 +119,20 @@ def test_segment_image_from_a_click_matches_the_sam2_predictor(sam):
     assert mb.shape == (48, 64) and mb.dtype == torch.bool
 
 
+def test_segment_objects_encodes_once_and_equals_one_by_one(sam, monkeypatch):
+    img = _scene(1)[0]
+    prompts = [dict(points=[[16, 22]]), dict(points=[[50, 40], [5, 5]], labels=[1, 0]), dict(box=[10, 16, 24, 30])]
+    one_by_one = torch.stack([S.segment_image(sam, img, **p) for p in prompts])
+    calls = []
+    pred = sam.image_predictor()
+    orig = pred.set_image
+    monkeypatch.setattr(pred, "set_image", lambda im: (calls.append(1), orig(im))[1])
+    together = S.segment_objects(sam, img, prompts)
+    assert calls == [1] and torch.equal(together, one_by_one)
+    with pytest.raises(ValueError, match="object 1: got 2 points but 1 labels"):
+        S.segment_objects(sam, img, [dict(points=[[1, 1]]), dict(points=[[1, 2], [3, 4]], labels=[1])])
+
+
 @pytest.mark.parametrize("kw,needle", [
     (dict(), "at least one point or a box"),
     (dict(points=[[1, 2], [3, 4]], labels=[1]), "2 points but 1 labels"),
