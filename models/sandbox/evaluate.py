@@ -99,9 +99,10 @@ def _match(gen: np.ndarray, ref_frames: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, tracker: M.Tracker | None = None,
-                  refine: str = "none") -> dict:
+                  refine: str = "none", skip_first: bool = True) -> dict:
     """Score generated frames [F,H,W,3] 0..1 against one reference clip (read_reference's dict). Object metrics
-    are averaged over the scored objects; the per-object values are kept under 'objects'."""
+    are averaged over the scored objects; the per-object values are kept under 'objects'. skip_first leaves the
+    shared conditioning frame 0 out of IoU, PSNR and SSIM (as InterDyn reports)."""
     ref = np.asarray(reference["frames"])
     ref = ref.astype(np.float64) / 255.0 if ref.dtype == np.uint8 else ref.astype(np.float64)
     gen, notes = _match(np.asarray(generated, np.float64), ref)
@@ -109,19 +110,19 @@ def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, track
     ref, masks = ref[:F], np.asarray(reference["masks"], bool)[:, :F]
     ids = list(reference.get("driven", [])) if driven_only else list(range(masks.shape[0]))
     ids = [i for i in ids if 0 <= i < masks.shape[0] and masks[i, 0].any()]
+    skip = skip_first and F > 1  # InterDyn excludes the conditioning frame 0
     tracker = tracker or M.default_tracker()
     objects = []
     for i in ids:
         gmasks, _ = M.track_object(gen, masks[i, 0], tracker=tracker, refine=refine)
         objects.append({
             "object": int(i),
-            "iou": float(M.mask_iou(gmasks, masks[i])[1:].mean()) if F > 1 else float("nan"),
+            "iou": float(M.mask_iou(gmasks, masks[i])[int(skip):].mean()),
             "direction_error_deg": M.centroid_direction_error(gmasks, masks[i]),
             "endpoint_error_px": M.endpoint_error(gmasks, masks[i]),
             "motion_fidelity": M.motion_fidelity(gen, ref, masks[i, 0], tracker=tracker),
         })
     out = {k: _nanmean([o[k] for o in objects]) for k in METRICS[:4]}
-    skip = F > 1  # InterDyn excludes the conditioning frame 0
     out["psnr"] = M.psnr(gen, ref, skip_first=skip)
     out["ssim"] = M.ssim(gen, ref, skip_first=skip) if min(ref.shape[1:3]) >= 11 else float("nan")
     out["objects"] = objects
