@@ -43,10 +43,14 @@ class InterplayEvaluateVideo:
             "filename_prefix": ("STRING", {"default": "Interplay/eval", "tooltip": "Where the JSON report is "
                                                                                   "written in the output folder; "
                                                                                   "empty writes none."}),
+        }, "optional": {
+            "method": (list(M.TRACK_METHODS), {"default": "match", "tooltip": "match: find the object by its "
+                                                                              "frame-0 appearance around the LK "
+                                                                              "prediction; lk: LK points alone."}),
         }}
 
     def evaluate(self, generated, reference, reference_mask, skip_first=True, refine="none",
-                 filename_prefix="Interplay/eval"):
+                 filename_prefix="Interplay/eval", method="match"):
         node = "InterplayEvaluateVideo"
         for name, x in (("generated", generated), ("reference", reference)):
             if x.ndim != 4 or x.shape[-1] != 3:
@@ -62,7 +66,7 @@ class InterplayEvaluateVideo:
         ref = reference.detach().cpu().float().numpy()
         n = min(len(generated), len(ref))
         if mask.shape[0] == 1:
-            masks, _ = M.track_object(ref[:n], mask[0].cpu().numpy(), refine=refine)
+            masks, _ = M.track_object(ref[:n], mask[0].cpu().numpy(), method=method, refine=refine)
         elif mask.shape[0] >= n:
             masks = (mask[:n] > 0.5).cpu().numpy()
         else:
@@ -70,9 +74,9 @@ class InterplayEvaluateVideo:
                              f"at least {n}.")
         report = ev.evaluate_clip(generated.detach().cpu().double().numpy(),
                                   {"frames": ref[:n], "masks": masks[None], "driven": [0]},
-                                  refine=refine, skip_first=skip_first)
+                                  method=method, refine=refine, skip_first=skip_first)
         report.pop("objects", None)
-        report = {"v": 1, **report, "options": {"skip_first": skip_first, "refine": refine,
+        report = {"v": 1, **report, "options": {"skip_first": skip_first, "method": method, "refine": refine,
                                                "reference_mask_frames": int(mask.shape[0])}}
         text = ev.to_json(report)
         ui_text = ", ".join(f"{k} {report[k]:.3f}" if not math.isnan(report[k]) else f"{k} n/a" for k in _FLOATS)

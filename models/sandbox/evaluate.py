@@ -99,7 +99,7 @@ def _match(gen: np.ndarray, ref_frames: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, tracker: M.Tracker | None = None,
-                  refine: str = "none", skip_first: bool = True) -> dict:
+                  method: str = "match", refine: str = "none", skip_first: bool = True) -> dict:
     """Score generated frames [F,H,W,3] 0..1 against one reference clip (read_reference's dict). Object metrics
     are averaged over the scored objects; the per-object values are kept under 'objects'. skip_first leaves the
     shared conditioning frame 0 out of IoU, PSNR and SSIM (as InterDyn reports)."""
@@ -114,7 +114,7 @@ def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, track
     tracker = tracker or M.default_tracker()
     objects = []
     for i in ids:
-        gmasks, _ = M.track_object(gen, masks[i, 0], tracker=tracker, refine=refine)
+        gmasks, _ = M.track_object(gen, masks[i, 0], tracker=tracker, method=method, refine=refine)
         objects.append({
             "object": int(i),
             "iou": float(M.mask_iou(gmasks, masks[i])[int(skip):].mean()),
@@ -145,7 +145,7 @@ def _summary(clips: dict) -> dict:
 
 
 def evaluate_folder(generated_dir, reference_dir, *, driven_only: bool = True, tracker: M.Tracker | None = None,
-                    refine: str = "none") -> dict:
+                    method: str = "match", refine: str = "none") -> dict:
     """Score every reference clip folder of reference_dir that has a generated video in generated_dir.
     Returns {"v": 1, "generated", "reference", "options", "clips": {name: metrics}, "missing": [names],
     "errors": {name: message}, "summary": {metric: {mean, median, n}}}. A clip that cannot be read is reported
@@ -166,14 +166,15 @@ def evaluate_folder(generated_dir, reference_dir, *, driven_only: bool = True, t
         else:
             try:
                 clips[r.name] = evaluate_clip(read_generated(g), read_reference(r), driven_only=driven_only,
-                                              tracker=tracker, refine=refine)
+                                              tracker=tracker, method=method, refine=refine)
                 clips[r.name]["generated_file"] = g.name
             except (ValueError, OSError, KeyError) as ex:
                 errors[r.name] = f"{type(ex).__name__}: {ex}"
         bar.update(1, text=r.name)
     bar.close()
     return {"v": 1, "generated": str(gdir), "reference": str(rdir),
-            "options": {"driven_only": driven_only, "refine": refine, "frames": "iou/psnr/ssim over 1..N"},
+            "options": {"driven_only": driven_only, "method": method, "refine": refine,
+                        "frames": "iou/psnr/ssim over 1..N"},
             "clips": clips, "missing": missing, "errors": errors, "summary": _summary(clips)}
 
 
@@ -222,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-objects", action="store_true", help="score every object, not only the driven ones")
     ap.add_argument("--refine", choices=("none", "colour"), default="none",
                     help="refine tracked masks by colour similarity to the frame-0 object")
+    ap.add_argument("--method", choices=M.TRACK_METHODS, default="match",
+                    help="find the object by frame-0 appearance matching (default) or by LK points alone")
     a = ap.parse_args(argv)
     try:
-        report = evaluate_folder(a.generated, a.reference, driven_only=not a.all_objects, refine=a.refine)
+        report = evaluate_folder(a.generated, a.reference, driven_only=not a.all_objects, method=a.method,
+                                 refine=a.refine)
     except FileNotFoundError as ex:
         print(f"error: {ex}", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ def test_identical_and_shifted_with_full_mask():
     gen, _ = scene(extra=k)
     _, iou, _, epe, _, _, _ = ne.InterplayEvaluateVideo().evaluate(gen, ref, mask, True, "none", "")["result"]
     assert iou == pytest.approx((S - k) / (S + k)) and epe == pytest.approx(k)
+    lk = ne.InterplayEvaluateVideo().evaluate(gen, ref, mask, True, "none", "", method="lk")
+    assert json.loads(lk["result"][0])["options"]["method"] == "lk" and lk["result"][1] == pytest.approx(iou)
 
 
 def test_one_frame_mask_is_tracked_through_reference():
@@ -68,6 +70,6 @@ def test_named_errors():
 
 
 def test_metadata():
-    spec = ne.InterplayEvaluateVideo.INPUT_TYPES()["required"]
-    assert all("tooltip" in v[1] for v in spec.values())
+    spec = ne.InterplayEvaluateVideo.INPUT_TYPES()
+    assert all("tooltip" in v[1] for cat in spec.values() for v in cat.values())
     assert ne.NODE_DISPLAY_NAME_MAPPINGS["InterplayEvaluateVideo"] == "Evaluate Video (Interplay)"

@@ -33,7 +33,26 @@ def scene(vx=4, vy=1, extra=0, x0=30, y0=20):
 
 
 def write_reference(folder, frames, masks, driven=(0,), fps=8.0):
-    """A clip folder in the contract's layout: PNG frames, a JSON sidecar with `driven`, an npz with masks."""
+    """A reference clip folder: through the sandbox's own write_clip when it exists, else the contract's layout
+    (PNG frames, a JSON sidecar with `driven`, an npz with masks)."""
+    try:
+        from interplay.models.sandbox.dataset import write_clip
+        from interplay.models.sandbox.types import SceneClip
+    except ImportError:
+        write_clip = None
+    if write_clip is not None:
+        n, f, h, w = masks.shape
+        ids = np.zeros((f, h, w), np.int16)
+        for i in range(n):
+            ids[masks[i]] = i + 1
+        z = lambda *shape: np.zeros(shape, np.float32)
+        clip = SceneClip(frames=frames, masks=masks, id_map=ids, pusher_mask=np.zeros((f, h, w), bool),
+                         vel_world=z(n, f, 3), vel_image=z(n, f, 2), vel_control=z(n, f, 3),
+                         objects=[{"shape": "box", "colour": "red", "size": 0.1, "mass": 1.0} for _ in range(n)],
+                         driven=list(driven), caption="test", camera={}, fps=fps, seed=0, preset="test",
+                         pos_world=z(n, f, 3))
+        write_clip(clip, folder)
+        return folder
     folder.mkdir(parents=True)
     vio.save_image_sequence(frames, folder / "frames")
     (folder / "clip.json").write_text(json.dumps({"driven": list(driven), "fps": fps}))
