@@ -99,10 +99,13 @@ def _match(gen: np.ndarray, ref_frames: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, tracker: M.Tracker | None = None,
-                  method: str = "match", refine: str = "none", skip_first: bool = True) -> dict:
+                  method: str = "match", refine: str = "none", skip_first: bool = True,
+                  mf_points: int = M.MF_POINTS) -> dict:
     """Score generated frames [F,H,W,3] 0..1 against one reference clip (read_reference's dict). Object metrics
     are averaged over the scored objects; the per-object values are kept under 'objects'. skip_first leaves the
-    shared conditioning frame 0 out of IoU, PSNR and SSIM (as InterDyn reports)."""
+    shared conditioning frame 0 out of IoU, PSNR and SSIM (as InterDyn reports). mf_points: motion-fidelity
+    query points (InterDyn: 100; an object with fewer mask pixels gets NaN, so small sandbox clips may want
+    fewer)."""
     ref = np.asarray(reference["frames"])
     ref = ref.astype(np.float64) / 255.0 if ref.dtype == np.uint8 else ref.astype(np.float64)
     gen, notes = _match(np.asarray(generated, np.float64), ref)
@@ -120,7 +123,7 @@ def evaluate_clip(generated, reference: dict, *, driven_only: bool = True, track
             "iou": float(M.mask_iou(gmasks, masks[i])[int(skip):].mean()),
             "direction_error_deg": M.centroid_direction_error(gmasks, masks[i]),
             "endpoint_error_px": M.endpoint_error(gmasks, masks[i]),
-            "motion_fidelity": M.motion_fidelity(gen, ref, masks[i, 0], tracker=tracker),
+            "motion_fidelity": M.motion_fidelity(gen, ref, masks[i, 0], tracker=tracker, n_points=mf_points),
         })
     out = {k: _nanmean([o[k] for o in objects]) for k in METRICS[:4]}
     out["psnr"] = M.psnr(gen, ref, skip_first=skip)
@@ -145,7 +148,7 @@ def _summary(clips: dict) -> dict:
 
 
 def evaluate_folder(generated_dir, reference_dir, *, driven_only: bool = True, tracker: M.Tracker | None = None,
-                    method: str = "match", refine: str = "none") -> dict:
+                    method: str = "match", refine: str = "none", mf_points: int = M.MF_POINTS) -> dict:
     """Score every reference clip folder of reference_dir that has a generated video in generated_dir.
     Returns {"v": 1, "generated", "reference", "options", "clips": {name: metrics}, "missing": [names],
     "errors": {name: message}, "summary": {metric: {mean, median, n}}}. A clip that cannot be read is reported
@@ -166,14 +169,15 @@ def evaluate_folder(generated_dir, reference_dir, *, driven_only: bool = True, t
         else:
             try:
                 clips[r.name] = evaluate_clip(read_generated(g), read_reference(r), driven_only=driven_only,
-                                              tracker=tracker, method=method, refine=refine)
+                                              tracker=tracker, method=method, refine=refine,
+                                              mf_points=mf_points)
                 clips[r.name]["generated_file"] = g.name
             except (ValueError, OSError, KeyError) as ex:
                 errors[r.name] = f"{type(ex).__name__}: {ex}"
         bar.update(1, text=r.name)
     bar.close()
     return {"v": 1, "generated": str(gdir), "reference": str(rdir),
-            "options": {"driven_only": driven_only, "method": method, "refine": refine,
+            "options": {"driven_only": driven_only, "method": method, "refine": refine, "mf_points": mf_points,
                         "frames": "iou/psnr/ssim over 1..N"},
             "clips": clips, "missing": missing, "errors": errors, "summary": _summary(clips)}
 
@@ -225,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="refine tracked masks by colour similarity to the frame-0 object")
     ap.add_argument("--method", choices=M.TRACK_METHODS, default="match",
                     help="find the object by frame-0 appearance matching (default) or by LK points alone")
+    ap.add_argument("--mf-points", type=int, default=M.MF_POINTS,
+                    help="motion-fidelity query points (InterDyn: 100; objects with fewer mask pixels are skipped)")
     a = ap.parse_args(argv)
     try:
         report = evaluate_folder(a.generated, a.reference, driven_only=not a.all_objects, method=a.method,
-                                 refine=a.refine)
+                                 refine=a.refine, mf_points=a.mf_points)
     except FileNotFoundError as ex:
         print(f"error: {ex}", file=sys.stderr)
         return 2

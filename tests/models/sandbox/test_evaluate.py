@@ -128,3 +128,8 @@ def test_bad_generated_file_named_and_cli(dirs, tmp_path, capsys):
     assert rep["clips"]["clip_000"]["iou"] == pytest.approx(1.0)
     assert rep["missing"] == ["clip_002"]
     assert cli.main(["eval", str(tmp_path / "nope"), str(ref)]) == 2
+    # 500 query points > the 400-pixel object: motion fidelity undefined, written as null
+    assert cli.main(["eval", str(gen), str(ref), "--out", str(out), "--mf-points", "500"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["clips"]["clip_000"]["motion_fidelity"] is None and rep["options"]["mf_points"] == 500
+    assert rep["summary"]["motion_fidelity"]["n"] == 0
