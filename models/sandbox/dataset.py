@@ -1,0 +1,318 @@
+"""Sandbox dataset files: write_clip / read_clip and the SandboxDataset reader (format in FORMAT.md).
+
+A clip is a folder:  <name>/clip.json  (sidecar: fps, size, camera, caption, objects, driven, ...)
+                     <name>/data.npz   (masks, id_map, pusher_mask, vel_world, vel_image, vel_control, pos_world)
+                     <name>/frames/00000.png ...   or   <name>/video.mp4
+Files are written byte-for-byte reproducibly (PNG without timestamps, npz zip entries with a fixed date) and
+atomically (a hidden temporary folder renamed into place), so an interrupted run leaves no half clip.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..conditions.velocity import velocity_video
+from .types import SceneClip
+
+FORMAT = "interplay-sandbox-clip"
+VERSION = 1
+SIDECAR, ARRAYS, FRAMES_DIR, VIDEO = "clip.json", "data.npz", "frames", "video.mp4"
+ARRAY_KEYS = ("masks", "id_map", "pusher_mask", "vel_world", "vel_image", "vel_control", "pos_world")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _save_npz(path: Path, arrays: dict) -> None:
+    """np.savez_compressed without the wall-clock timestamps (same arrays -> same bytes)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{k}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def sidecar(clip: SceneClip, video: str = "png") -> dict:
+    H, W = clip.size
+    return dict(format=FORMAT, version=VERSION, preset=clip.preset, seed=int(clip.seed), fps=float(clip.fps),
+                num_frames=clip.num_frames, height=H, width=W, video=video, caption=clip.caption,
+                captions=[clip.caption], objects=clip.objects, driven=[int(i) for i in clip.driven],
+                camera=clip.camera, events=clip.events, meta=clip.meta,
+                axes=dict(vel_world="m/s, world x,y on the ground, z up",
+                          vel_image="px/frame, +x right, +y up the image",
+                          vel_control="m/s, +x image right, +y up the image along the ground, +z out of the ground"))
+
+
+def write_clip(clip: SceneClip, folder, video: str = "png") -> Path:
+    """Write one clip to ``folder`` (created; replaced atomically if it exists). video: "png" | "mp4"."""
+    from PIL import Image
+
+    if video not in ("png", "mp4"):
+        raise ValueError(f"write_clip: video must be 'png' or 'mp4'; got {video!r}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    if video == "png":
+        (tmp / FRAMES_DIR).mkdir()
+        for f, rgb in enumerate(clip.frames):
+            Image.fromarray(rgb).save(tmp / FRAMES_DIR / f"{f:05d}.png", compress_level=6)
+    else:
+        from ..video_io import save_video
+
+        save_video(clip.frames, tmp / VIDEO, fps=clip.fps, format="mp4")
+    arrays = dict(masks=clip.masks.astype(bool), id_map=clip.id_map.astype(np.int16),
+                  pusher_mask=clip.pusher_mask.astype(bool), vel_world=clip.vel_world.astype(np.float32),
+                  vel_image=clip.vel_image.astype(np.float32), vel_control=clip.vel_control.astype(np.float32))
+    if clip.pos_world is not None:
+        arrays["pos_world"] = clip.pos_world.astype(np.float32)
+    _save_npz(tmp / ARRAYS, arrays)
+    (tmp / SIDECAR).write_text(json.dumps(sidecar(clip, video), indent=1) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ reading
+class ClipError(ValueError):
+    """A malformed clip; the message names the file."""
+
+
+def _read_frames(folder: Path, meta: dict, max_frames: int | None) -> np.ndarray:
+    from PIL import Image
+
+    fdir = folder / FRAMES_DIR
+    if fdir.is_dir():
+        files = sorted(p for p in fdir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if max_frames:
+            files = files[:max_frames]
+        if not files:
+            raise ClipError(f"{fdir}: no PNG/JPEG frames")
+        out = []
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+            except Exception as ex:  # PIL raises several types for broken files
+                raise ClipError(f"{p}: unreadable image ({type(ex).__name__}: {ex})") from ex
+        if any(a.shape != out[0].shape for a in out):
+            raise ClipError(f"{fdir}: frames have different sizes")
+        return np.stack(out)
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".webm", ".mov", ".mkv"))
+    if not videos:
+        raise ClipError(f"{folder}: neither a {FRAMES_DIR}/ folder nor a video file")
+    from ..video_io import load_video
+
+    try:
+        frames, _ = load_video(videos[0], max_frames=max_frames or None)
+    except Exception as ex:
+        raise ClipError(f"{videos[0]}: {ex}") from ex
+    u8 = (frames.numpy() * 255 + 0.5).astype(np.uint8)
+    H, W = int(meta.get("height", u8.shape[1])), int(meta.get("width", u8.shape[2]))
+    return u8[:, :H, :W]  # mp4 may be padded to even sizes
+
+
+def read_clip(folder, max_frames: int | None = None) -> SceneClip:
+    """Read a clip folder. Raises ClipError (a ValueError naming the file) when it is malformed.
+    User clips may omit id_map (derived from masks), masks (derived from id_map), velocities (zeros) and
+    pusher_mask (all False); they need clip.json with fps, and frames."""
+    folder = Path(folder)
+    side = folder / SIDECAR
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError as ex:
+        raise ClipError(f"{side}: missing sidecar") from ex
+    except (json.JSONDecodeError, UnicodeDecodeError) as ex:
+        raise ClipError(f"{side}: not valid JSON ({ex})") from ex
+    if not isinstance(meta, dict) or "fps" not in meta:
+        raise ClipError(f"{side}: expected an object with at least 'fps'")
+    frames = _read_frames(folder, meta, max_frames)
+    F, H, W = frames.shape[:3]
+    arrays: dict = {}
+    npz = folder / ARRAYS
+    if npz.exists():
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as ex:
+            raise ClipError(f"{npz}: unreadable ({type(ex).__name__}: {ex})") from ex
+    objects = list(meta.get("objects", []))
+    if "masks" in arrays:
+        masks = arrays["masks"].astype(bool)[:, :F]
+    elif "id_map" in arrays:
+        n = max(int(arrays["id_map"].max(initial=0)), len(objects))
+        masks = np.stack([arrays["id_map"][:F] == i + 1 for i in range(n)]) if n else np.zeros((0, F, H, W), bool)
+    else:
+        masks = np.zeros((len(objects), F, H, W), bool)
+    N = masks.shape[0]
+    if masks.shape[1:] != (F, H, W):
+        raise ClipError(f"{npz}: masks {masks.shape} do not match frames {(F, H, W)}")
+    if "id_map" in arrays:
+        id_map = arrays["id_map"].astype(np.int16)[:F]
+    else:
+        id_map = np.zeros((F, H, W), np.int16)
+        for i in range(N):
+            id_map[masks[i]] = i + 1
+    if id_map.shape != (F, H, W):
+        raise ClipError(f"{npz}: id_map {id_map.shape} does not match frames {(F, H, W)}")
+    pusher = arrays.get("pusher_mask", np.zeros((F, H, W), bool)).astype(bool)[:F]
+
+    def vel(key, c):
+        v = arrays.get(key, np.zeros((N, F, c), np.float32)).astype(np.float32)[:, :F]
+        if v.shape != (N, F, c):
+            raise ClipError(f"{npz}: {key} has shape {v.shape}, expected {(N, F, c)}")
+        return v
+
+    driven = [int(i) for i in meta.get("driven", [])]
+    if any(not 0 <= i < N for i in driven):
+        raise ClipError(f"{side}: driven {driven} refers to objects outside 0..{N - 1}")
+    pos = arrays.get("pos_world")
+    return SceneClip(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
+                     vel_world=vel("vel_world", 3), vel_image=vel("vel_image", 2), vel_control=vel("vel_control", 3),
+                     objects=objects, driven=driven, caption=str(meta.get("caption", "")),
+                     camera=meta.get("camera", {}), fps=float(meta["fps"]), seed=int(meta.get("seed", -1)),
+                     preset=str(meta.get("preset", "user")),
+                     pos_world=None if pos is None else pos.astype(np.float32)[:, :F],
+                     events=list(meta.get("events", [])), meta=dict(meta.get("meta", {})))
+
+
+def list_clips(root) -> list[Path]:
+    """Clip folders under root (those holding clip.json), in natural name order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sandbox dataset folder not found: {root} (searched {root.resolve()})")
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and (p / SIDECAR).exists()), key=lambda p: p.name)
+
+
+# ------------------------------------------------------------------------------------------ torch
+class SandboxDataset(Dataset):
+    """Clips under ``root`` as dicts of tensors.
+
+    Item keys: frames float32 [F,H,W,3] 0..1; masks float32 [N,F,H,W]; id_map int64 [F,H,W]; pusher_mask float32
+    [F,H,W]; vel_world [N,F,3], vel_image [N,F,2], vel_control [N,F,3] float32; driven int64 [k];
+    control float32 [F,H,W,3] = conditions.velocity.velocity_video of the driven objects (KineMask: only the
+    initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str.
+
+    ``frames`` keeps the first F frames (clips shorter than that are skipped); ``size`` (H, W) resizes
+    (frames bilinear, masks nearest, vel_image rescaled). A clip that fails to read is reported once by file
+    name (warnings + ``self.skipped``) and the next good clip is returned instead; none of it raises.
+    """
+
+    def __init__(self, root, frames: int | None = None, size: tuple[int, int] | None = None, transform=None,
+                 validate: bool = True):
+        self.root = Path(root)
+        self.frames = frames
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.transform = transform
+        self.skipped: list[tuple[str, str]] = []
+        clips = list_clips(self.root)
+        if validate:
+            good = []
+            for p in clips:
+                why = self._check_sidecar(p)
+                if why:
+                    self._skip(p, why)
+                else:
+                    good.append(p)
+            clips = good
+        self.clips = clips
+        if not self.clips:
+            raise FileNotFoundError(f"SandboxDataset: no readable clips (folders with {SIDECAR}) in {self.root}"
+                                    + (f"; skipped {len(self.skipped)}: {self.skipped[0][1]}" if self.skipped else ""))
+
+    def _check_sidecar(self, p: Path) -> str | None:
+        try:
+            meta = json.loads((p / SIDECAR).read_text())
+        except Exception as ex:
+            return f"{p / SIDECAR}: not valid JSON ({ex})"
+        if not isinstance(meta, dict) or "fps" not in meta:
+            return f"{p / SIDECAR}: expected an object with at least 'fps'"
+        if self.frames and int(meta.get("num_frames", self.frames)) < self.frames:
+            return f"{p / SIDECAR}: {meta.get('num_frames')} frames, fewer than the {self.frames} requested"
+        return None
+
+    def _skip(self, p: Path, why: str) -> None:
+        self.skipped.append((str(p), why))
+        warnings.warn(f"SandboxDataset: skipping malformed clip {why}", stacklevel=3)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, idx: int) -> dict:
+        n = len(self.clips)
+        for k in range(n):
+            p = self.clips[(idx + k) % n]
+            if any(s[0] == str(p) for s in self.skipped):
+                continue
+            try:
+                item = self.load(p)
+            except (ClipError, OSError, ValueError) as ex:
+                self._skip(p, str(ex))
+                continue
+            return self.transform(item) if self.transform is not None else item
+        raise RuntimeError(f"SandboxDataset: every clip under {self.root} is malformed; see .skipped")
+
+    def load(self, p: Path) -> dict:
+        clip = read_clip(p, max_frames=self.frames)
+        F = clip.num_frames
+        if self.frames and F < self.frames:
+            raise ClipError(f"{p}: {F} frames, fewer than the {self.frames} requested")
+        frames = torch.from_numpy(clip.frames).float() / 255.0
+        masks = torch.from_numpy(clip.masks).float()
+        id_map = torch.from_numpy(clip.id_map.astype(np.int64))
+        pusher = torch.from_numpy(clip.pusher_mask).float()
+        vel_image = torch.from_numpy(clip.vel_image)
+        if self.size is not None and self.size != clip.size:
+            H, W = self.size
+            h0, w0 = clip.size
+            frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2), size=(H, W), mode="bilinear",
+                                                     antialias=True, align_corners=False).permute(0, 2, 3, 1)
+            frames = frames.clamp(0, 1)
+            near = lambda x: torch.nn.functional.interpolate(x, size=(H, W), mode="nearest")  # noqa: E731
+            if masks.shape[0]:
+                masks = near(masks)
+            id_map = near(id_map[None].float())[0].long()
+            pusher = near(pusher[None])[0]
+            vel_image = vel_image * torch.tensor([W / w0, H / h0])
+        driven = torch.tensor(clip.driven, dtype=torch.long)
+        vc = torch.from_numpy(clip.vel_control)
+        if len(clip.driven):
+            control = velocity_video(masks[driven], vc[driven])
+            driven_mask = masks[driven].amax(0)
+        else:
+            control = torch.zeros(*frames.shape[:3], 3)
+            driven_mask = torch.zeros(frames.shape[:3])
+        return dict(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
+                    vel_world=torch.from_numpy(clip.vel_world), vel_image=vel_image, vel_control=vc,
+                    driven=driven, control=control, driven_mask=driven_mask, caption=clip.caption,
+                    fps=float(clip.fps), name=p.name)
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch SandboxDataset items: fixed-shape tensors stacked (frames, control, driven_mask, pusher_mask,
+    id_map), per-object tensors and strings kept as lists (object counts differ between clips)."""
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        if k in ("frames", "control", "driven_mask", "pusher_mask", "id_map"):
+            out[k] = torch.stack(vals)
+        elif k == "fps":
+            out[k] = torch.tensor(vals, dtype=torch.float32)
+        else:
+            out[k] = vals
+    return out
