@@ -228,12 +228,16 @@ class Progress:
             return
         self._last_draw = now
         stream = self._stream
-        if stream is None or os.environ.get("INTERPLAY_QUIET"):
+        if stream is None or os.environ.get("INTERPLAY_QUIET", "").lower() in ("1", "true", "yes"):
             return
         tty = getattr(stream, "isatty", lambda: False)()
         if tty:
             stream.write("\r" + self.line() + ("\n" if done else ""))
-        elif done or self.value == 1:
+        else:  # logs get a line at the start, every 10 % and at the end, not one per redraw
+            decile = 10 * self.value // self.total
+            if not (done or self.value == 1 or decile > getattr(self, "_logged_decile", 0)):
+                return
+            self._logged_decile = decile
             stream.write(self.line() + "\n")
         stream.flush()
 

@@ -97,10 +97,26 @@ def test_progress_counts_and_draws(monkeypatch):
     assert p.value == 4
     assert called == []  # previews are only rendered when a UI can show them
     lines = stream.getvalue().splitlines()
-    # a non-tty stream gets the first and the last update only
-    assert lines == [lines[0], lines[1]] and lines[0].startswith("sampling [######") and "1/4" in lines[0]
-    assert "4/4" in lines[1] and "step 2" in lines[1]
+    # a non-tty stream (a log) gets the first update, one line per new 10 % decile, and the last
+    assert [ln.split()[2] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert lines[0].startswith("sampling [######") and "step 2" in lines[-1]
     assert runtime.Progress(0).total == 1
+    log = io.StringIO()
+    q = runtime.Progress(100, desc="train", stream=log, min_interval=0.0)
+    for _ in range(100):
+        q.update()
+    assert [ln.split()[2] for ln in log.getvalue().splitlines()] == ["1/100"] + [f"{k}/100" for k in range(10, 101, 10)]
+
+
+def test_progress_quiet_env(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setenv("INTERPLAY_QUIET", "0")  # "0" means not quiet
+    runtime.Progress(2, stream=stream, min_interval=0.0).update()
+    assert stream.getvalue()
+    stream2 = io.StringIO()
+    monkeypatch.setenv("INTERPLAY_QUIET", "1")
+    runtime.Progress(2, stream=stream2, min_interval=0.0).update(2)
+    assert stream2.getvalue() == ""
 
 
 def test_progress_is_the_interrupt_point():
