@@ -231,6 +231,7 @@ def generate_scene(preset: str = "push", seed: int = 0, size: tuple[int, int] = 
     for f in range(F):
         t = tr.times[f]
         cam = cam_at(t)
+        sides = R.sides_for(cam)
         extr.append(cam.world_to_camera().round(6).tolist())
         if cached is None or not static:
             cached = R.ground_image(cam, ground)
@@ -239,7 +240,7 @@ def generate_scene(preset: str = "push", seed: int = 0, size: tuple[int, int] = 
         for i, b in enumerate(bodies):
             x, y = tr.pos[f][i]
             vx, vy = tr.vel[f][i]
-            fp = R.box_footprint(x, y, b.hx, b.hy) if b.shape == "box" else R.disc_footprint(x, y, b.hx)
+            fp = R.box_footprint(x, y, b.hx, b.hy) if b.shape == "box" else R.disc_footprint(x, y, b.hx, sides)
             prisms.append(R.Prism(fp, 0.0, b.height, COLOURS[objects[i]["colour"]], i + 1))
             p = np.array([x, y, b.height / 2])
             v = np.array([vx, vy, 0.0])
@@ -251,7 +252,7 @@ def generate_scene(preset: str = "push", seed: int = 0, size: tuple[int, int] = 
             vel_control[i, f] = cam.ground_axes() @ v
         if pusher is not None:
             px, py = tr.pusher_pos[f]
-            prisms += pusher_prisms(pusher, px, py)
+            prisms += pusher_prisms(pusher, px, py, sides)
         rgb, ids = R.render_frame(cam, g_rgb, X, Y, prisms)
         frames_rgb[f] = rgb
         ids_all[f] = ids
@@ -274,9 +275,9 @@ def generate_scene(preset: str = "push", seed: int = 0, size: tuple[int, int] = 
                                                                        radius=pusher.radius)))
 
 
-def pusher_prisms(pusher: Pusher, x: float, y: float) -> list:
+def pusher_prisms(pusher: Pusher, x: float, y: float, sides: int = R.CYLINDER_SIDES) -> list:
     """The hand: a palm disc on the ground and a forearm hovering back along ``heading``."""
-    return [R.Prism(R.disc_footprint(x, y, pusher.radius), 0.0, pusher.height, SKIN, -1),
+    return [R.Prism(R.disc_footprint(x, y, pusher.radius, sides), 0.0, pusher.height, SKIN, -1),
             R.Prism(R.oriented_footprint(x, y, 0.7, 1.5 * pusher.radius, pusher.heading), 0.04, 0.12, SKIN, -1)]
 
 

@@ -205,14 +205,20 @@ def box_footprint(x: float, y: float, hx: float, hy: float) -> np.ndarray:
     return np.array([[x - hx, y - hy], [x + hx, y - hy], [x + hx, y + hy], [x - hx, y + hy]])
 
 
-_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * math.pi, CYLINDER_SIDES, endpoint=False)),
-                    np.sin(np.linspace(0, 2 * math.pi, CYLINDER_SIDES, endpoint=False))], -1)
+_CIRCLES = {k: np.stack([np.cos(np.linspace(0, 2 * math.pi, k, endpoint=False)),
+                          np.sin(np.linspace(0, 2 * math.pi, k, endpoint=False))], -1) for k in (12, 16, 24)}
 
 
-def disc_footprint(x: float, y: float, r: float) -> np.ndarray:
-    # circumscribed polygon of the same area would be nicer; the vertices lie on the circle, so the rendered
-    # disc never exceeds the physical one (no false overlaps between touching bodies)
-    return np.array([x, y]) + r * _CIRCLE
+def disc_footprint(x: float, y: float, r: float, sides: int = CYLINDER_SIDES) -> np.ndarray:
+    """Inscribed polygon: its vertices lie on the circle, so the rendered disc never exceeds the physical one
+    (touching bodies never overlap in the image). ``sides`` 12, 16 or 24."""
+    return np.array([x, y]) + r * _CIRCLES[sides]
+
+
+def sides_for(cam: "Camera") -> int:
+    """Fewer cylinder facets for small images, where 24 would be sub-pixel (and cost most of the render)."""
+    m = min(cam.width, cam.height)
+    return 12 if m <= 96 else 16 if m <= 256 else 24
 
 
 def oriented_footprint(x: float, y: float, length: float, width: float, heading: float) -> np.ndarray:
@@ -233,21 +239,23 @@ def fill_convex(uv: np.ndarray, H: int, W: int):
     y1 = min(int(math.ceil(uv[:, 1].max() + 0.5)), H)
     if x1 <= x0 or y1 <= y0:
         return None
-    a = uv[:, 0] * np.roll(uv[:, 1], -1) - np.roll(uv[:, 0], -1) * uv[:, 1]
-    area = 0.5 * a.sum()
+    pts = uv.tolist()
+    k = len(pts)
+    area = 0.0
+    for i in range(k):
+        area += pts[i - 1][0] * pts[i][1] - pts[i][0] * pts[i - 1][1]
     if abs(area) < 1e-9:
         return None
     s = 1.0 if area > 0 else -1.0
     px = np.arange(x0, x1) + 0.5
     py = (np.arange(y0, y1) + 0.5)[:, None]
-    m = np.ones((y1 - y0, x1 - x0), bool)
-    k = len(uv)
+    m = None
     for i in range(k):
-        ax, ay = uv[i]
-        bx, by = uv[(i + 1) % k]
+        ax, ay = pts[i - 1]
+        bx, by = pts[i]
         # half-open test: pixel centres exactly on an edge belong to one side only (shared edges don't overlap)
-        e = s * ((bx - ax) * (py - ay) - (by - ay) * (px - ax))
-        m &= e > 0
+        e = s * ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) > 0
+        m = e if m is None else m & e
     if not m.any():
         return None
     return y0, x0, m
