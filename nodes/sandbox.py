@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.sandbox.presets import PRESETS, generate_scene
+from ..models.sandbox.presets import KEYS, PRESETS, generate_scene
 from ..models.sandbox.types import SceneClip
 
 
@@ -40,12 +40,25 @@ class InterplaySandboxScene:
             "frames": ("INT", {"default": 13, "min": 1, "max": 1024, "tooltip": "Number of frames."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 1.0, "max": 120.0, "step": 1.0,
                               "tooltip": "Output frame rate; the physics runs at 240 Hz and is sampled at this rate."}),
+        }, "optional": {
+            "camera_keys": ("STRING", {"default": "", "tooltip": (
+                "Optional scripted camera: one key per frame step, comma-separated, from W S A D (move) and "
+                "left right (turn), '-' for none, e.g. 'W,W,W,left,left'. Empty: the preset's own camera.")}),
         }}
 
-    def make(self, preset, seed, width, height, frames, fps):
+    def make(self, preset, seed, width, height, frames, fps, camera_keys=""):
         if preset not in PRESETS:
             raise ValueError(f"InterplaySandboxScene: 'preset' must be one of {', '.join(PRESETS)}; got {preset!r}")
-        clip = generate_scene(preset, int(seed), (int(height), int(width)), frames=int(frames), fps=float(fps))
+        keys = None
+        if camera_keys and camera_keys.strip():
+            keys = [k.strip() for k in camera_keys.split(",")]
+            bad = [k for k in keys if k not in KEYS + ("-", "")]
+            if bad:
+                raise ValueError(f"InterplaySandboxScene: 'camera_keys' accepts {', '.join(KEYS)} or '-' separated by "
+                                 f"commas; got {bad[0]!r}. Fix: e.g. 'W,W,left'.")
+            keys = ["" if k == "-" else k for k in keys]
+        clip = generate_scene(preset, int(seed), (int(height), int(width)), frames=int(frames), fps=float(fps),
+                              camera_keys=keys)
         return _scene_outputs(clip)
 
 

@@ -71,6 +71,15 @@ def test_node_metadata():
     for name, cls in NODE_CLASS_MAPPINGS.items():
         assert name.startswith("Interplay") and NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(Interplay)")
         assert cls.CATEGORY == "Interplay/sandbox" and cls.DESCRIPTION
-        for spec in cls.INPUT_TYPES()["required"].values():
+        specs = cls.INPUT_TYPES()
+        for spec in [*specs["required"].values(), *specs.get("optional", {}).values()]:
             assert spec[1].get("tooltip")
     assert InterplaySandboxScene.INPUT_TYPES()["required"]["seed"][1]["control_after_generate"] is True
+
+
+def test_scene_node_scripted_camera_keys():
+    _, _, scene, _ = InterplaySandboxScene().make("push", 1, 32, 32, 4, 8.0, camera_keys="W, -, left")
+    assert scene.camera["keys"] == ["W", "", "left"]
+    assert scene.camera["world_to_camera"][0] != scene.camera["world_to_camera"][3]
+    with pytest.raises(ValueError, match="camera_keys"):
+        InterplaySandboxScene().make("push", 1, 32, 32, 4, 8.0, camera_keys="W,jump")
