@@ -1,0 +1,307 @@
+"""KineMask control branch: a ControlNet over the first N CogVideoX blocks driven by the velocity-mask video.
+
+Layout (KineMask appendix: 8 layers, downscale 8, weight 0.5; the TheDenk/cogvideox-controlnet design):
+    control [B,F,3,H,W] in [-1,1] --PixelUnshuffle(d)--> [B*F, 3d^2, h, w]
+    --1x1 conv + GroupNorm(2) + ReLU--> 3d^2/2 ch --time /2 (frame 0 kept apart)-->
+    --1x1 conv + GroupNorm(2) + ReLU--> 3d^2/4 ch --time /2 (frame 0 kept apart)--> [B, f, 3d^2/4, h, w]
+    ++ noisy latent (C channels, never the image latent) --> own CogVideoXPatchEmbed (+ text) --> N CogVideoXBlocks
+    --> block i's video tokens --out_projs[i] (zero-init Linear)--> residual added to backbone block i (i < N).
+
+State-dict names and shapes equal the public CogVideoX ControlNet checkpoints (``CogVideoXControlnet`` of
+TheDenk/cogvideox-controlnet: ``controlnet_encode_first.0/1``, ``controlnet_encode_second.0/1``,
+``patch_embed.*``, ``time_embedding.*``, ``transformer_blocks.<i>.*``), because the same diffusers submodules sit
+under the same names. The one addition is ``out_projs.<i>`` (zero-initialised so an untrained branch leaves the
+backbone unchanged); files without them (the public checkpoints) load with ``out_proj=False``: residuals added
+directly, as there.
+
+Shapes: B batch, F pixel frames, f latent frames, C latent channels, H, W pixels, h = H/d, w = W/d, N tokens.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ControlBranch
+
+KIND = "kinemask"
+
+
+def _compress_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """[B*F, C, h, w] -> [B*F', C, h, w], averaging frame pairs; with odd F frame 0 stays alone (causal VAE)."""
+    bf, c, h, w = x.shape
+    b = bf // frames
+    x = x.view(b, frames, c, h, w)
+    if frames % 2 == 1:
+        rest = x[:, 1:]
+        if rest.shape[1] > 0:
+            rest = rest.reshape(b, (frames - 1) // 2, 2, c, h, w).mean(2)
+        x = torch.cat([x[:, :1], rest], dim=1)
+    else:
+        x = x.reshape(b, frames // 2, 2, c, h, w).mean(2)
+    return x.flatten(0, 1)
+
+
+def compressed_frames(frames: int) -> int:
+    """Frame count after the two time compressions (49 -> 25 -> 13)."""
+    for _ in range(2):
+        frames = 1 + (frames - 1) // 2 if frames % 2 == 1 else frames // 2
+    return frames
+
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+except ImportError:  # pragma: no cover
+    raise
+
+
+class KineMaskBranch(ModelMixin, ConfigMixin):
+    """The control branch (ComfyUI type INTERPLAY_BRANCH via :class:`ControlBranch`, kind "kinemask").
+
+    Config names follow the public ``CogVideoXControlnet`` (so its config.json loads as is), plus
+    ``text_embed_dim``, ``max_text_seq_length``, ``patch_bias``, ``patch_size_t`` (taken from the backbone)
+    and ``out_proj``.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, num_attention_heads: int = 30, attention_head_dim: int = 64, vae_channels: int = 16,
+                 in_channels: int = 3, downscale_coef: int = 8, flip_sin_to_cos: bool = True, freq_shift: int = 0,
+                 time_embed_dim: int = 512, num_layers: int = 8, dropout: float = 0.0, attention_bias: bool = True,
+                 sample_width: int = 90, sample_height: int = 60, sample_frames: int = 49, patch_size: int = 2,
+                 temporal_compression_ratio: int = 4, max_text_seq_length: int = 226,
+                 activation_fn: str = "gelu-approximate", timestep_activation_fn: str = "silu",
+                 norm_elementwise_affine: bool = True, norm_eps: float = 1e-5,
+                 spatial_interpolation_scale: float = 1.875, temporal_interpolation_scale: float = 1.0,
+                 use_rotary_positional_embeddings: bool = False, use_learned_positional_embeddings: bool = False,
+                 text_embed_dim: int = 4096, out_proj: bool = True):
+        super().__init__()
+        from diffusers.models.embeddings import CogVideoXPatchEmbed, TimestepEmbedding, Timesteps
+        from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+        inner = num_attention_heads * attention_head_dim
+        c0 = in_channels * downscale_coef ** 2
+        chans = [c0, c0 // 2, c0 // 4]
+        self.unshuffle = nn.PixelUnshuffle(downscale_coef)
+        self.controlnet_encode_first = nn.Sequential(nn.Conv2d(chans[0], chans[1], 1), nn.GroupNorm(2, chans[1]),
+                                                     nn.ReLU())
+        self.controlnet_encode_second = nn.Sequential(nn.Conv2d(chans[1], chans[2], 1), nn.GroupNorm(2, chans[2]),
+                                                      nn.ReLU())
+        self.patch_embed = CogVideoXPatchEmbed(
+            patch_size=patch_size, in_channels=vae_channels + chans[2], embed_dim=inner,
+            text_embed_dim=text_embed_dim, bias=True, sample_width=sample_width, sample_height=sample_height,
+            sample_frames=sample_frames, temporal_compression_ratio=temporal_compression_ratio,
+            max_text_seq_length=max_text_seq_length, spatial_interpolation_scale=spatial_interpolation_scale,
+            temporal_interpolation_scale=temporal_interpolation_scale,
+            use_positional_embeddings=not use_rotary_positional_embeddings,
+            use_learned_positional_embeddings=use_learned_positional_embeddings)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.time_proj = Timesteps(inner, flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(inner, time_embed_dim, timestep_activation_fn)
+        self.transformer_blocks = nn.ModuleList([
+            CogVideoXBlock(dim=inner, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
+                           time_embed_dim=time_embed_dim, dropout=dropout, activation_fn=activation_fn,
+                           attention_bias=attention_bias, norm_elementwise_affine=norm_elementwise_affine,
+                           norm_eps=norm_eps) for _ in range(num_layers)])
+        if out_proj:
+            self.out_projs = nn.ModuleList([nn.Linear(inner, inner) for _ in range(num_layers)])
+            for lin in self.out_projs:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        else:
+            self.out_projs = None
+        self.gradient_checkpointing = False
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_transformer(cls, transformer, num_layers: int = 8, downscale: int = 8, in_channels: int = 3,
+                         out_proj: bool = True, init_blocks: bool = True) -> "KineMaskBranch":
+        """A branch sized like ``transformer`` (a CogVideoXTransformer3DModel): blocks, text projection, time
+        embedding (and learned positions) copied from its first ``num_layers`` blocks; the patch-embedding
+        projection is new (more input channels); out projections zero."""
+        c = transformer.config
+        if num_layers > c.num_layers:
+            raise ValueError(f"KineMask branch: num_layers {num_layers} exceeds the backbone's {c.num_layers} blocks")
+        vae_channels = c.out_channels
+        branch = cls(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+                     vae_channels=vae_channels, in_channels=in_channels, downscale_coef=downscale,
+                     flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, time_embed_dim=c.time_embed_dim,
+                     num_layers=num_layers, attention_bias=c.attention_bias, sample_width=c.sample_width,
+                     sample_height=c.sample_height, sample_frames=c.sample_frames, patch_size=c.patch_size,
+                     temporal_compression_ratio=c.temporal_compression_ratio,
+                     max_text_seq_length=c.max_text_seq_length, activation_fn=c.activation_fn,
+                     timestep_activation_fn=c.timestep_activation_fn,
+                     norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
+                     spatial_interpolation_scale=c.spatial_interpolation_scale,
+                     temporal_interpolation_scale=c.temporal_interpolation_scale,
+                     use_rotary_positional_embeddings=c.use_rotary_positional_embeddings,
+                     use_learned_positional_embeddings=c.use_learned_positional_embeddings,
+                     text_embed_dim=c.text_embed_dim, out_proj=out_proj)
+        p = next(transformer.parameters())
+        torch.nn.Module.to(branch, device=p.device, dtype=p.dtype)  # ModelMixin.to warns on dtype casts
+        if init_blocks:
+            src = transformer.state_dict()
+            own = branch.state_dict()
+            copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
+                    and not k.startswith("patch_embed.proj.")
+                    and (not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < num_layers)}
+            branch.load_state_dict(copy, strict=False)
+            # the latent half of the new patch projection starts as the backbone's noisy-latent filter
+            w = transformer.patch_embed.proj.weight
+            with torch.no_grad():
+                if w.ndim == branch.patch_embed.proj.weight.ndim:
+                    branch.patch_embed.proj.weight.zero_()
+                    branch.patch_embed.proj.weight[:, :vae_channels] = w[:, :vae_channels]
+                    branch.patch_embed.proj.bias.copy_(transformer.patch_embed.proj.bias)
+        return branch
+
+    # ------------------------------------------------------------------------------------------ forward
+    def encode_control(self, control: torch.Tensor) -> torch.Tensor:
+        """control [B,F,3,H,W] in [-1,1] -> [B,f,3d^2/4,h,w]."""
+        b, frames = control.shape[:2]
+        x = self.unshuffle(control.flatten(0, 1))
+        x = self.controlnet_encode_first(x)
+        x = _compress_time(x, frames)
+        frames = x.shape[0] // b
+        x = self.controlnet_encode_second(x)
+        x = _compress_time(x, frames)
+        return x.view(b, x.shape[0] // b, *x.shape[1:])
+
+    def forward(self, latent_in: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
+                timestep: torch.Tensor, rotary=None, control_features: torch.Tensor | None = None
+                ) -> list[torch.Tensor]:
+        """Residuals for backbone blocks 0..N-1, each [B, f*h/p*w/p, inner].
+
+        Args:
+            latent_in: [B,f,C or 2C,h,w] the backbone's input; only the first ``vae_channels`` (the noisy
+                latent) are used.
+            control: [B,F,3,H,W] in [-1,1] (ignored when ``control_features`` [B,f,c,h,w] is given, e.g. the
+                same encoded control reused across steps).
+            prompt_embeds: [B,T,D]; timestep: [B]; rotary: the backbone's (cos, sin) or None.
+        """
+        x = latent_in[:, :, : self.config.vae_channels]
+        feats = control_features if control_features is not None else self.encode_control(control.to(x.dtype))
+        if feats.shape[1] != x.shape[1] or feats.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"KineMask branch: control encodes to {feats.shape[1]} frames of {tuple(feats.shape[-2:])} but the "
+                f"latent has {x.shape[1]} frames of {tuple(x.shape[-2:])}; the control video must have the "
+                f"generated frame count and size (downscale {self.config.downscale_coef} = the VAE's).")
+        if feats.shape[0] != x.shape[0]:  # one control for the CFG pair
+            feats = feats.expand(x.shape[0], *feats.shape[1:])
+        x = torch.cat([x, feats.to(x.dtype)], dim=2)
+        t_emb = self.time_proj(timestep).to(dtype=x.dtype)
+        emb = self.time_embedding(t_emb)
+        h = self.embedding_dropout(self.patch_embed(prompt_embeds, x))
+        n_text = prompt_embeds.shape[1]
+        enc, h = h[:, :n_text], h[:, n_text:]
+        outs = []
+        for i, block in enumerate(self.transformer_blocks):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                h, enc = self._gradient_checkpointing_func(block, h, enc, emb, rotary)
+            else:
+                h, enc = block(hidden_states=h, encoder_hidden_states=enc, temb=emb, image_rotary_emb=rotary)
+            outs.append(self.out_projs[i](h) if self.out_projs is not None else h)
+        return outs
+
+
+# ------------------------------------------------------------------------------------------------- files
+def new_branch(transformer, *, num_layers: int = 8, downscale: int = 8, **kw) -> ControlBranch:
+    """A fresh trainable branch on ``transformer`` wrapped as a :class:`ControlBranch`."""
+    m = KineMaskBranch.from_transformer(transformer, num_layers=num_layers, downscale=downscale, **kw)
+    return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(m.config), source="init")
+
+
+def _clean_config(cfg) -> dict:
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def save_branch(branch, path) -> Path:
+    """Write one safetensors file with the config JSON in its metadata (``interplay_config``, ``kind``)."""
+    from safetensors.torch import save_file
+
+    m = branch.module if isinstance(branch, ControlBranch) else branch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()
+          if not k.endswith("pos_embedding") or m.config.use_learned_positional_embeddings}
+    meta = {"format": "pt", "kind": KIND, "family": "cogvideox",
+            "interplay_config": json.dumps(_clean_config(m.config))}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def infer_branch_config(sd: dict) -> dict:
+    """Config from the weights of a KineMask/CogVideoX-ControlNet file without metadata."""
+    pe = sd["patch_embed.proj.weight"]
+    first = sd["controlnet_encode_first.0.weight"]
+    head_dim = sd["transformer_blocks.0.attn1.norm_q.weight"].shape[0]
+    inner = pe.shape[0]
+    n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks."))
+    c0 = first.shape[1]
+    in_ch = 3
+    d = int(round((c0 / in_ch) ** 0.5))
+    return dict(num_attention_heads=inner // head_dim, attention_head_dim=head_dim,
+                vae_channels=pe.shape[1] - c0 // 4, in_channels=in_ch, downscale_coef=d,
+                time_embed_dim=sd["time_embedding.linear_1.weight"].shape[0], num_layers=n,
+                patch_size=pe.shape[-1], text_embed_dim=sd["patch_embed.text_proj.weight"].shape[1],
+                use_rotary_positional_embeddings=inner != 1920,
+                use_learned_positional_embeddings="patch_embed.pos_embedding" in sd,
+                out_proj=any(k.startswith("out_projs.") for k in sd))
+
+
+def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
+    """Load a branch: our safetensors file, a diffusers folder (config.json + diffusion_pytorch_model
+    .safetensors, e.g. the public CogVideoX ControlNets), or a bare safetensors file (config from shapes)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        files = sorted(path.glob("*.safetensors"))
+        if not cfg_file.is_file() or not files:
+            raise FileNotFoundError(f"KineMask branch: folder {path} needs config.json and a .safetensors file")
+        cfg = json.loads(cfg_file.read_text())
+        wfile = files[0]
+    elif path.is_file():
+        cfg, wfile = None, path
+    else:
+        raise FileNotFoundError(f"KineMask branch: {str(path)!r} not found (a .safetensors file or a folder)")
+    sd = {}
+    with safe_open(str(wfile), framework="pt") as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            sd[k] = f.get_tensor(k)
+    if cfg is None and "interplay_config" in meta:
+        kind = meta.get("kind", KIND)
+        if kind != KIND:
+            raise ValueError(f"KineMask branch: {path.name} holds a {kind!r} branch, not a KineMask branch")
+        cfg = json.loads(meta["interplay_config"])
+    try:
+        cfg = {**infer_branch_config(sd), **(cfg or {})} if cfg is None or "out_proj" not in cfg else cfg
+    except KeyError as e:
+        raise ValueError(f"KineMask branch: {path.name} is not a CogVideoX ControlNet/KineMask file (missing {e}; "
+                         "expected controlnet_encode_first.0.weight, patch_embed.proj.weight, transformer_blocks.*)")
+    cfg = _clean_config(cfg)
+    cfg["out_proj"] = cfg.get("out_proj", False) and any(k.startswith("out_projs.") for k in sd)
+    known = set(inspect.signature(KineMaskBranch.__init__).parameters) - {"self"}
+    m = KineMaskBranch(**{k: v for k, v in cfg.items() if k in known})
+    own = m.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in sd and not k.endswith("pos_embedding")]
+    if bad or missing:
+        raise ValueError(f"KineMask branch: {path.name} does not match its config: "
+                         + "; ".join(f"{k}: file {a} expected {b}" for k, a, b in bad[:4])
+                         + (f" missing {missing[:4]}" if missing else ""))
+    m.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    m.requires_grad_(False).eval()
+    if dtype is not None or device is not None:
+        m.to(device=device, dtype=dtype)
+    return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(cfg), source=str(path))
