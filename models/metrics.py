@@ -237,7 +237,9 @@ def _match_object(frame: np.ndarray, tmpl: np.ndarray, tmask: np.ndarray, top_le
     if big.ndim == 2:
         big = big[..., None]
     cx, cy = (top_left + np.round(pred)).astype(int) + pad  # predicted top-left in padded coordinates
-    x0, y0 = cx - radius, cy - radius
+    # a wild prediction (LK on a noisy generated frame) must not push the search window off the padded frame
+    x0 = int(np.clip(cx - radius, 0, big.shape[1] - (w + 2 * radius)))
+    y0 = int(np.clip(cy - radius, 0, big.shape[0] - (h + 2 * radius)))
     region = np.ascontiguousarray(big[y0:y0 + h + 2 * radius, x0:x0 + w + 2 * radius])
     res = cv2.matchTemplate(region, tmpl, cv2.TM_SQDIFF, mask=tmask)
     _, _, (u, v), _ = cv2.minMaxLoc(res)

@@ -210,3 +210,16 @@ def test_real_clip_tracked_into_itself():
     assert M.mask_iou(tracked, masks)[1:].mean() > 0.7  # measured 0.80
     assert M.centroid_direction_error(tracked, masks) < 5.0  # measured 0.8 deg
     assert M.motion_fidelity(v, v, masks[0]) == pytest.approx(2.0)
+
+
+def test_match_survives_a_prediction_far_off_the_frame():
+    # a noise video gives LK garbage; the search window is clamped to the frame instead of crashing
+    rng = np.random.default_rng(0)
+    frames = rng.random((4, 32, 32, 3)).astype(np.float32)
+    mask0 = np.zeros((32, 32), bool)
+    mask0[10:16, 10:16] = True
+    tmpl = frames[0, 10:16, 10:16].copy()
+    shift = M._match_object(frames[1], tmpl, np.ones_like(tmpl), np.array([10, 10]), np.array([500.0, -400.0]), 4)
+    assert np.all(np.isfinite(shift))
+    masks, tr = M.track_object(frames, mask0)
+    assert masks.shape == (4, 32, 32) and np.all(np.isfinite(tr))
