@@ -37,6 +37,7 @@ class DemoConfig:
     backbone_steps: int = 3000
     backbone_batch: int = 16
     backbone_lr: float = 5e-4
+    backbone_ema: float = 0.995
     # KineMask branch on the frozen backbone: stage 1 all frames, stage 2 prefix dropout
     branch_layers: int = 2
     branch_stage1_steps: int = 1000
