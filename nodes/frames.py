@@ -22,14 +22,35 @@ class InterplaySelectFrames:
     def select(self, images, start, count):
         n = images.shape[0]
         i = start + n if start < 0 else start
+        node = type(self).__name__
         if not 0 <= i < n:
-            raise ValueError(f"InterplaySelectFrames: start={start} is outside the batch of {n} frames; "
+            raise ValueError(f"{node}: start={start} is outside the batch of {n} frames; "
                              f"use 0..{n - 1} or -{n}..-1")
         if i + count > n:
-            raise ValueError(f"InterplaySelectFrames: start={start} with count={count} needs {i + count} frames; "
+            raise ValueError(f"{node}: start={start} with count={count} needs {i + count} frames; "
                              f"the batch has {n}. Lower count to at most {n - i}.")
         return (images[i:i + count].clone(),)
 
 
-NODE_CLASS_MAPPINGS = {"InterplaySelectFrames": InterplaySelectFrames}
-NODE_DISPLAY_NAME_MAPPINGS = {"InterplaySelectFrames": "Select Frames (Interplay)"}
+class InterplaySelectMasks(InterplaySelectFrames):
+    DESCRIPTION = ("Take `count` consecutive masks of a MASK batch starting at `start` (negative counts from the "
+                   "end): e.g. an object's frame-0 mask for the Arrow Painter.")
+    CATEGORY = "Interplay/video"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("masks",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        spec["required"] = {"masks": ("MASK", {"tooltip": "Masks [F,H,W]."}),
+                            **{k: v for k, v in spec["required"].items() if k != "images"}}
+        return spec
+
+    def select(self, masks, start, count):
+        m = masks if masks.ndim == 3 else masks[None]
+        return super().select(m, start, count)
+
+
+NODE_CLASS_MAPPINGS = {"InterplaySelectFrames": InterplaySelectFrames, "InterplaySelectMasks": InterplaySelectMasks}
+NODE_DISPLAY_NAME_MAPPINGS = {"InterplaySelectFrames": "Select Frames (Interplay)",
+                              "InterplaySelectMasks": "Select Masks (Interplay)"}

@@ -271,11 +271,12 @@ def stage_branch(cfg: C.DemoConfig, bb, data: LatentClips, work: Path, log=print
     before = {k: v.clone() for k, v in bb.denoiser.state_dict().items()}
     t0 = time.time()
     t1 = Task(bb, stage=1, caption=cfg.caption, num_layers=cfg.branch_layers, noise_aug=False,
-              max_text_length=cfg.max_text_len)
+              max_text_length=cfg.max_text_len, weight=cfg.branch_weight)
     r1 = train(t1, data, _train_cfg(cfg.branch_stage1_steps, cfg.branch_batch, cfg.branch_lr, cfg.seed + 1),
                work / "branch_stage1")
     log(f"[branch stage 1] {r1.steps} steps, final loss {np.mean(r1.losses[-100:]):.4f}")
-    t2 = Task(bb, t1.output(), stage=2, caption=cfg.caption, noise_aug=False, max_text_length=cfg.max_text_len)
+    t2 = Task(bb, t1.output(), stage=2, caption=cfg.caption, noise_aug=False, max_text_length=cfg.max_text_len,
+              weight=cfg.branch_weight)
     r2 = train(t2, data, _train_cfg(cfg.branch_stage2_steps, cfg.branch_batch, cfg.branch_lr * 0.5, cfg.seed + 2,
                                     warmup=20), work / "branch_stage2")
     log(f"[branch stage 2] {r2.steps} steps, final loss {np.mean(r2.losses[-100:]):.4f}; "
@@ -341,7 +342,7 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
         ctrl = first_frame_only(clip_control(clip))
         for mode, d in gen_dirs.items():
             video = ctrl if mode == "control" else torch.zeros_like(ctrl)
-            sig = ControlSignal(video=video, kind="velocity", weight=1.0)
+            sig = ControlSignal(video=video, kind="velocity", weight=cfg.branch_weight)
             lat = sample_cogvideox(bb, image, emb, controls=[sig], branch=branch, num_frames=cfg.frames,
                                    steps=cfg.sample_steps, cfg=cfg.sample_cfg, seed=i, desc=f"{mode} {i}")
             frames = decode_latents(bb, lat)[0]

@@ -40,6 +40,7 @@ class DemoConfig:
     backbone_ema: float = 0.995
     # KineMask branch on the frozen backbone: stage 1 all frames, stage 2 prefix dropout
     branch_layers: int = 2
+    branch_weight: float = 0.5     # residual scale in training = the sampler node's default (KineMask: 0.5)
     branch_stage1_steps: int = 1000
     branch_stage2_steps: int = 600
     branch_batch: int = 16
