@@ -1,0 +1,126 @@
+"""Training nodes: headless runs into models/interplay/<name>/, resume on re-queue, cancel saves, named errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interplay.models import runtime
+from interplay.models.backbones import cogvideox as cvx
+from interplay.models.training import trainer as T
+from interplay.nodes import training as N
+
+EXTRA = json.dumps({"v": 1, "options": {"num_layers": 1, "max_text_length": 8}})
+TRAIN = dict(steps=2, lr=1e-3, batch_size=1, grad_accum=1, precision="fp32", seed=0, checkpoint_every=1,
+             resume=True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    from interplay.models.sandbox.dataset import write_clip
+    from interplay.models.sandbox.presets import generate_scene
+
+    root = tmp_path_factory.mktemp("clips")
+    for s in range(2):
+        write_clip(generate_scene("push", seed=s, size=(32, 32), frames=9), root / f"clip{s:03d}")
+    return root
+
+
+@pytest.fixture
+def models(tmp_path):
+    runtime.set_models_root(tmp_path / "models")
+    return tmp_path / "models"
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return cvx.random_backbone("tiny", seed=0)
+
+
+def _state(bb):
+    return {k: v.clone() for k, v in bb.denoiser.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_branch_node_trains_saves_resumes_and_keeps_backbone(bb, clips, models):
+    before = _state(bb)
+    node = N.InterplayTrainControlBranch()
+    out = node.train(bb, str(clips), "km/s1", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    branch, curve, path = out["result"]
+    assert path == str(models / "interplay" / "km" / "s1" / T.CHECKPOINT)
+    assert branch.kind == "kinemask" and not any(p.requires_grad for p in branch.module.parameters())
+    assert curve.shape == (1, 320, 640, 3) and curve.dtype == torch.float32 and 0 <= float(curve.min())
+    saved = load_file(path)
+    assert all(torch.equal(branch.module.state_dict()[k], v) for k, v in saved.items())
+    assert _same(before, bb.denoiser.state_dict())  # the frozen backbone, bit for bit
+    assert "2 steps (resumed from 0)" in out["ui"]["text"][0]
+    # re-queue: the finished run is returned from its state; more steps continue it
+    again = node.train(bb, str(clips), "km/s1", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    assert "resumed from 2" in again["ui"]["text"][0]
+    assert _same(load_file(path), saved)
+    more = node.train(bb, str(clips), "km/s1", 9, "kinemask_branch", 1, extra=EXTRA, **{**TRAIN, "steps": 3})
+    assert "3 steps (resumed from 2)" in more["ui"]["text"][0]
+    # stage 2 continues the stage-1 branch without modifying the input object
+    s1 = {k: v.clone() for k, v in branch.module.state_dict().items()}
+    s2 = node.train(bb, str(clips), "km/s2", 9, "kinemask_branch", 2, branch=branch, extra=EXTRA,
+                    **{**TRAIN, "steps": 1})
+    assert _same(s1, branch.module.state_dict())
+    assert T.read_state(models / "interplay" / "km" / "s2")[1]["task_config"]["stage"] == 2
+    assert s2["result"][0].module is not branch.module
+
+
+def test_cancel_saves_a_checkpoint_then_requeue_resumes(bb, clips, models):
+    node = N.InterplayTrainControlBranch()
+    runtime.request_interrupt()
+    with pytest.raises(runtime.Interrupted):
+        node.train(bb, str(clips), "cancel", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    assert T.read_state(models / "interplay" / "cancel")[1]["step"] == 1
+    out = node.train(bb, str(clips), "cancel", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    assert "resumed from 1" in out["ui"]["text"][0]
+
+
+def test_lora_and_backbone_nodes_leave_the_input_bundle_alone(bb, clips, models):
+    before = _state(bb)
+    lora_bb, curve, path = N.InterplayTrainLora().train(
+        bb, str(clips), "lora", 9, 2, 2.0, "to_q, to_v", extra=json.dumps({"v": 1, "options": {"max_text_length": 8}}),
+        **TRAIN)["result"]
+    assert any(k.endswith("lora_A.weight") for k in load_file(path))
+    assert lora_bb.loras[-1] == (path, 1.0) and bb.loras == ()
+    assert type(lora_bb.denoiser.transformer_blocks[0].attn1.to_q).__module__.startswith("peft")
+    assert type(bb.denoiser.transformer_blocks[0].attn1.to_q) is torch.nn.Linear
+    new_bb, _, path = N.InterplayTrainBackbone().train(
+        bb, str(clips), "bb", 9, extra=json.dumps({"v": 1, "options": {"max_text_length": 8}}), **TRAIN)["result"]
+    assert new_bb.denoiser is not bb.denoiser and not _same(before, new_bb.denoiser.state_dict())
+    assert _same(before, bb.denoiser.state_dict())
+
+
+def test_relative_dataset_dir_and_named_errors(bb, clips, models, tmp_path):
+    import shutil
+
+    shutil.copytree(clips, runtime.output_directory() / "sandbox" / "push")
+    assert N.resolve_dataset("X", "sandbox/push") == runtime.output_directory() / "sandbox" / "push"
+    node = N.InterplayTrainControlBranch()
+    with pytest.raises(FileNotFoundError, match="dataset folder 'nope' not found; searched: "):
+        node.train(bb, "nope", "x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    with pytest.raises(ValueError, match="'output_name' '../x' points outside"):
+        node.train(bb, str(clips), "../x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
+    with pytest.raises(ValueError, match="task 'interdyn_branch' trains on a svd backbone"):
+        node.train(bb, str(clips), "x", 9, "interdyn_branch", 1, extra=EXTRA, **TRAIN)
+    with pytest.raises(ValueError, match="'extra' is not JSON"):
+        node.train(bb, str(clips), "x", 9, "kinemask_branch", 1, extra="{", **TRAIN)
+    with pytest.raises(ValueError, match="unknown key\\(s\\) lrr"):
+        node.train(bb, str(clips), "x", 9, "kinemask_branch", 1,
+                   extra=json.dumps({"v": 1, "train": {"lrr": 1}}), **TRAIN)
+
+
+def test_node_declarations():
+    for name, cls in N.NODE_CLASS_MAPPINGS.items():
+        assert name.startswith("Interplay") and N.NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(Interplay)")
+        assert cls.DESCRIPTION and cls.CATEGORY == "Interplay/training" and cls.OUTPUT_NODE
+        spec = cls.INPUT_TYPES()
+        for group in spec.values():
+            for inp, (typ, opts) in group.items():
+                assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
