@@ -36,7 +36,9 @@ step and re-raises; ComfyUI reports an interrupted prompt, and re-queueing the s
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib
 import io
 import json
 import math
@@ -390,17 +392,39 @@ class _Ema:
         for s, p in zip(self.shadow, params):
             s.mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
 
-    @torch.no_grad()
-    def state_dict_of(self, task, params) -> dict:
-        """task.trainable_state_dict() evaluated with the EMA weights swapped in."""
+    @contextlib.contextmanager
+    def swapped(self, params):
+        """The EMA weights in the parameters for the duration of the block."""
         saved = [p.detach().clone() for p in params]
         try:
-            for s, p in zip(self.shadow, params):
-                p.copy_(s.to(p.dtype))
-            return {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
+            with torch.no_grad():
+                for s, p in zip(self.shadow, params):
+                    p.copy_(s.to(p.dtype))
+            yield
         finally:
-            for v, p in zip(saved, params):
-                p.copy_(v)
+            with torch.no_grad():
+                for v, p in zip(saved, params):
+                    p.copy_(v)
+
+    def state_dict_of(self, task, params) -> dict:
+        """task.trainable_state_dict() evaluated with the EMA weights swapped in."""
+        with self.swapped(params):
+            return {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
+
+
+def branch_writer(task):
+    """``save_branch`` of the task's branch kind (models/control/<kind>.py), so a task without its own
+    ``save_weights`` still writes a file its branch loader reads; None when there is none."""
+    br = getattr(task, "branch", None)
+    kind = getattr(br, "kind", None)
+    if not isinstance(kind, str) or not hasattr(br, "module"):
+        return None
+    try:
+        mod = importlib.import_module(f"..control.{kind}", __package__)
+    except ImportError:
+        return None
+    fn = getattr(mod, "save_branch", None)
+    return fn if callable(fn) else None
 
 
 def _set_mode(task, train: bool) -> None:
@@ -467,23 +491,30 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
         losses, lrs = list(meta["losses"]), list(meta["lrs"])
         resumed_from = step
 
-    def write_weights(sd: dict, path: Path) -> None:
+    writer = None if callable(getattr(task, "save_weights", None)) else branch_writer(task)
+
+    def write_current(path: Path, sd: dict) -> None:
+        """Write the task's current weights (``sd``) atomically in the task's / branch's own format."""
         tmp = _tmp(path)
-        if callable(getattr(task, "save_weights", None)):
+        if writer is None and callable(getattr(task, "save_weights", None)):
             task.save_weights(tmp, sd)
+        elif writer is not None:
+            writer(task.branch, tmp)
         else:
             default_save_weights(task, sd, tmp)
         _replace_atomic(tmp, path)
 
     def save(final: bool = False, rng=None) -> None:
         sd = {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
-        write_weights(sd, out / CHECKPOINT)
+        write_current(out / CHECKPOINT, sd)
         tensors = {f"model.{k}": v for k, v in sd.items()}
         ot, om = flatten_optimizer(opt)
         tensors.update(ot)
         if ema is not None:
             tensors.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
-            write_weights(ema.state_dict_of(task, params), out / EMA_CHECKPOINT)
+            with ema.swapped(params):
+                write_current(out / EMA_CHECKPOINT,
+                              {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()})
         rt, rm = rng if rng is not None else _rng_capture()
         tensors.update(rt)
         meta = {"version": STATE_VERSION, "step": step, "cursor": cursor, "losses": losses, "lrs": lrs,

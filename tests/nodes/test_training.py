@@ -124,3 +124,22 @@ def test_node_declarations():
         for group in spec.values():
             for inp, (typ, opts) in group.items():
                 assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
+
+
+def test_interdyn_branch_node_writes_a_file_the_interdyn_loader_reads(models, tmp_path):
+    from interplay.models.backbones import svd
+    from interplay.models.control.interdyn import load_branch
+    from interplay.models.sandbox.dataset import write_clip
+    from interplay.models.sandbox.presets import generate_scene
+
+    for s in range(2):
+        write_clip(generate_scene("push", seed=s, size=(64, 64), frames=4), tmp_path / "id" / f"c{s}")
+    sbb = svd.random_backbone("tiny", seed=0)
+    before = _state(sbb)
+    branch, curve, path = N.InterplayTrainControlBranch().train(
+        sbb, str(tmp_path / "id"), "interdyn", 4, "interdyn_branch", 1, **TRAIN)["result"]
+    assert branch.kind == "interdyn" and _same(before, sbb.denoiser.state_dict())
+    loaded = load_branch(path)
+    assert _same({k: v.float() for k, v in loaded.module.state_dict().items()},
+                 {k: v.float() for k, v in branch.module.state_dict().items()})
+    assert T.read_state(models / "interplay" / "interdyn")[1]["train_config"]["optimizer"] == "adam"
