@@ -143,3 +143,46 @@ def test_interdyn_branch_node_writes_a_file_the_interdyn_loader_reads(models, tm
     assert _same({k: v.float() for k, v in loaded.module.state_dict().items()},
                  {k: v.float() for k, v in branch.module.state_dict().items()})
     assert T.read_state(models / "interplay" / "interdyn")[1]["train_config"]["optimizer"] == "adam"
+
+
+def test_queued_graph_trains_then_samples_with_the_new_branch(clips, tmp_path):
+    """One API-format prompt, run headless: load CogVideoX, train a KineMask branch, sample with it."""
+    from kit.tiny import models_root
+
+    from interplay.nodes.graph import execute
+
+    root = models_root(tmp_path / "models")  # private root: the run folder never reaches the shared cache
+    runtime.set_models_root(root)
+    runtime.set_output_directory(tmp_path / "output")
+    drawing = json.dumps({"v": 1, "objects": [{"arrow": {"x0": 8, "y0": 16, "x1": 20, "y1": 16}, "speed": 1.0}]})
+    prompt = {
+        "1": {"class_type": "InterplaySandboxScene",
+              "inputs": {"preset": "push", "seed": 7, "width": 32, "height": 32, "frames": 9, "fps": 8.0}},
+        "2": {"class_type": "InterplaySelectFrames", "inputs": {"images": ["1", 0], "start": 0, "count": 1}},
+        "3": {"class_type": "InterplaySceneInfo", "inputs": {"scene": ["1", 2], "object_index": 0}},
+        "4": {"class_type": "InterplaySelectMasks", "inputs": {"masks": ["3", 0], "start": 0, "count": 1}},
+        "5": {"class_type": "InterplayArrowPainter",
+              "inputs": {"image": ["2", 0], "drawing": drawing, "num_frames": 9, "v_ref": 1.5, "masks": ["4", 0]}},
+        "6": {"class_type": "InterplayCogVideoXLoader",
+              "inputs": {"model": "diffusers/tiny_cogvideox", "transformer": "(none)", "vae": "(none)",
+                         "text_encoder": "(none)", "weight_dtype": "fp32", "offload": "none", "vae_tiling": False}},
+        "7": {"class_type": "InterplayTrainControlBranch",
+              "inputs": {"backbone": ["6", 0], "dataset_dir": str(clips), "output_name": "graph_km", "frames": 9,
+                         "task": "kinemask_branch", "stage": 1, "extra": EXTRA, **TRAIN}},
+        "8": {"class_type": "InterplayInteractionPrompt",
+              "inputs": {"template": "c0 (ablation)", "subject": "the box", "surface": "a floor",
+                         "direction": "right", "speed": 0.0, "outcome": "none", "extra": ""}},
+        "9": {"class_type": "InterplayCogVideoXSampler",
+              "inputs": {"backbone": ["6", 0], "image": ["2", 0], "prompt": ["8", 0], "negative": "",
+                         "width": 32, "height": 32, "num_frames": 9, "steps": 2, "cfg": 1.0, "dynamic_cfg": False,
+                         "scheduler": "ddim", "seed": 0, "decode": True, "control": ["5", 0], "branch": ["7", 0],
+                         "control_weight": 0.5, "control_start": 0.0, "control_end": 1.0}},
+    }
+    outs = execute(prompt, targets=["7", "9"])
+    ckpt = root / "interplay" / "graph_km" / T.CHECKPOINT
+    assert ckpt.is_file() and "2 steps" in outs.ui["7"]["text"][0]
+    branch = outs["7"][0]
+    assert branch.kind == "kinemask" and branch.source == str(ckpt)
+    assert tuple(outs["7"][1].shape) == (1, 320, 640, 3)
+    video = outs["9"][0]
+    assert tuple(video.shape) == (9, 32, 32, 3) and 0 <= float(video.min()) <= float(video.max()) <= 1
