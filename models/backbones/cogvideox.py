@@ -363,13 +363,13 @@ def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_confi
             continue
         p = next(m.parameters())
         if p.dtype != dt:
-            m.to(dtype=dt)
+            torch.nn.Module.to(m, dtype=dt)
         if p.device != home:
             m.to(home)
     if storage_dtype is not None:
         transformer.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=dtype)
     if vae_tiling:
-        vae.enable_tiling()
+        enable_vae_tiling(vae)
     cfg = transformer.config
     if variant is None:
         variant = detect_variant(cfg)
@@ -386,6 +386,13 @@ def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_confi
                "vae_dtype": vae_dtype, "i2v": cfg.in_channels == 2 * vae.config.latent_channels,
                "latent_channels": int(vae.config.latent_channels)},
     )
+
+
+def enable_vae_tiling(vae) -> None:
+    """Turn on diffusers' tiled encode/decode (bounded memory at 480x720 and up). Its tile arithmetic assumes the
+    release geometry; :func:`decode_latents`/:func:`encode_frames` check the output size and redo a call untiled
+    where it does not line up (small test VAEs)."""
+    vae.enable_tiling()
 
 
 def detect_variant(cfg) -> str:
@@ -413,8 +420,9 @@ def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", se
     tcfg = TINY_TRANSFORMER if size == "tiny" else COGVIDEOX_5B_I2V
     vcfg = TINY_VAE if size == "tiny" else COGVIDEOX_VAE
     with torch.device(device):
-        transformer = CogVideoXTransformer3DModel(**tcfg).to(dtype)
-        vae = AutoencoderKLCogVideoX(**vcfg).to(dtype if device.type != "cpu" else torch.float32)
+        # nn.Module.to: ModelMixin.to warns about fp32-kept modules these classes do not have
+        transformer = torch.nn.Module.to(CogVideoXTransformer3DModel(**tcfg), dtype)
+        vae = torch.nn.Module.to(AutoencoderKLCogVideoX(**vcfg), dtype if device.type != "cpu" else torch.float32)
     te = tok = None
     if with_text_encoder:
         te, tok = _tiny_t5(tcfg["text_embed_dim"])
@@ -548,6 +556,10 @@ def encode_frames(bb: Backbone, frames: torch.Tensor, generator: torch.Generator
     vae = bb.vae
     with on_device(bb, vae):
         dist = vae.encode(_vae_in(bb, x)).latent_dist
+        vs = bb.extra.get("vae_scale_factor_spatial", 8)
+        if vae.use_tiling and tuple(dist.mean.shape[-2:]) != (x.shape[-2] // vs, x.shape[-1] // vs):
+            vae.disable_tiling()  # tiles do not line up at this geometry (see enable_vae_tiling)
+            dist = vae.encode(_vae_in(bb, x)).latent_dist
         lat = dist.mode() if generator is None else _sample(dist, generator)
     lat = lat.permute(0, 2, 1, 3, 4).float()
     lat = lat / _scale(bb) if bb.extra.get("invert_scale_latents") else lat * _scale(bb)
@@ -585,8 +597,13 @@ def decode_latents(bb: Backbone, latents: torch.Tensor) -> torch.Tensor:
     vae = bb.vae
     outs = []
     with on_device(bb, vae):
+        vs = bb.extra.get("vae_scale_factor_spatial", 8)
         for i in range(z.shape[0]):  # one video at a time bounds memory
-            outs.append(vae.decode(_vae_in(bb, z[i:i + 1])).sample.float().cpu())
+            out = vae.decode(_vae_in(bb, z[i:i + 1])).sample
+            if vae.use_tiling and tuple(out.shape[-2:]) != (z.shape[-2] * vs, z.shape[-1] * vs):
+                vae.disable_tiling()  # tiles do not line up at this geometry (see enable_vae_tiling)
+                out = vae.decode(_vae_in(bb, z[i:i + 1])).sample
+            outs.append(out.float().cpu())
     x = torch.cat(outs)  # [B,3,F,H,W]
     return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).contiguous()
 

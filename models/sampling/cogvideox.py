@@ -142,6 +142,56 @@ def compile_blocks(bb: Backbone, branch: ControlBranch | None = None, **kw) -> N
         m.compile(**kw)
 
 
+# ------------------------------------------------------------------------------------------------ fp8
+class FP8Linear(torch.nn.Module):
+    """W8A8 e4m3 Linear (opt-in speed path): per-output-channel weight scales, dynamic per-row activation scales,
+    ``torch._scaled_mm`` with rowwise scales on CUDA (bias added after); elsewhere the dequantised weight in a
+    plain matmul (same numbers up to the activation rounding). Pays only under torch.compile (which fuses the
+    activation quantisation); eager is slower than bf16 (research/performance.md)."""
+
+    def __init__(self, lin: torch.nn.Linear):
+        super().__init__()
+        w = lin.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out] fp32
+        self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.is_cuda:
+            xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
+            xq = (x2.float() / xs).to(torch.float8_e4m3fn)
+            out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale,
+                                   out_dtype=x.dtype)
+        else:
+            w = self.weight_fp8.float() * self.weight_scale.t()
+            out = (x2.float() @ w.t()).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def enable_fp8_linears(blocks) -> int:
+    """Swap the token-wise Linears (attention q/k/v/out, feed-forward) of CogVideoXBlocks for :class:`FP8Linear`
+    in place; the adaLN linears (one row per sample) stay. Returns how many were swapped."""
+    n = 0
+    for block in blocks:
+        for parent in (block.attn1, block.ff.net[0], block.ff.net):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear) and name != "linear":
+                    setattr(parent, name, FP8Linear(child))
+                    n += 1
+        if isinstance(getattr(block.attn1, "to_out", None), torch.nn.ModuleList):
+            lin = block.attn1.to_out[0]
+            if isinstance(lin, torch.nn.Linear):
+                block.attn1.to_out[0] = FP8Linear(lin)
+                n += 1
+    return n
+
+
 # -------------------------------------------------------------------------------------------- schedulers
 def make_scheduler(bb: Backbone, kind: str = "ddim"):
     """A fresh CogVideoX scheduler from the backbone's config: "ddim" (CogVideoXDDIMScheduler) or "dpm"

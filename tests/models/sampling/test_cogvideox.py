@@ -164,3 +164,18 @@ def test_model_forward_trains_branch_only(bb):
     out.square().mean().backward()
     assert br.out_projs[0].weight.grad is not None and br.out_projs[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in bb.denoiser.parameters())
+
+
+def test_fp8_linear_cpu_fallback_and_swap_count(bb):
+    lin = torch.nn.Linear(32, 48)
+    q = S.FP8Linear(lin)
+    x = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0))
+    ref = lin(x)
+    out = q(x)
+    assert out.shape == ref.shape and q.weight_fp8.dtype == torch.float8_e4m3fn
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
+    import copy
+
+    blocks = copy.deepcopy(bb.denoiser.transformer_blocks)
+    assert S.enable_fp8_linears(blocks) == 2 * 6  # q, k, v, out, ff up, ff down per block
+    assert isinstance(blocks[0].norm1.linear, torch.nn.Linear)  # adaLN stays
