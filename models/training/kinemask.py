@@ -17,6 +17,7 @@ default, k = 1 forced 20% of the time: the inference condition), the rest zero.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -117,7 +118,8 @@ class _CogVideoXI2V:
 
         def model_fn(x_t, t):
             latent_in = torch.cat([x_t.to(img.device, bb.dtype), img], dim=2)
-            with torch.autocast(dev.type, dtype=bb.dtype, enabled=mixed):
+            # (autocast(enabled=False) would switch off the trainer's autocast: use no context instead)
+            with torch.autocast(dev.type, dtype=bb.dtype) if mixed else contextlib.nullcontext():
                 return model_forward(bb, latent_in, t, emb, branch=branch, control=control, weight=weight)
         return v_prediction_loss(model_fn, x0, self._ac, generator)
 
@@ -198,7 +200,10 @@ class KineMaskTask(_CogVideoXI2V):
         self.branch.module.eval()
 
     def enable_gradient_checkpointing(self):
+        # the loss backpropagates through every frozen backbone block after the first residual, so the
+        # backbone's activations dominate memory: checkpoint both (the flag only acts when grad is enabled)
         self.branch.module.enable_gradient_checkpointing()
+        self.bb.denoiser.enable_gradient_checkpointing()
 
     # -- conditions
     def controls(self, batch: dict, F: int, generator: torch.Generator) -> torch.Tensor:

@@ -146,3 +146,16 @@ def test_backbone_task_trains_every_weight_and_saves_a_loadable_transformer(tmp_
     with pytest.raises(ValueError, match="trains CogVideoX"):
         from interplay.models.backbones import svd
         K.CogVideoXBackboneTask(svd.random_backbone("tiny"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fp32_branch_on_bf16_backbone(precision, tmp_path):
+    bb16 = cvx.random_backbone("tiny", seed=0, dtype=torch.bfloat16)
+    task = K.KineMaskTask(bb16, num_layers=1, max_text_length=8)
+    assert all(p.dtype == torch.float32 for p in task.trainable_parameters())
+    cfg = T.TrainConfig(steps=2, lr=1e-3, batch_size=1, checkpoint_every=0, precision=precision,
+                        grad_checkpointing=True)
+    res = T.train(task, DS(), cfg, tmp_path)
+    assert all(np.isfinite(res.losses)) and all(v.dtype == torch.float32 for v in res.state_dict.values())
+    assert bb16.denoiser.gradient_checkpointing and task.branch.module.gradient_checkpointing
+    assert all(p.grad is None for p in bb16.denoiser.parameters())
