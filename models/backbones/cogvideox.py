@@ -523,10 +523,14 @@ def rotary_embeddings(config, grid_f: int, grid_h: int, grid_w: int, device=None
 
 # -------------------------------------------------------------------------------------------- encoders
 @torch.no_grad()
-def encode_prompt(bb: Backbone, prompts: list[str], max_length: int = 226) -> torch.Tensor:
-    """T5 embeddings as the pipeline makes them (pad to ``max_length``, no mask): -> [B,T,D] on bb.device."""
+def encode_prompt(bb: Backbone, prompts: list[str], max_length: int | None = None) -> torch.Tensor:
+    """T5 embeddings as the pipeline makes them (pad to ``max_length``, no mask): -> [B,T,D] on bb.device.
+    ``max_length`` defaults to the transformer's ``max_text_seq_length`` (226 for the released models), the
+    length it was trained with."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if max_length is None:
+        max_length = int(getattr(bb.denoiser.config, "max_text_seq_length", 226) or 226)
     if bb.text_encoder is None or bb.tokenizer is None:
         raise ValueError("CogVideoX: this backbone has no text encoder; load one (text_encoders/) to encode prompts")
     ids = bb.tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,

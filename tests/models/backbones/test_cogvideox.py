@@ -176,3 +176,12 @@ def test_offload_model_parks_parts(tiny_cogvideox):
     assert emb.shape == (2, 226, 32)
     with pytest.raises(ValueError, match="offload must be 'none' or 'model'"):
         cog.load_cogvideox(tiny_cogvideox, device="cpu", offload="sequential")
+
+
+def test_encode_prompt_pads_to_the_transformers_text_length():
+    """A transformer trained with 8 text tokens (the demo model) gets 8 by default; an explicit length wins."""
+    bb = cog.random_backbone("tiny", seed=0)
+    assert cog.encode_prompt(bb, ["a cube"]).shape[1] == bb.denoiser.config.max_text_seq_length
+    bb.denoiser.register_to_config(max_text_seq_length=8)
+    assert cog.encode_prompt(bb, ["a cube"]).shape[1] == 8
+    assert cog.encode_prompt(bb, ["a cube"], max_length=12).shape[1] == 12
