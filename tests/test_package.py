@@ -208,3 +208,23 @@ def test_convention_checker_names_each_problem():
                 "input 'mode': default 'c' is not one of its choices", "go() requires ['other']"]
     assert [e for e in expected if not any(e in f for f in found)] == [], found
     assert len(found) == len(expected), found
+
+
+def test_package_data_ships_the_demo_model_and_workflows():
+    """A non-editable install (ComfyUI-Manager, pip install .) must carry every data file the pack reads: the
+    demo model folder, the branch file, both workflow formats and the web widget."""
+    import fnmatch
+    import tomllib
+
+    root = Path(interplay.__file__).parent
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    wanted = [p for p in (root / "models" / "demo").rglob("*") if p.is_file() and p.suffix != ".py"
+              and "__pycache__" not in p.parts]
+    wanted += list((root / "workflows").rglob("*.json")) + [p for p in (root / "web").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in wanted)
+    for p in wanted:
+        pkg = "interplay.models.demo" if "demo" in p.relative_to(root).parts[:2] else "interplay"
+        base = root / "models" / "demo" if pkg == "interplay.models.demo" else root
+        rel = p.relative_to(base).as_posix()
+        pats = [g.replace("**/*", "*") for g in cfg[pkg]]
+        assert any(fnmatch.fnmatch(rel, g) for g in pats), f"{rel} is not in {pkg} package-data {cfg[pkg]}"
