@@ -37,9 +37,10 @@ def _png_b64(image: torch.Tensor) -> str:
 
 
 def _frames_input(name: str = "num_frames"):
-    return ("INT", {"default": 49, "min": 1, "max": 1025, "step": 4,
-                    "tooltip": "Length of the control video. CogVideoX needs 4k+1 frames (49 for the released "
-                               "model); only frame 0 carries the velocity, later frames are zero."})
+    return ("INT", {"default": 49, "min": 1, "max": 1025, "step": 8,
+                    "tooltip": "Length of the control video, equal to the sampler's num_frames. CogVideoX takes "
+                               "8k+1 frames (1, 9, 17, ..., 49; 49 for the released model); only frame 0 carries "
+                               "the velocity, later frames are zero."})
 
 
 _COMMON_OPTIONAL = {

@@ -228,9 +228,10 @@ def masks_for_drawing(drawing: Drawing, image: torch.Tensor, sam=None, masks: to
 
 # ---------------------------------------------------------------------------------------------- control
 def check_num_frames(num_frames: int, input_name: str = "num_frames") -> int:
-    """CogVideoX frame counts are 4k+1 (1, 5, 9, ..., 49)."""
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4:
-        raise ValueError(f"`{input_name}` must be 4k+1 (1, 5, 9, ..., 49) for CogVideoX; got {num_frames!r}")
+    """CogVideoX frame counts are 8k+1 (1, 9, 17, ..., 49): 4x time compression with an odd latent count, the
+    rule of backbones.cogvideox.allowed_frames, so a count the painter accepts is one the sampler takes."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8:
+        raise ValueError(f"`{input_name}` must be 8k+1 (1, 9, 17, ..., 49) for CogVideoX; got {num_frames!r}")
     return num_frames
 
 

@@ -51,7 +51,7 @@ def test_arrow_painter_invalid_drawing_names_node_input_and_schema(drawing, need
 def test_arrow_painter_errors_for_frames_masks_and_missing_segmenter():
     d = json.dumps({"v": 1, "objects": [{"arrow": {"x0": 10, "y0": 20, "x1": 30, "y1": 20}}]})
     img = torch.rand(1, H, W, 3)
-    with pytest.raises(ValueError, match=r"Arrow Painter: `num_frames` must be 4k\+1"):
+    with pytest.raises(ValueError, match=r"Arrow Painter: `num_frames` must be 8k\+1"):
         InterplayArrowPainter().paint(img, d, 48, 1.5, masks=_mask(15, 25, 5, 15)[None])
     with pytest.raises(ValueError, match=r"Arrow Painter: object 0 .*empty"):
         InterplayArrowPainter().paint(img, d, 9, 1.5, masks=torch.zeros(1, H, W))
@@ -63,23 +63,23 @@ def test_arrow_painter_errors_for_frames_masks_and_missing_segmenter():
 
 def test_velocity_control_node_numbers():
     m = torch.stack([_mask(10, 20, 30, 40), _mask(30, 40, 5, 15)])
-    ctrl, preview = InterplayVelocityControl().build(m, 0.75, -0.3, 0.15, 5, 1.5)
+    ctrl, preview = InterplayVelocityControl().build(m, 0.75, -0.3, 0.15, 9, 1.5)
     for y, x in ((15, 35), (35, 10)):
         torch.testing.assert_close(ctrl.video[0, y, x], torch.tensor([0.5, -0.2, 0.1]))
     assert ctrl.video[1:].abs().sum() == 0 and int((ctrl.video[0] != 0).any(-1).sum()) == 200
     assert preview.shape == (1, H, W, 3)
     with pytest.raises(ValueError, match=r"Velocity Control: `mask` 1 is empty"):
-        InterplayVelocityControl().build(torch.stack([m[0], torch.zeros(H, W)]), 1.0, 0.0, 0.0, 5, 1.5)
+        InterplayVelocityControl().build(torch.stack([m[0], torch.zeros(H, W)]), 1.0, 0.0, 0.0, 9, 1.5)
     with pytest.raises(ValueError, match=r"Velocity Control: `image` is 32x48 but `mask` is 64x48"):
-        InterplayVelocityControl().build(m, 1.0, 0.0, 0.0, 5, 1.5, image=torch.rand(1, 48, 32, 3))
+        InterplayVelocityControl().build(m, 1.0, 0.0, 0.0, 9, 1.5, image=torch.rand(1, 48, 32, 3))
 
 
 def test_painter_and_velocity_nodes_agree():
     """The same velocity from an arrow and from numbers encodes to the same control."""
     m = _mask(10, 20, 30, 40)[None]
     d = json.dumps({"v": 1, "objects": [{"arrow": {"x0": 35, "y0": 15, "x1": 47, "y1": 31}}]})  # 12,-16: 20 px
-    a = InterplayArrowPainter().paint(torch.rand(1, H, W, 3), d, 5, 1.5, masks=m)["result"][0]
-    b = InterplayVelocityControl().build(m, 0.75, -1.0, 0.0, 5, 1.5)[0]
+    a = InterplayArrowPainter().paint(torch.rand(1, H, W, 3), d, 9, 1.5, masks=m)["result"][0]
+    b = InterplayVelocityControl().build(m, 0.75, -1.0, 0.0, 9, 1.5)[0]
     torch.testing.assert_close(a.video, b.video)
 
 

@@ -117,10 +117,10 @@ def test_masks_from_a_segmenter_get_tail_and_clicks(monkeypatch):
     assert out.shape == (2, H, W) and out[0, 20, 10] and out[1, 30, 40] and int(out.sum()) == 2
 
 
-def test_num_frames_must_be_4k_plus_1():
-    assert check_num_frames(49) == 49 and check_num_frames(1) == 1
-    for bad in (0, 48, 50, 2.0):
-        with pytest.raises(ValueError, match=r"`num_frames` must be 4k\+1 \(1, 5, 9, \.\.\., 49\)"):
+def test_num_frames_must_be_8k_plus_1():
+    assert check_num_frames(49) == 49 and check_num_frames(1) == 1 and check_num_frames(9) == 9
+    for bad in (0, 5, 13, 48, 50, 2.0):
+        with pytest.raises(ValueError, match=r"`num_frames` must be 8k\+1 \(1, 9, 17, \.\.\., 49\)"):
             check_num_frames(bad)
 
 
