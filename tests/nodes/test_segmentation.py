@@ -108,7 +108,7 @@ def test_painter_segments_each_arrow_with_sam2(sam):
     ref = S.segment_image(sam, img[0], points=[[14, 16], [18, 20]], labels=[1, 1])
     if not ref.any():
         pytest.skip("random tiny SAM2 gave an empty mask for this click")
-    ctrl, masks, _ = InterplayArrowPainter().paint(img, d, 5, 1.5, sam2=sam)["result"]
+    ctrl, masks, _ = InterplayArrowPainter().paint(img, d, 9, 1.5, sam2=sam)["result"]
     assert torch.equal(masks[0] > 0.5, ref)
     diag = (40 ** 2 + 56 ** 2) ** 0.5
     speed = 16 / (0.2 * diag)
