@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import runtime
+from . import _choices
 from ..models.control.base import ControlSignal
 
 DIFFUSERS_PREFIX = "diffusers/"
@@ -28,15 +29,11 @@ OUTCOMES = {
 
 
 def _cogvideox_choices() -> list[str]:
-    folders = [DIFFUSERS_PREFIX + d for d in runtime.list_models("diffusers", folders_only=True)
-               if "cog" in d.lower() or "kinemask" in d.lower() or "tiny" in d.lower()]
-    return folders + [SINGLE_FILES]
+    return _choices.diffusers_pipelines("CogVideoX", name_hints=("cog", "kinemask")) + [SINGLE_FILES]
 
 
 def _branch_choices() -> list[str]:
-    folders = runtime.list_models("controlnet", folders_only=True)
-    files = runtime.list_models("controlnet") + ["interplay/" + f for f in runtime.list_models("interplay")]
-    return [NEW_BRANCH] + folders + files
+    return _choices.branch_choices(NEW_BRANCH)
 
 
 class InterplayCogVideoXLoader:

@@ -6,6 +6,7 @@ import json
 import torch
 
 from ..models import runtime
+from . import _choices
 from ..models.control.base import ControlSignal
 
 DIFFUSERS_PREFIX = "diffusers/"
@@ -14,15 +15,14 @@ FROM_CHECKPOINT = "(from the checkpoint)"
 
 
 def _svd_choices() -> list[str]:
+    # no placeholder when nothing is installed: an empty list fails validation naming the input, like the
+    # other loaders, instead of failing later at run time
     files = [f for f in runtime.list_models("checkpoints") if "svd" in f.lower() or "video" in f.lower()]
-    folders = [DIFFUSERS_PREFIX + d for d in runtime.list_models("diffusers", folders_only=True)]
-    return files + folders or ["svd.safetensors"]
+    return files + _choices.diffusers_pipelines("StableVideoDiffusion", name_hints=("svd", "stable-video"))
 
 
 def _branch_choices() -> list[str]:
-    folders = [d for d in runtime.list_models("controlnet", folders_only=True)]
-    files = runtime.list_models("controlnet") + ["interplay/" + f for f in runtime.list_models("interplay")]
-    return [NEW_BRANCH] + folders + files
+    return _choices.branch_choices(NEW_BRANCH)
 
 
 class InterplaySVDLoader:
@@ -337,22 +337,17 @@ class InterplayInterDynCompare:
 
 
 def _save_webp(frames: torch.Tensor, fps: float, prefix: str) -> dict:
-    from pathlib import Path
-
     from PIL import Image
 
-    root = runtime.output_directory()
-    sub = Path(prefix).parent
-    folder = (root / sub).resolve()
-    if root.resolve() not in (folder, *folder.parents):
-        raise ValueError(f"InterDyn Compare: filename_prefix {prefix!r} leaves the output folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(prefix).name
-    n = len(list(folder.glob(f"{stem}_*.webp")))
-    path = folder / f"{stem}_{n:05d}.webp"
+    from ..models import video_io as vio
+
+    try:  # one past the highest existing number (never overwrites an earlier run's file)
+        path, name, sub = vio.counter_path(runtime.output_directory(), prefix, "webp")
+    except ValueError as e:
+        raise ValueError(f"InterDyn Compare: {e}") from None
     imgs = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in frames]
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0, lossless=True)
-    return {"filename": path.name, "subfolder": str(sub) if str(sub) != "." else "", "type": "output"}
+    return {"filename": name, "subfolder": sub, "type": "output"}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -17,7 +17,8 @@ def _input_videos() -> list[str]:
         return []
     out = []
     for p in root.rglob("*"):
-        if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS + vio.ANIMATED_EXTENSIONS:
+        # still images too: a single frame is the usual input of image-to-video graphs
+        if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS + vio.ANIMATED_EXTENSIONS + vio.IMAGE_EXTENSIONS:
             out.append(p.relative_to(root).as_posix())
     return sorted(out, key=vio.natural_key)
 

@@ -89,3 +89,41 @@ def test_sampler_node_and_compare(tiny):
     assert res["result"][0].shape == (4, 128, 128, 3)
     info = res["ui"]["images"][0]
     assert (runtime.output_directory() / info["subfolder"] / info["filename"]).is_file()
+
+
+def test_compare_never_overwrites_an_earlier_file(tmp_path):
+    """Numbers go one past the highest existing file, even after an earlier file was deleted."""
+    runtime.set_output_directory(tmp_path)
+    try:
+        v = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(0))
+        names = [nd.InterplayInterDynCompare().compare(v, 6.0, "cmp/x")["ui"]["images"][0]["filename"]
+                 for _ in range(2)]
+        assert names == ["x_00001_.webp", "x_00002_.webp"]
+        (tmp_path / "cmp" / "x_00001_.webp").unlink()
+        third = nd.InterplayInterDynCompare().compare(v, 6.0, "cmp/x")["ui"]["images"][0]
+        assert third == {"filename": "x_00003_.webp", "subfolder": "cmp", "type": "output"}
+        with pytest.raises(ValueError, match="InterDyn Compare: filename_prefix: '../out' points outside"):
+            nd.InterplayInterDynCompare().compare(v, 6.0, "../out")
+    finally:
+        runtime.set_output_directory(None)
+
+
+def test_svd_choices_offer_only_installed_svd_models(tmp_path):
+    runtime.set_models_root(tmp_path)
+    try:
+        assert nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == []  # nothing fake to pick
+        for name, cls in (("svd_folder", "StableVideoDiffusionPipeline"), ("cog", "CogVideoXImageToVideoPipeline")):
+            (tmp_path / "diffusers" / name).mkdir(parents=True)
+            (tmp_path / "diffusers" / name / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+        (tmp_path / "controlnet" / "interdyn").mkdir(parents=True)
+        (tmp_path / "controlnet" / "interdyn" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+        (tmp_path / "controlnet" / "other.safetensors").write_bytes(b"")
+        assert nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == ["diffusers/svd_folder"]
+        from interplay.nodes import cogvideox as cn
+
+        assert cn.InterplayCogVideoXLoader.INPUT_TYPES()["required"]["model"][0] == ["diffusers/cog", cn.SINGLE_FILES]
+        # a branch folder is listed once, not again as its own weights file
+        assert nd.InterplayInterDynBranchLoader.INPUT_TYPES()["required"]["branch"][0] == \
+            [nd.NEW_BRANCH, "interdyn", "other.safetensors"]
+    finally:
+        runtime.set_models_root(None)

@@ -28,7 +28,12 @@ def test_load_video_combo_lists_input_folder_and_loads(input_dir):
     vio.save_video(_clip(), input_dir / "b10.webp", fps=12)
     vio.save_video(_clip(), input_dir / "b2.mp4", fps=12)
     (input_dir / "notes.txt").write_text("x")
-    assert nv.InterplayLoadVideo.INPUT_TYPES()["required"]["video"][0] == ["b2.mp4", "b10.webp"]
+    from PIL import Image
+
+    Image.fromarray(vio.to_uint8(_clip())[0]).save(input_dir / "a1.png")  # a still image: one frame
+    assert nv.InterplayLoadVideo.INPUT_TYPES()["required"]["video"][0] == ["a1.png", "b2.mp4", "b10.webp"]
+    still, _, n1 = nv.InterplayLoadVideo().load("a1.png")
+    assert n1 == 1 and np.array_equal(vio.to_uint8(still)[0], vio.to_uint8(_clip())[0])
     frames, fps, n = nv.InterplayLoadVideo().load("b10.webp", frame_cap=4, every_nth=1)
     assert (n, fps) == (4, 12.0) and np.array_equal(vio.to_uint8(frames), vio.to_uint8(_clip())[:4])
     frames, fps, n = nv.InterplayLoadVideo().load("b2.mp4", every_nth=2, force_width=24)
