@@ -1,4 +1,6 @@
-"""Reproduce the embedded demo model: `python -m interplay.models.demo.build [--out DIR] [--stages ...]`.
+"""Reproduce the embedded demo model.
+
+    python -m interplay.models.demo.build --out DIR --work DIR [--threads N] [--eval N] [--set KEY=VALUE]
 
 Recipe (every number is in configs.DemoConfig, stored beside the weights):
   1. scenes  sandbox `push` clips (seeds train_seed..), 64x64, 9 frames, kept in memory

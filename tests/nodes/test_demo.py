@@ -1,0 +1,30 @@
+"""Demo Model Loader: loads the committed demo model through the user-facing loaders, in the dtype asked for;
+a missing model names the files and the rebuild command."""
+import json
+
+import pytest
+import torch
+
+from interplay.models.demo import build as B
+from interplay.models.demo import configs as C
+from interplay.nodes.demo import InterplayDemoModelLoader
+
+
+def test_loads_the_embedded_model_as_recorded():
+    info = json.loads((C.DEMO_ROOT / "demo_config.json").read_text())
+    bb, br = InterplayDemoModelLoader().load("fp32")
+    assert bb.family == "cogvideox" and bb.dtype == torch.float32
+    cfg = info["config"]
+    assert bb.denoiser.config.max_text_seq_length == cfg["max_text_len"]
+    assert br.module.config.num_layers == cfg["branch_layers"]
+    assert abs(bb.extra["scaling_factor"] - info["vae_scaling_factor"]) < 1e-3
+    assert all(p.dtype == torch.float32 for p in br.module.parameters())
+    # the branch is trained: its zero-initialised output projections are not zero any more
+    assert max(float(lin.weight.abs().max()) for lin in br.module.out_projs) > 0
+    bb16, _ = InterplayDemoModelLoader().load("bf16")
+    assert bb16.dtype == torch.bfloat16
+
+
+def test_missing_model_names_files_and_rebuild_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cogvideox_push/ and kinemask_push.safetensors.*demo.build"):
+        B.load_demo(tmp_path)
