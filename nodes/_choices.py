@@ -32,12 +32,43 @@ def diffusers_pipelines(*class_prefixes: str, name_hints: tuple[str, ...] = ()) 
     return out
 
 
-def branch_choices(new_branch: str) -> list[str]:
+# config.json classes of released branch folders -> the pack's branch kind
+_FOLDER_KINDS = {"ControlNetSDVModel": "interdyn", "CogVideoXControlnet": "kinemask"}
+
+
+def branch_kind(kind_folder: str, name: str) -> str | None:
+    """The branch kind a controlnet/ or interplay/ entry declares ("kinemask", "interdyn", ...): the safetensors
+    header's ``kind``/``interplay_kind`` metadata (only the header is read), or a folder's config.json class.
+    None when it declares nothing (such entries are offered to every loader)."""
+    try:
+        path = runtime.model_path(kind_folder, name)
+        if path.is_dir():
+            cls = json.loads((path / "config.json").read_text()).get("_class_name")
+            return _FOLDER_KINDS.get(cls)
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            return meta.get("kind") or meta.get("interplay_kind") or None
+    except Exception:  # unreadable or corrupt: list it and let the loader report the problem by name
+        return None
+    return None
+
+
+def branch_choices(new_branch: str, kind: str | None = None) -> list[str]:
     """[new] + branch folders in controlnet/ + files in controlnet/ and interplay/, without listing a folder's
-    own weights file a second time."""
+    own weights file a second time, nor entries that declare another branch kind than ``kind``."""
     folders = runtime.list_models("controlnet", folders_only=True)
-    files = [f for f in runtime.list_models("controlnet")
+    files = [("controlnet", f) for f in runtime.list_models("controlnet")
              if not (f.count("/") == 1 and f.split("/")[0] in folders
                      and f.split("/")[1].startswith("diffusion_pytorch_model"))]
-    files += ["interplay/" + f for f in runtime.list_models("interplay")]
-    return [new_branch] + folders + files
+    files += [("interplay", f) for f in runtime.list_models("interplay")]
+
+    def ok(folder, name):
+        k = branch_kind(folder, name) if kind else None
+        return k is None or k == kind
+
+    out = [d for d in folders if ok("controlnet", d)]
+    out += [(f if folder == "controlnet" else "interplay/" + f) for folder, f in files if ok(folder, f)]
+    return [new_branch] + out

@@ -33,7 +33,7 @@ def _cogvideox_choices() -> list[str]:
 
 
 def _branch_choices() -> list[str]:
-    return _choices.branch_choices(NEW_BRANCH)
+    return _choices.branch_choices(NEW_BRANCH, "kinemask")
 
 
 class InterplayCogVideoXLoader:

@@ -22,7 +22,7 @@ def _svd_choices() -> list[str]:
 
 
 def _branch_choices() -> list[str]:
-    return _choices.branch_choices(NEW_BRANCH)
+    return _choices.branch_choices(NEW_BRANCH, "interdyn")
 
 
 class InterplaySVDLoader:

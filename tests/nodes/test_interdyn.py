@@ -127,3 +127,29 @@ def test_svd_choices_offer_only_installed_svd_models(tmp_path):
             [nd.NEW_BRANCH, "interdyn", "other.safetensors"]
     finally:
         runtime.set_models_root(None)
+
+
+def test_branch_loaders_list_only_their_kind(tmp_path):
+    """Entries that declare another branch kind (safetensors metadata or a released folder's config class) are
+    left out; entries that declare nothing stay in both lists."""
+    from safetensors.torch import save_file
+
+    from interplay.nodes import cogvideox as cn
+
+    runtime.set_models_root(tmp_path)
+    try:
+        (tmp_path / "interplay").mkdir()
+        (tmp_path / "controlnet" / "sdv").mkdir(parents=True)
+        (tmp_path / "controlnet" / "sdv" / "config.json").write_text(json.dumps({"_class_name": "ControlNetSDVModel"}))
+        (tmp_path / "controlnet" / "cog").mkdir()
+        (tmp_path / "controlnet" / "cog" / "config.json").write_text(json.dumps({"_class_name": "CogVideoXControlnet"}))
+        t = {"w": torch.zeros(1)}
+        save_file(t, str(tmp_path / "interplay" / "km.safetensors"), metadata={"kind": "kinemask"})
+        save_file(t, str(tmp_path / "interplay" / "id.safetensors"), metadata={"interplay_kind": "interdyn"})
+        save_file(t, str(tmp_path / "interplay" / "plain.safetensors"))
+        assert cn.InterplayKineMaskBranchLoader.INPUT_TYPES()["required"]["branch"][0] == \
+            [cn.NEW_BRANCH, "cog", "interplay/km.safetensors", "interplay/plain.safetensors"]
+        assert nd.InterplayInterDynBranchLoader.INPUT_TYPES()["required"]["branch"][0] == \
+            [nd.NEW_BRANCH, "sdv", "interplay/id.safetensors", "interplay/plain.safetensors"]
+    finally:
+        runtime.set_models_root(None)
