@@ -1,11 +1,14 @@
 """The loaded-backbone bundle every family returns and every sampler and trainer takes."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .. import runtime
 
 FAMILIES = ("svd", "cogvideox", "wan")
 
@@ -64,3 +67,22 @@ class Backbone:
     def describe(self) -> str:
         n = sum(p.numel() for p in self.denoiser.parameters())
         return f"{self.family}/{self.variant} denoiser {n / 1e6:.1f}M params, {self.dtype}, {self.device}"
+
+
+@contextlib.contextmanager
+def on_device(bb: Backbone, *modules):
+    """Move offloaded parts (``offload="model"``) to the compute device for the duration of the block, then
+    back to the offload device; a no-op otherwise. Shared by every family's encode/denoise/decode stages."""
+    if bb.offload != "model":
+        yield
+        return
+    for m in modules:
+        if m is not None:
+            m.to(bb.device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            if m is not None:
+                m.to(bb.offload_device)
+        runtime.empty_cache()

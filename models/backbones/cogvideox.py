@@ -19,7 +19,6 @@ T text tokens (226), D text width (4096).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone
+from .base import Backbone, on_device
 
 # The release configs (diffusers CogVideoXTransformer3DModel / AutoencoderKLCogVideoX of THUDM/CogVideoX-5b-I2V).
 # The I2V release uses rotary AND learned positional embeddings (patch_embed.pos_embedding is in its weights),
@@ -441,25 +440,6 @@ def _tiny_t5(d_model: int):
                    relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
                    feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
     return T5EncoderModel(cfg).eval(), tok
-
-
-# ------------------------------------------------------------------------------------------- placement
-@contextlib.contextmanager
-def on_device(bb: Backbone, *modules):
-    """Move offloaded parts to the compute device for the duration of the block."""
-    if bb.offload != "model":
-        yield
-        return
-    for m in modules:
-        if m is not None:
-            m.to(bb.device)
-    try:
-        yield
-    finally:
-        for m in modules:
-            if m is not None:
-                m.to(bb.offload_device)
-        runtime.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ frame rules

@@ -10,7 +10,6 @@ Shapes: B batch, F frames, C latent channels (4), h, w latent size (H/8, W/8), H
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone
+from .base import Backbone, on_device
 
 # The reference scheduler config of the SVD release (EDM Euler, Karras sigmas, v-prediction).
 SVD_SCHEDULER_DEFAULTS = {
@@ -183,25 +182,6 @@ def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", se
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**ccfg))
     return assemble_backbone(unet, vae, clip, None, None, dtype=dtype, device=device,
                              variant="random-" + size, source={"kind": "random"})
-
-
-# ------------------------------------------------------------------------------------------- placement
-@contextlib.contextmanager
-def on_device(bb: Backbone, *modules):
-    """Move offloaded parts to the compute device for the duration of the block."""
-    if bb.offload != "model":
-        yield
-        return
-    for m in modules:
-        if m is not None:
-            m.to(bb.device)
-    try:
-        yield
-    finally:
-        for m in modules:
-            if m is not None:
-                m.to(bb.offload_device)
-        runtime.empty_cache()
 
 
 def check_frames(bb: Backbone, num_frames: int, height: int, width: int, node: str = "SVD") -> None:
