@@ -307,6 +307,26 @@ def residual_multiplicity(config, rule: str = "quirk") -> list[int]:
     raise ValueError(f"residual rule must be one of {RESIDUAL_RULES}; got {rule!r}")
 
 
+def time_and_context(m, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                     added_time_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SVD UNet's step embedding (time + micro-conditions) and image context, one row per frame:
+    -> (emb [B*F, E], encoder_hidden_states [B*F, 1, D]). ``m`` is the UNet or the InterDyn branch (the same
+    time_proj/time_embedding/add_time_proj/add_embedding modules)."""
+    batch, frames = sample.shape[:2]
+    t = timestep
+    if not torch.is_tensor(t):
+        t = torch.tensor([t], dtype=torch.float32, device=sample.device)
+    elif t.ndim == 0:
+        t = t[None].to(sample.device)
+    t = t.expand(batch)
+    emb = m.time_embedding(m.time_proj(t).to(sample.dtype))
+    tids = m.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
+    emb = emb + m.add_embedding(tids)
+    emb = emb.repeat_interleave(frames, dim=0, output_size=batch * frames)
+    ehs = encoder_hidden_states.repeat_interleave(frames, dim=0, output_size=batch * frames)
+    return emb, ehs
+
+
 def unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                  added_time_ids: torch.Tensor, down_residuals=None, mid_residual=None,
                  residual_rule: str = "quirk") -> torch.Tensor:
@@ -331,17 +351,7 @@ def unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: to
     batch, frames = sample.shape[:2]
 
     # 1. time + micro-conditions
-    t = timestep
-    if not torch.is_tensor(t):
-        t = torch.tensor([t], dtype=torch.float32, device=sample.device)
-    elif t.ndim == 0:
-        t = t[None].to(sample.device)
-    t = t.expand(batch)
-    emb = unet.time_embedding(unet.time_proj(t).to(sample.dtype))
-    tids = unet.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
-    emb = emb + unet.add_embedding(tids)
-    emb = emb.repeat_interleave(frames, dim=0, output_size=batch * frames)
-    ehs = encoder_hidden_states.repeat_interleave(frames, dim=0, output_size=batch * frames)
+    emb, ehs = time_and_context(unet, sample, timestep, encoder_hidden_states, added_time_ids)
 
     # 2. down path; residuals join the skip tuple
     h = unet.conv_in(sample.flatten(0, 1))

@@ -24,6 +24,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
+from ..backbones import svd
 from .base import ControlBranch
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -155,17 +156,7 @@ class InterDynBranch(ModelMixin, ConfigMixin):
         if control.shape[:2] != (batch, frames):
             raise ValueError(f"control batch/frames {tuple(control.shape[:2])} must match the latent's "
                              f"{(batch, frames)}")
-        t = timestep
-        if not torch.is_tensor(t):
-            t = torch.tensor([t], dtype=torch.float32, device=sample.device)
-        elif t.ndim == 0:
-            t = t[None].to(sample.device)
-        t = t.expand(batch)
-        emb = self.time_embedding(self.time_proj(t).to(sample.dtype))
-        tids = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
-        emb = emb + self.add_embedding(tids)
-        emb = emb.repeat_interleave(frames, dim=0, output_size=batch * frames)
-        ehs = encoder_hidden_states.repeat_interleave(frames, dim=0, output_size=batch * frames)
+        emb, ehs = svd.time_and_context(self, sample, timestep, encoder_hidden_states, added_time_ids)
 
         h = self.conv_in(sample.flatten(0, 1))
         h = h + self.controlnet_cond_embedding(control.to(h.dtype))
