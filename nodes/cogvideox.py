@@ -8,7 +8,7 @@ from ..models import runtime
 from . import _choices
 from ..models.control.base import ControlSignal
 
-DIFFUSERS_PREFIX = "diffusers/"
+DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
 NONE = "(none)"
 NEW_BRANCH = "(new, zero-initialised from the backbone)"

@@ -9,7 +9,7 @@ from ..models import runtime
 from . import _choices
 from ..models.control.base import ControlSignal
 
-DIFFUSERS_PREFIX = "diffusers/"
+DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 NEW_BRANCH = "(new, zero-initialised from the backbone)"
 FROM_CHECKPOINT = "(from the checkpoint)"
 
