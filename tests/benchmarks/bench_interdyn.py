@@ -16,8 +16,6 @@ small (CPU, fp32): the tiny config at 4x64x64, 2 timed reps: the CPU test of thi
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import statistics
 import sys
@@ -26,45 +24,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchtools import import_pack, sync as _sync, time_call as _time  # noqa: E402
 
-def _import_pack():
-    try:
-        return importlib.import_module("interplay")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("interplay", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["interplay"] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-_import_pack()
+import_pack()
 from interplay.models.backbones import svd  # noqa: E402
 from interplay.models.control import interdyn  # noqa: E402
 from interplay.models.sampling import edm  # noqa: E402
 
 SIZES = {"full": [(14, 576, 1024), (14, 256, 384)], "small": [(4, 64, 64)]}
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, dev) -> float:
-    if dev.type == "cuda":
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        return a.elapsed_time(b) / 1000
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _flops(fn) -> float:

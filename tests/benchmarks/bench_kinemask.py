@@ -24,8 +24,6 @@ small (CPU, fp32): the tiny config at 9x32x32, 2 reps: the CPU test of this scri
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import statistics
 import sys
@@ -34,48 +32,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 H100_BF16_PEAK = 989.0  # TFLOP/s dense (SXM)
 MFU_REF = 800.0
 
 
-def _import_pack():
-    try:
-        return importlib.import_module("interplay")
-    except ImportError:
-        # the repo root IS the package (its folder may be named anything): register it under its real name
-        spec = importlib.util.spec_from_file_location("interplay", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["interplay"] = mod
-        spec.loader.exec_module(mod)
-        return mod
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchtools import import_pack, sync as _sync, time_call as _time  # noqa: E402
 
-
-_import_pack()
+import_pack()
 from interplay.models.backbones import cogvideox as cog  # noqa: E402
 from interplay.models.control import kinemask as km  # noqa: E402
 from interplay.models.sampling import cogvideox as S  # noqa: E402
 
 SIZES = {"full": (49, 480, 720), "small": (9, 32, 32)}
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, dev) -> float:
-    if dev.type == "cuda":
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        return a.elapsed_time(b) / 1000
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def step_flops(cfg, n_video: int, n_text: int, batch: int, layers: int, latent_in: int | None = None,
