@@ -447,11 +447,16 @@ def latent_frames(bb: Backbone, num_frames: int) -> int:
     return (num_frames - 1) // bb.extra.get("vae_scale_factor_temporal", 4) + 1
 
 
+def frame_count_ok(n: int, temporal: int = 4) -> bool:
+    """The CogVideoX frame rule: F = t*k+1 whose latent count f = k+1 is odd (the causal VAE decodes
+    f -> t(f-1)+1 only for odd f), i.e. 8k+1 at the released t = 4; for 1.5 (patch_size_t 2) the same rule."""
+    return n >= 1 and (n - 1) % temporal == 0 and ((n - 1) // temporal + 1) % 2 == 1
+
+
 def allowed_frames(bb: Backbone, upto: int = 81) -> list[int]:
-    """Pixel frame counts the backbone takes: F = 4k+1 whose latent count f is odd (the causal VAE decodes
-    f -> 4(f-1)+1 only for odd f), i.e. 8k+1; for 1.5 (patch_size_t 2) the same rule."""
+    """Pixel frame counts the backbone takes (:func:`frame_count_ok` with its VAE's time compression)."""
     t = bb.extra.get("vae_scale_factor_temporal", 4)
-    return [n for n in range(1, upto + 1) if (n - 1) % t == 0 and ((n - 1) // t + 1) % 2 == 1]
+    return [n for n in range(1, upto + 1) if frame_count_ok(n, t)]
 
 
 def check_frames(bb: Backbone, num_frames: int, height: int, width: int, node: str = "CogVideoX") -> None:
