@@ -464,8 +464,9 @@ def check_frames(bb: Backbone, num_frames: int, height: int, width: int, node: s
     ok = allowed_frames(bb, max(81, num_frames))
     if num_frames not in ok:
         near = min(ok, key=lambda n: abs(n - num_frames))
-        raise ValueError(f"{node}: num_frames must be one of {ok[:8]}... (8k+1: the VAE compresses time 4x and "
-                         f"keeps frame 0 apart); got {num_frames}. Use {near}.")
+        t = bb.extra.get("vae_scale_factor_temporal", 4)
+        raise ValueError(f"{node}: num_frames must be one of {ok[:8]}... ({2 * t}k+1: the VAE compresses time {t}x "
+                         f"and keeps frame 0 apart); got {num_frames}. Use {near}.")
     s = bb.extra.get("vae_scale_factor_spatial", 8) * bb.denoiser.config.patch_size
     if height % s or width % s:
         raise ValueError(f"{node}: height and width must be multiples of {s}; got {height}x{width}. Resize the "

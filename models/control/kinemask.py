@@ -46,9 +46,17 @@ def _compress_time(x: torch.Tensor, frames: int) -> torch.Tensor:
     return x.flatten(0, 1)
 
 
-def compressed_frames(frames: int) -> int:
-    """Frame count after the two time compressions (49 -> 25 -> 13)."""
-    for _ in range(2):
+def time_halvings(temporal_compression_ratio: int) -> int:
+    """How many times the control encoder halves time to match the VAE: 1 -> 0, 2 -> 1, 4 -> 2 (released)."""
+    t = int(temporal_compression_ratio)
+    if t not in (1, 2, 4):
+        raise ValueError(f"KineMask branch: temporal_compression_ratio must be 1, 2 or 4 (the VAE's); got {t}")
+    return t.bit_length() - 1
+
+
+def compressed_frames(frames: int, temporal_compression_ratio: int = 4) -> int:
+    """Frame count after the control encoder's time compressions (49 -> 25 -> 13 at the released 4x)."""
+    for _ in range(time_halvings(temporal_compression_ratio)):
         frames = 1 + (frames - 1) // 2 if frames % 2 == 1 else frames // 2
     return frames
 
@@ -86,6 +94,7 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
         from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 
         inner = num_attention_heads * attention_head_dim
+        time_halvings(temporal_compression_ratio)  # fail early on a ratio the control encoder cannot mirror
         c0 = in_channels * downscale_coef ** 2
         chans = [c0, c0 // 2, c0 // 4]
         self.unshuffle = nn.PixelUnshuffle(downscale_coef)
@@ -165,12 +174,15 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
     def encode_control(self, control: torch.Tensor) -> torch.Tensor:
         """control [B,F,3,H,W] in [-1,1] -> [B,f,3d^2/4,h,w]."""
         b, frames = control.shape[:2]
+        n = time_halvings(self.config.temporal_compression_ratio)  # 2 as released (the VAE's 4x)
         x = self.unshuffle(control.flatten(0, 1))
         x = self.controlnet_encode_first(x)
-        x = _compress_time(x, frames)
+        if n >= 1:
+            x = _compress_time(x, frames)
         frames = x.shape[0] // b
         x = self.controlnet_encode_second(x)
-        x = _compress_time(x, frames)
+        if n >= 2:
+            x = _compress_time(x, frames)
         return x.view(b, x.shape[0] // b, *x.shape[1:])
 
     def forward(self, latent_in: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,

@@ -21,7 +21,8 @@ class DemoConfig:
     """Everything that decides the demo weights; stored in models/demo/demo_config.json with them."""
 
     size: int = 64                 # frames are size x size
-    frames: int = 9                # 8k+1 so the CogVideoX VAE round-trips (3 latent frames)
+    frames: int = 9                # t*k+1 with an odd latent count so the causal VAE round-trips
+    vae_temporal: int = 4          # the VAE's time compression (4 as released: 3 latent frames; 2: 5 latent frames)
     fps: float = 8.0
     n_train: int = 2000
     train_seed: int = 0            # training scenes use seeds train_seed .. train_seed + n_train - 1
@@ -55,12 +56,13 @@ class DemoConfig:
 
 
 def vae_config(cfg: DemoConfig, scaling_factor: float = 1.0) -> dict:
-    """AutoencoderKLCogVideoX: 3 levels -> 4x space (64 -> 16), 4x time (9 -> 3 latent frames), 8 channels."""
+    """AutoencoderKLCogVideoX: 3 levels -> 4x space (64 -> 16), ``vae_temporal`` x time (9 -> 3 or 5 latent
+    frames), 8 channels."""
     return dict(
         in_channels=3, out_channels=3,
         down_block_types=("CogVideoXDownBlock3D",) * 3, up_block_types=("CogVideoXUpBlock3D",) * 3,
         block_out_channels=(16, 32, 32), latent_channels=8, layers_per_block=1, norm_num_groups=8,
-        temporal_compression_ratio=4, sample_height=cfg.size, sample_width=cfg.size,
+        temporal_compression_ratio=cfg.vae_temporal, sample_height=cfg.size, sample_width=cfg.size,
         scaling_factor=float(scaling_factor),
     )
 
@@ -71,7 +73,7 @@ def transformer_config(cfg: DemoConfig) -> dict:
     return dict(
         num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=8, time_embed_dim=128,
         text_embed_dim=32, num_layers=4, sample_width=lat, sample_height=lat, sample_frames=cfg.frames,
-        patch_size=2, temporal_compression_ratio=4, max_text_seq_length=cfg.max_text_len,
+        patch_size=2, temporal_compression_ratio=cfg.vae_temporal, max_text_seq_length=cfg.max_text_len,
         use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
     )
 

@@ -39,6 +39,25 @@ def test_compress_time_hand_values():
     assert km.compressed_frames(49) == 13 and km.compressed_frames(9) == 3
 
 
+def test_control_encoder_mirrors_the_vae_time_compression():
+    assert [km.time_halvings(t) for t in (1, 2, 4)] == [0, 1, 2]
+    assert km.compressed_frames(9, 2) == 5 and km.compressed_frames(9, 1) == 9
+    with pytest.raises(ValueError, match="temporal_compression_ratio must be 1, 2 or 4"):
+        km.KineMaskBranch(num_attention_heads=2, attention_head_dim=8, vae_channels=4, downscale_coef=4,
+                          time_embed_dim=16, num_layers=1, text_embed_dim=8, temporal_compression_ratio=3)
+    ctrl = torch.zeros(1, 9, 3, 32, 32)
+    ctrl[:, 1:3] = 0.5  # frames 1 and 2 only: one latent frame (1) at 2x, mixed into latent frame 1 at 4x too
+    for t, f in ((4, 3), (2, 5)):
+        br = km.KineMaskBranch(num_attention_heads=2, attention_head_dim=8, vae_channels=4, downscale_coef=4,
+                               time_embed_dim=16, num_layers=1, text_embed_dim=8, sample_width=8, sample_height=8,
+                               sample_frames=9, temporal_compression_ratio=t, use_rotary_positional_embeddings=True)
+        with torch.no_grad():
+            on, off = br.encode_control(ctrl), br.encode_control(torch.zeros_like(ctrl))
+        assert on.shape == (1, f, 12, 8, 8)
+        moved = [i for i in range(f) if not torch.equal(on[:, i], off[:, i])]
+        assert moved == [1], (t, moved)
+
+
 def test_first_frame_control_stays_in_latent_frame_0(bb):
     br = km.KineMaskBranch.from_transformer(bb.denoiser, num_layers=1, downscale=4)
     ctrl = torch.zeros(1, 9, 3, 32, 32)
