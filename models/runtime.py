@@ -8,7 +8,8 @@ Engine code reports and yields through these calls and nothing else:
 - ``check_interrupt()`` and ``Interrupted`` (ComfyUI's own exception class when ComfyUI is present).
 - model folders: ``model_folders(kind)``, ``list_models(kind)``, ``model_path(kind, name)``. Inside
   ComfyUI they are ``folder_paths``; outside, ``<root>/<kind>`` with the root taken from
-  ``set_models_root()`` (the CLI's ``--models-dir``), else ``$INTERPLAY_MODELS_DIR``, else ``./models``.
+  ``set_models_root()`` (the CLI's ``--models-dir``), else ``$INTERPLAY_MODELS_DIR``, else ``./models`` (or
+  ``./user_models`` when ``./models`` is this pack's own engine folder, i.e. run from the repository root).
 - output/temp directories for nodes that write files.
 
 Nothing here imports ``comfy`` or ``folder_paths`` at module level; ComfyUI is detected lazily, so the
@@ -277,7 +278,11 @@ def models_root() -> Path:
     env = os.environ.get("INTERPLAY_MODELS_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    return Path("models").resolve()
+    here = Path("models").resolve()
+    # from the repository root ./models is the engine's source: never read or write user weights there
+    if here == Path(__file__).resolve().parent:
+        return Path("user_models").resolve()
+    return here
 
 
 def register_model_folders() -> None:

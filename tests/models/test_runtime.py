@@ -29,6 +29,14 @@ def test_models_root_precedence(tmp_path, monkeypatch):
     assert runtime.models_root() == (tmp_path / "env").resolve()
 
 
+def test_models_root_never_the_engine_folder(monkeypatch):
+    # run from the repository root, ./models is the engine's source: user weights go to ./user_models
+    pack = Path(runtime.__file__).resolve().parent.parent
+    monkeypatch.delenv("INTERPLAY_MODELS_DIR", raising=False)
+    monkeypatch.chdir(pack)
+    assert runtime.models_root() == pack / "user_models"
+
+
 def _layout(root: Path):
     (root / "diffusion_models" / "sub").mkdir(parents=True)
     (root / "diffusion_models" / "a.safetensors").write_bytes(b"x")
