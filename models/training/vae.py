@@ -35,13 +35,14 @@ def vae_loss(vae, video: torch.Tensor, kl_weight: float, generator: torch.Genera
     z = posterior.sample(generator)
     recon = vae.decode(z).sample
     if recon.shape != video.shape:
+        t = int(getattr(vae.config, "temporal_compression_ratio", 4))
         raise ValueError(f"VAE returned {tuple(recon.shape)} for input {tuple(video.shape)}; the frame count must be "
-                         "8k+1 for the CogVideoX VAE (e.g. 9, 17, 49)")
+                         f"{2 * t}k+1 for this CogVideoX VAE ({t}x time compression; e.g. {2 * t + 1}, {4 * t + 1})")
     l1 = (recon - video).abs().mean()
     mse = F.mse_loss(recon, video)
     kl = posterior.kl().mean() / (z[0].numel())
     loss = l1 + mse + kl_weight * kl
-    return loss, {"l1": float(l1), "mse": float(mse), "kl": float(kl)}
+    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
 
 
 def train_vae(vae, batches: Callable[[int], torch.Tensor], cfg: VaeTrainConfig, device=None,
