@@ -235,11 +235,15 @@ class InterplayCogVideoXSampler:
                                         "of the steps before the branch starts."}),
             "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of "
                                       "the steps after which the branch stops."}),
+            "control_guidance": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1, "tooltip":
+                                           "Control guidance: above 1 adds a pass with the control zeroed and pushes "
+                                           "away from it (follows the arrow more strictly; costs one more forward per "
+                                           "step, high values blur the object). 1 = off."}),
         }}
 
     def sample(self, backbone, image, prompt, negative, width, height, num_frames, steps, cfg, dynamic_cfg,
                scheduler, seed, decode, control=None, branch=None, control_weight=0.5, control_start=0.0,
-               control_end=1.0):
+               control_end=1.0, control_guidance=1.0):
         from ..models.backbones import cogvideox as cog
         from ..models.sampling.cogvideox import sample_cogvideox
 
@@ -280,7 +284,8 @@ class InterplayCogVideoXSampler:
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
         lat = sample_cogvideox(backbone, img, pos, neg, controls=controls,
                                branch=branch if controls else None, num_frames=num_frames, steps=steps, cfg=cfg,
-                               dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True)
+                               dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
+                               control_cfg=float(control_guidance))
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]

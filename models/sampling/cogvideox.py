@@ -228,7 +228,7 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      branch: ControlBranch | None = None, num_frames: int = 49, steps: int = 50, cfg: float = 6.0,
                      dynamic_cfg: bool = False, seed: int = 0, scheduler: str = "ddim", eta: float = 0.0,
                      sample_image_latent: bool = True, preview: bool = False, latents: torch.Tensor | None = None,
-                     desc: str = "CogVideoX") -> torch.Tensor:
+                     desc: str = "CogVideoX", control_cfg: float = 1.0) -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -238,6 +238,9 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
             and step range [start, end) as fractions of the steps; residuals of several controls add up.
         cfg: guidance scale; <= 1 runs one forward per step (no negative). Cond and uncond run as one batch.
         dynamic_cfg: the release's cosine guidance ramp.
+        control_cfg: control guidance; > 1 adds a batch row with every control zeroed (the branch's "no
+            information" input, as stage-2 dropout trains it) and extrapolates away from it:
+            out = cond + (cfg - 1)(cond - uncond) + (control_cfg - 1)(cond - no_control). 1 = off.
         seed: the CPU generator seed (image-latent sample, initial noise, DPM noise): same result on CPU/GPU.
         sample_image_latent: sample the image latent like the diffusers pipeline (else the posterior mode).
     """
@@ -283,6 +286,10 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         img_in = torch.cat([img_lat, img_lat])
     else:
         emb_in, img_in = pos, img_lat
+    do_ccfg = control_cfg > 1.0 and len(controls) > 0
+    if do_ccfg:  # one more row: the positive prompt with the controls zeroed
+        emb_in, img_in = torch.cat([emb_in, pos]), torch.cat([img_in, img_lat])
+    groups = emb_in.shape[0] // b
     n_in = emb_in.shape[0]
     rotary = rotary_for(tr, shape[1], shape[3], shape[4], dev)
 
@@ -293,9 +300,13 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         feats = []
         for sig in controls:  # the control video is constant over steps: encode it once
             v = sig.video.permute(0, 3, 1, 2)[None].to(dev, dtype)  # [1,F,3,H,W]
-            feats.append((sig, mod.encode_control(v)))
+            fe = mod.encode_control(v)
+            if do_ccfg:  # per row: the control for the cond (and uncond) rows, zeros for the last
+                fz = mod.encode_control(torch.zeros_like(v))
+                fe = torch.cat([fe.expand(b, *fe.shape[1:])] * (groups - 1) + [fz.expand(b, *fz.shape[1:])])
+            feats.append((sig, fe))
         for i, t in enumerate(timesteps):
-            x_in = torch.cat([latents] * 2) if do_cfg else latents
+            x_in = torch.cat([latents] * groups) if groups > 1 else latents
             x_in = sched.scale_model_input(x_in, t)
             x_in = torch.cat([x_in, img_in], dim=2) if bb.extra.get("i2v", True) else x_in
             tt = t.expand(n_in)
@@ -309,9 +320,11 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                 out = _multi_control_forward(bb, mod, x_in, tt, emb_in, active, rotary)
             out = out.float()
             g = dynamic_guidance(cfg, t.item(), steps) if dynamic_cfg else cfg
-            if do_cfg:
-                unc, cond = out.chunk(2)
-                out = unc + g * (cond - unc)
+            rows = out.chunk(groups)
+            cond = rows[1] if do_cfg else rows[0]
+            out = rows[0] + g * (cond - rows[0]) if do_cfg else cond  # the pipeline's own expression
+            if do_ccfg and active:
+                out = out + (control_cfg - 1) * (cond - rows[-1])
             if scheduler == "dpm":
                 prev_t = timesteps[i - 1] if i > 0 else None
                 latents, old_x0 = sched.step(out, old_x0, t, prev_t, latents, eta=eta, generator=gen,

@@ -130,6 +130,22 @@ def test_sampler_control_weight_zero_equals_no_control(bb):
     assert (on["samples"] - bare["samples"]).abs().max() > 1e-3
 
 
+def test_sampler_control_guidance_reaches_the_engine(bb):
+    br = _trained_branch(bb)
+    with torch.no_grad():  # let the branch read the control (a new branch's control filter is zero)
+        w = br.module.patch_embed.proj.weight
+        w[:, 4:] = torch.randn(w[:, 4:].shape, generator=torch.Generator().manual_seed(2)) * 0.5
+    img = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    _, off = _sampler(bb, image=img, cfg=1.0, decode=False, control=_control(), branch=br)
+    _, on = _sampler(bb, image=img, cfg=1.0, decode=False, control=_control(), branch=br, control_guidance=3.0)
+    pos = cog.encode_prompt(bb, ["a red cube slides right"])
+    ctrl = _control().replace(weight=0.5)
+    ref = sample_cogvideox(bb, img, pos, None, num_frames=9, steps=2, cfg=1.0, seed=3, controls=[ctrl], branch=br,
+                           control_cfg=3.0)
+    assert torch.equal(on["samples"], ref.permute(0, 2, 1, 3, 4))
+    assert (on["samples"] - off["samples"]).abs().max() > 1e-3
+
+
 def test_sampler_input_errors(bb):
     with pytest.raises(ValueError, match=r"'num_frames' must be one of \[1, 9, 17.*got 12"):
         _sampler(bb, num_frames=12)

@@ -2,6 +2,7 @@
 validation, dependency-ordered execution and the `interplay run` CLI, on small fake node classes."""
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -668,3 +669,23 @@ def test_validate_only_and_print_prompt(tmp_path, capsys):
     assert graph.cli_main([str(path), "--print-prompt", "--set", "4.offset=2"], node_classes=CLASSES) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["4"]["inputs"] == {"factor": 2.5, "offset": 2, "x": ["1", 0]} and CALLS == []
+
+
+def test_ui_workflow_saved_before_a_new_optional_widget_still_converts():
+    # the shipped sandbox workflow, as saved before CogVideoX Sampler gained `control_guidance` (its last
+    # widget): the missing trailing value means the default, every other value keeps its place
+    from interplay.nodes import NODE_CLASS_MAPPINGS
+
+    path = Path(__file__).resolve().parents[2] / "workflows" / "sandbox_push.json"
+    ui = json.loads(path.read_text())
+    now = graph.ui_to_api(ui, NODE_CLASS_MAPPINGS)
+    for node in ui["nodes"]:
+        if node["type"] == "InterplayCogVideoXSampler":
+            node["widgets_values"] = node["widgets_values"][:-1]
+    old = graph.ui_to_api(ui, NODE_CLASS_MAPPINGS)
+    sampler = [k for k, v in now.items() if v["class_type"] == "InterplayCogVideoXSampler"]
+    assert sampler and now[sampler[0]]["inputs"]["control_guidance"] == 1.0
+    assert "control_guidance" not in old[sampler[0]]["inputs"]
+    now[sampler[0]]["inputs"].pop("control_guidance")
+    assert old == now
+    assert graph.validate(old, NODE_CLASS_MAPPINGS) == []  # the sandbox graph needs no model files

@@ -123,6 +123,31 @@ def test_control_weight_and_step_range(bb, embeds, image):
     assert not torch.equal(last, bare) and not torch.equal(last, on)
 
 
+def test_control_guidance_extrapolates_from_the_zeroed_control(bb, embeds, image):
+    # one DDIM step (eta 0) is affine in the model output, so the guided result is the same combination of the
+    # separately sampled results: cond + (g_c - 1)(cond - zeroed control), plus text CFG on top
+    pos, neg = embeds
+    br = _random_branch(bb)
+    with torch.no_grad():  # a new branch reads nothing of the control until trained: give it a control filter
+        w = br.module.patch_embed.proj.weight
+        w[:, 4:] = torch.randn(w[:, 4:].shape, generator=torch.Generator().manual_seed(4)) * 0.5
+    kw = dict(num_frames=9, steps=1, seed=3, branch=br)
+    zeroed = _control(0.0)
+    cond = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=1.0, **kw)
+    free = S.sample_cogvideox(bb, image, pos, neg, controls=[zeroed], cfg=1.0, **kw)
+    assert (cond - free).abs().max() > 1e-3
+    guided = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=1.0, control_cfg=3.0, **kw)
+    torch.testing.assert_close(guided, cond + 2.0 * (cond - free), rtol=1e-4, atol=1e-4)
+    text = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=2.0, **kw)
+    both = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=2.0, control_cfg=3.0, **kw)
+    torch.testing.assert_close(both, text + 2.0 * (cond - free), rtol=1e-4, atol=1e-4)
+    # a zero-initialised branch gives the same output with or without guidance (cond == zeroed control)
+    fresh = km.new_branch(bb.denoiser, num_layers=1, downscale=4)
+    bare = S.sample_cogvideox(bb, image, pos, neg, cfg=1.0, num_frames=9, steps=2, seed=3)
+    torch.testing.assert_close(S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], branch=fresh, cfg=1.0,
+                                                  num_frames=9, steps=2, seed=3, control_cfg=4.0), bare)
+
+
 def test_two_controls_sum(bb, embeds, image):
     pos, neg = embeds
     br = _random_branch(bb)
