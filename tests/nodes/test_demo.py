@@ -17,6 +17,9 @@ def test_loads_the_embedded_model_as_recorded():
     cfg = info["config"]
     assert bb.denoiser.config.max_text_seq_length == cfg["max_text_len"]
     assert br.module.config.num_layers == cfg["branch_layers"]
+    # the VAE, the transformer and the branch's control encoder agree on the time compression
+    assert bb.vae.config.temporal_compression_ratio == cfg["vae_temporal"] == bb.extra["vae_scale_factor_temporal"]
+    assert br.module.config.temporal_compression_ratio == cfg["vae_temporal"]
     assert abs(bb.extra["scaling_factor"] - info["vae_scaling_factor"]) < 1e-3
     assert all(p.dtype == torch.float32 for p in br.module.parameters())
     # the branch is trained: its zero-initialised output projections are not zero any more

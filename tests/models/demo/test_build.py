@@ -12,7 +12,7 @@ from interplay.models.demo import configs as C
 def test_build_quick_end_to_end(tmp_path):
     argv = ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--threads", "1", "--eval", "1"]
     for kv in ("n_train=8", "vae_steps=2", "backbone_steps=2", "branch_stage1_steps=2", "branch_stage2_steps=2",
-               "sample_steps=2", "backbone_batch=2", "branch_batch=2", "vae_batch=2"):
+               "sample_steps=2", "backbone_batch=2", "branch_batch=2", "vae_batch=2", "branch_layers=2"):
         argv += ["--set", kv]
     assert B.main(argv) == 0
     info = json.loads((tmp_path / "out" / "demo_config.json").read_text())
