@@ -290,7 +290,6 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
     if do_ccfg:  # one more row: the positive prompt with the controls zeroed
         emb_in, img_in = torch.cat([emb_in, pos]), torch.cat([img_in, img_lat])
     groups = emb_in.shape[0] // b
-    n_in = emb_in.shape[0]
     rotary = rotary_for(tr, shape[1], shape[3], shape[4], dev)
 
     old_x0 = None
@@ -306,21 +305,24 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                 fe = torch.cat([fe.expand(b, *fe.shape[1:])] * (groups - 1) + [fz.expand(b, *fz.shape[1:])])
             feats.append((sig, fe))
         for i, t in enumerate(timesteps):
-            x_in = torch.cat([latents] * groups) if groups > 1 else latents
-            x_in = sched.scale_model_input(x_in, t)
-            x_in = torch.cat([x_in, img_in], dim=2) if bb.extra.get("i2v", True) else x_in
-            tt = t.expand(n_in)
             active = [(s, fe) for s, fe in feats if s.active(i, len(timesteps)) and s.weight != 0]
+            # a step with no control running has nothing to guide: skip the zeroed-control row
+            used = groups - 1 if do_ccfg and not active else groups
+            x_in = torch.cat([latents] * used) if used > 1 else latents
+            x_in = sched.scale_model_input(x_in, t)
+            x_in = torch.cat([x_in, img_in[:used * b]], dim=2) if bb.extra.get("i2v", True) else x_in
+            emb = emb_in[:used * b]
+            tt = t.expand(used * b)
             if len(active) <= 1:
                 s, fe = active[0] if active else (None, None)
-                out = model_forward(bb, x_in, tt, emb_in, branch=mod if s is not None else None,
+                out = model_forward(bb, x_in, tt, emb, branch=mod if s is not None else None,
                                     control_features=fe, weight=s.weight if s is not None else 0.0,
                                     image_rotary_emb=rotary)
             else:
-                out = _multi_control_forward(bb, mod, x_in, tt, emb_in, active, rotary)
+                out = _multi_control_forward(bb, mod, x_in, tt, emb, active, rotary)
             out = out.float()
             g = dynamic_guidance(cfg, t.item(), steps) if dynamic_cfg else cfg
-            rows = out.chunk(groups)
+            rows = out.chunk(used)
             cond = rows[1] if do_cfg else rows[0]
             out = rows[0] + g * (cond - rows[0]) if do_cfg else cond  # the pipeline's own expression
             if do_ccfg and active:

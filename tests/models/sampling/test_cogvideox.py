@@ -141,6 +141,11 @@ def test_control_guidance_extrapolates_from_the_zeroed_control(bb, embeds, image
     text = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=2.0, **kw)
     both = S.sample_cogvideox(bb, image, pos, neg, controls=[_control()], cfg=2.0, control_cfg=3.0, **kw)
     torch.testing.assert_close(both, text + 2.0 * (cond - free), rtol=1e-4, atol=1e-4)
+    # steps where no control runs skip the zeroed row: a control never active gives the plain result
+    never = _control().replace(start=0.9)
+    plain = S.sample_cogvideox(bb, image, pos, neg, cfg=2.0, num_frames=9, steps=3, seed=3)
+    assert torch.equal(S.sample_cogvideox(bb, image, pos, neg, controls=[never], cfg=2.0, control_cfg=3.0,
+                                          num_frames=9, steps=3, seed=3, branch=br), plain)
     # a zero-initialised branch gives the same output with or without guidance (cond == zeroed control)
     fresh = km.new_branch(bb.denoiser, num_layers=1, downscale=4)
     bare = S.sample_cogvideox(bb, image, pos, neg, cfg=1.0, num_frames=9, steps=2, seed=3)
