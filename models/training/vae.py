@@ -72,10 +72,11 @@ def train_vae(vae, batches: Callable[[int], torch.Tensor], cfg: VaeTrainConfig, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.clip_norm)
         opt.step()
-        losses.append(float(loss))
+        lv = float(loss.detach())
+        losses.append(lv)
         if log is not None:
-            log(step, float(loss), logs)
-        bar.update(text=f"loss {float(loss):.4f} l1 {logs['l1']:.4f}")
+            log(step, lv, logs)
+        bar.update(text=f"loss {lv:.4f} l1 {logs['l1']:.4f}")
     vae.eval()
     return losses
 

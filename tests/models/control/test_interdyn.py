@@ -91,6 +91,7 @@ def test_residual_rule_matches_hand_sums(bb, rule):
         torch.testing.assert_close(q, p + k[i] * r, rtol=1e-5, atol=1e-5, msg=f"skip {i}")
 
 
+@torch.no_grad()  # forward passes only
 def test_quirk_equals_quirk_loop_output(bb):
     x = _inputs()
     g = torch.Generator().manual_seed(7)
