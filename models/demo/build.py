@@ -1,6 +1,8 @@
 """Reproduce the embedded demo model.
 
     python -m interplay.models.demo.build --out DIR --work DIR [--threads N] [--eval N] [--set KEY=VALUE]
+    python -m interplay.models.demo.build --eval-only [--out MODEL_DIR] --work DIR --eval N
+                                          [--eval-modes control,zero,trajectory]
 
 Recipe (every number is in configs.DemoConfig, stored beside the weights):
   1. scenes  sandbox `push` clips (seeds train_seed..), 64x64, 9 frames, kept in memory
@@ -322,17 +324,38 @@ def load_demo(root: Path | None = None, *, dtype=None, device=None):
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
+EVAL_MODES = ("control", "zero", "trajectory")
+
+
+def eval_control(clip, mode: str) -> torch.Tensor:
+    """The control video [F,H,W,3] an evaluation mode gives the model for ``clip``:
+    "control": the ground-truth initial velocity on frame 0 only (the inference condition, the acceptance's);
+    "zero": the control signal zeroed; "trajectory": the ground-truth velocity masks on every frame (stage-1
+    input, a diagnostic: how well the model renders a motion it is told in full, i.e. the ceiling for what
+    stage 2 must infer from frame 0)."""
+    from ..conditions.velocity import first_frame_only
+
+    if mode not in EVAL_MODES:
+        raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
+    full = clip_control(clip)
+    if mode == "trajectory":
+        return full
+    return first_frame_only(full) if mode == "control" else torch.zeros_like(full)
+
+
 def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: dict, n: int = 50, log=print):
     """Write ``n`` held-out push scenes (sandbox format) to ``ref_dir`` and, for each mode in ``gen_dirs``
-    ("control": ground-truth initial velocity on frame 0; "zero": the control signal zeroed), the generated
-    videos as <clip>.mp4 ... ready for `interplay eval GEN REF`."""
+    (see :func:`eval_control`), the generated videos as <clip>.mp4 ... ready for `interplay eval GEN REF`.
+    Every mode samples clip i with seed i, so the modes differ only in their control."""
     from ..backbones.cogvideox import decode_latents, encode_prompt
-    from ..conditions.velocity import first_frame_only
     from ..control.base import ControlSignal
     from ..sampling.cogvideox import sample_cogvideox
     from ..sandbox.dataset import write_clip
     from ..video_io import save_video
 
+    for mode in gen_dirs:
+        if mode not in EVAL_MODES:
+            raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
     clips = make_scenes(cfg, range(cfg.heldout_seed, cfg.heldout_seed + n))
     emb = encode_prompt(bb, [cfg.caption], max_length=cfg.max_text_len)
     for d in [ref_dir, *gen_dirs.values()]:
@@ -341,16 +364,23 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
         name = f"clip_{clip.seed:07d}"
         write_clip(clip, Path(ref_dir) / name)
         image = torch.from_numpy(clip.frames[:1]).float() / 255.0
-        ctrl = first_frame_only(clip_control(clip))
         for mode, d in gen_dirs.items():
-            video = ctrl if mode == "control" else torch.zeros_like(ctrl)
-            sig = ControlSignal(video=video, kind="velocity", weight=cfg.branch_weight)
+            sig = ControlSignal(video=eval_control(clip, mode), kind="velocity", weight=cfg.branch_weight)
             lat = sample_cogvideox(bb, image, emb, controls=[sig], branch=branch, num_frames=cfg.frames,
                                    steps=cfg.sample_steps, cfg=cfg.sample_cfg, seed=i, desc=f"{mode} {i}")
             frames = decode_latents(bb, lat)[0]
             save_video(frames, Path(d) / f"{name}.mp4", fps=cfg.fps)
         log(f"[eval] {i + 1}/{n} {name}")
     return clips
+
+
+def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes) -> Path:
+    """Load the demo model at ``root`` and write the evaluation sets under ``work``/eval; returns that folder."""
+    bb, br = load_demo(root)
+    ev = Path(work) / "eval"
+    generate_eval_set(cfg, bb, br, ev / "reference", {m: ev / m for m in modes}, n=n)
+    print("evaluate with: " + "; ".join(f"interplay eval {ev / m} {ev / 'reference'}" for m in modes))
+    return ev
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -362,10 +392,25 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--eval", type=int, default=50, help="held-out scenes to evaluate after the build (0 = none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DemoConfig field")
+    p.add_argument("--eval-modes", default="control,zero",
+                   help=f"comma-separated, from {', '.join(EVAL_MODES)} (trajectory: the full ground-truth motion, "
+                        "a diagnostic ceiling)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="train nothing: evaluate the model already at --out (default: the embedded demo model)")
     a = p.parse_args(argv)
+    modes = [m.strip() for m in a.eval_modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in EVAL_MODES]
+    if bad or not modes:
+        p.error(f"--eval-modes {a.eval_modes!r}: each mode must be one of {', '.join(EVAL_MODES)}")
+    if a.eval_only and a.eval < 1:
+        p.error("--eval-only needs --eval N with N >= 1 (the number of held-out scenes)")
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = C.DemoConfig()
+    stored = Path(a.out) / "demo_config.json"
+    if a.eval_only and stored.is_file():  # sample as the model was built (its steps, cfg, frames ...)
+        fields = set(cfg.to_dict())
+        cfg = C.DemoConfig(**{k: v for k, v in json.loads(stored.read_text())["config"].items() if k in fields})
     for kv in a.set:
         k, _, v = kv.partition("=")
         if not hasattr(cfg, k):
@@ -373,6 +418,13 @@ def main(argv=None) -> int:
         setattr(cfg, k, type(getattr(cfg, k))(v))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    if a.eval_only:
+        try:
+            run_eval(cfg, Path(a.out), work, a.eval, modes)
+        except FileNotFoundError as e:
+            print(f"error: {e}")
+            return 2
+        return 0
     (work / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     t0 = time.time()
     facts = {"timings_s": {}}
@@ -403,11 +455,7 @@ def main(argv=None) -> int:
     size = export(cfg, bb, branch, Path(a.out), facts)
     print(f"exported to {a.out}: {size['bytes'] / 1e6:.1f} MB; {json.dumps(facts)}")
     if a.eval:
-        bb2, br2 = load_demo(Path(a.out))
-        ev = work / "eval"
-        generate_eval_set(cfg, bb2, br2, ev / "reference", {"control": ev / "control", "zero": ev / "zero"},
-                          n=a.eval)
-        print(f"evaluate with: interplay eval {ev / 'control'} {ev / 'reference'} and the same for {ev / 'zero'}")
+        run_eval(cfg, Path(a.out), work, a.eval, modes)
     return 0
 
 

@@ -43,3 +43,55 @@ def test_latent_dataset_control_is_the_velocity_encoding():
     v = clips[1].vel_control[d, 0]
     assert torch.allclose(item["control"][0][on][:, :2].mean(0), torch.tensor(v[:2]).float().clamp(-1.5, 1.5) / 1.5,
                           atol=1e-6)
+
+
+def test_eval_modes_give_the_documented_controls():
+    clip = B.make_scenes(C.DemoConfig(), [1_000_000])[0]
+    full = B.clip_control(clip)
+    assert full[1:].abs().sum() > 0  # the object moves: later frames carry velocity
+    ctrl = B.eval_control(clip, "control")
+    assert torch.equal(ctrl[0], full[0]) and ctrl[1:].abs().sum() == 0  # the inference condition
+    assert torch.equal(B.eval_control(clip, "trajectory"), full)
+    assert B.eval_control(clip, "zero").abs().sum() == 0
+    try:
+        B.eval_control(clip, "oracle")
+    except ValueError as e:
+        assert "control, zero, trajectory" in str(e)
+    else:
+        raise AssertionError("an unknown mode must be refused")
+
+
+def test_eval_only_evaluates_an_existing_model_with_its_stored_config(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--work", str(tmp_path / "work"), "--threads", "1", "--eval", "0"]
+    for kv in ("n_train=4", "vae_steps=1", "backbone_steps=1", "branch_stage1_steps=1", "branch_stage2_steps=1",
+               "backbone_batch=2", "branch_batch=2", "vae_batch=2", "branch_layers=1", "sample_steps=2"):
+        argv += ["--set", kv]
+    assert B.main(argv) == 0 and not (tmp_path / "work" / "eval").exists()
+    ev = tmp_path / "ev"
+    from interplay.models.sampling import cogvideox as S
+
+    steps, real = [], S.sample_cogvideox
+    monkeypatch.setattr(S, "sample_cogvideox", lambda *a, **k: steps.append(k["steps"]) or real(*a, **k))
+    assert B.main(["--eval-only", "--out", str(out), "--work", str(ev), "--eval", "1", "--threads", "1",
+                   "--eval-modes", "control,trajectory"]) == 0
+    assert sorted(p.name for p in (ev / "eval").iterdir()) == ["control", "reference", "trajectory"]
+    from interplay.models.video_io import load_video
+
+    a = load_video(ev / "eval" / "control" / "clip_1000000.mp4")[0]
+    b = load_video(ev / "eval" / "trajectory" / "clip_1000000.mp4")[0]
+    assert a.shape == b.shape == (9, 64, 64, 3)
+    assert steps == [2, 2]  # the model's stored config (sample_steps=2), not the defaults (25)
+    assert "evaluate with: interplay eval" in capsys.readouterr().out
+    # a folder without a model: a clear error naming what is missing, exit code 2
+    assert B.main(["--eval-only", "--out", str(tmp_path / "none"), "--work", str(ev), "--eval", "1"]) == 2
+    assert "the demo model is missing" in capsys.readouterr().out
+
+
+def test_eval_flags_are_checked(tmp_path):
+    import pytest
+
+    for argv in (["--eval-modes", "control,oracle"], ["--eval-only", "--eval", "0"], ["--eval-modes", ","]):
+        with pytest.raises(SystemExit) as e:
+            B.main(argv + ["--work", str(tmp_path / "w")])
+        assert e.value.code == 2
