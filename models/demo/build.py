@@ -105,8 +105,9 @@ def save_backbone_folder(folder: Path, vae, transformer, text_encoder, tokenizer
 
 
 # ----------------------------------------------------------------------------------------------- stages
-def stage_vae(cfg: C.DemoConfig, clips: list, work: Path, log=print):
-    """Train the VAE on random crops; returns the VAE with its measured scaling_factor set."""
+def stage_vae(cfg: C.DemoConfig, clips: list, work: Path, log=print, device=None):
+    """Train the VAE on random crops (on ``device``, default: CUDA when present); returns the VAE, on the CPU,
+    with its measured scaling_factor set."""
     from ..training.vae import VaeTrainConfig, latent_scale, train_vae
 
     ckpt = work / "vae.safetensors"
@@ -133,7 +134,7 @@ def stage_vae(cfg: C.DemoConfig, clips: list, work: Path, log=print):
 
     t0 = time.time()
     losses = train_vae(vae, batches, VaeTrainConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, seed=cfg.seed),
-                       device=torch.device("cpu") if not torch.cuda.is_available() else None)
+                       device=device or resolve_device("auto"))
     vae = vae.float().cpu().eval()
     scale = latent_scale(vae, (videos[i:i + 16] for i in range(0, min(n, 256), 16)), device=torch.device("cpu"))
     vae.register_to_config(scaling_factor=scale)
@@ -236,12 +237,14 @@ def demo_backbone(cfg: C.DemoConfig, vae, transformer, device=None):
                              source={"kind": "demo-build"})
 
 
-def _train_cfg(steps, batch, lr, seed, warmup=100, ema=0.0):
+def _train_cfg(steps, batch, lr, seed, warmup=100, ema=0.0, device=None):
     from ..training.trainer import TrainConfig
 
+    cuda = device is not None and torch.device(device).type == "cuda"
     return TrainConfig(steps=steps, batch_size=batch, lr=lr, betas=(0.9, 0.99), weight_decay=0.0,
                        schedule="cosine", warmup=warmup, min_lr_ratio=0.05, clip_norm=1.0, seed=seed,
-                       checkpoint_every=250, log_every=50, ema_decay=ema)
+                       checkpoint_every=250, log_every=50, ema_decay=ema,
+                       precision="bf16" if cuda else "fp32")  # bf16 autocast on a GPU, as every pack sampler
 
 
 def stage_backbone(cfg: C.DemoConfig, bb, data: LatentClips, work: Path, log=print):
@@ -256,7 +259,7 @@ def stage_backbone(cfg: C.DemoConfig, bb, data: LatentClips, work: Path, log=pri
     task = Task(bb, caption=cfg.caption, noise_aug=False, max_text_length=cfg.max_text_len)
     t0 = time.time()
     res = train(task, data, _train_cfg(cfg.backbone_steps, cfg.backbone_batch, cfg.backbone_lr, cfg.seed,
-                                       ema=cfg.backbone_ema), work / "backbone")
+                                       ema=cfg.backbone_ema, device=bb.device), work / "backbone")
     if res.ema_state_dict is not None:  # sample with the EMA weights
         bb.denoiser.load_state_dict(res.ema_state_dict)
     bb.denoiser.requires_grad_(False).eval()
@@ -276,13 +279,13 @@ def stage_branch(cfg: C.DemoConfig, bb, data: LatentClips, work: Path, log=print
     t0 = time.time()
     t1 = Task(bb, stage=1, caption=cfg.caption, num_layers=cfg.branch_layers, noise_aug=False,
               max_text_length=cfg.max_text_len, weight=cfg.branch_weight)
-    r1 = train(t1, data, _train_cfg(cfg.branch_stage1_steps, cfg.branch_batch, cfg.branch_lr, cfg.seed + 1),
-               work / "branch_stage1")
+    r1 = train(t1, data, _train_cfg(cfg.branch_stage1_steps, cfg.branch_batch, cfg.branch_lr, cfg.seed + 1,
+                                    device=bb.device), work / "branch_stage1")
     log(f"[branch stage 1] {r1.steps} steps, final loss {np.mean(r1.losses[-100:]):.4f}")
     t2 = Task(bb, t1.output(), stage=2, caption=cfg.caption, noise_aug=False, max_text_length=cfg.max_text_len,
               weight=cfg.branch_weight)
     r2 = train(t2, data, _train_cfg(cfg.branch_stage2_steps, cfg.branch_batch, cfg.branch_lr * 0.5, cfg.seed + 2,
-                                    warmup=20), work / "branch_stage2")
+                                    warmup=20, device=bb.device), work / "branch_stage2")
     log(f"[branch stage 2] {r2.steps} steps, final loss {np.mean(r2.losses[-100:]):.4f}; "
         f"{time.time() - t0:.0f}s in all")
     after = bb.denoiser.state_dict()
@@ -299,6 +302,8 @@ def export(cfg: C.DemoConfig, bb, branch, out: Path, facts: dict, dtype=torch.fl
     from ..control.kinemask import save_branch
 
     out = Path(out)
+    for m in (bb.vae, bb.denoiser, bb.text_encoder, branch.module):  # written from the CPU whatever trained them
+        m.cpu()
     save_backbone_folder(out / C.BACKBONE_DIR.name, bb.vae, bb.denoiser, bb.text_encoder, bb.tokenizer, dtype)
     m = copy.deepcopy(branch.module).to(dtype)
     save_branch(m, out / C.BRANCH_FILE.name)
@@ -374,9 +379,9 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
     return clips
 
 
-def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes) -> Path:
+def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes, device=None) -> Path:
     """Load the demo model at ``root`` and write the evaluation sets under ``work``/eval; returns that folder."""
-    bb, br = load_demo(root)
+    bb, br = load_demo(root, device=device)
     ev = Path(work) / "eval"
     generate_eval_set(cfg, bb, br, ev / "reference", {m: ev / m for m in modes}, n=n)
     print("evaluate with: " + "; ".join(f"interplay eval {ev / m} {ev / 'reference'}" for m in modes))
@@ -384,6 +389,18 @@ def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- main
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto": the GPU when torch sees one, else the CPU; "cuda" without a visible GPU is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda': torch sees no CUDA device here; use 'auto' or 'cpu'")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m interplay.models.demo.build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -395,6 +412,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-modes", default="control,zero",
                    help=f"comma-separated, from {', '.join(EVAL_MODES)} (trajectory: the full ground-truth motion, "
                         "a diagnostic ceiling)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the VAE, backbone and branch train and the evaluation samples (auto: the GPU when "
+                        "present; training there uses bf16 autocast)")
     p.add_argument("--eval-only", action="store_true",
                    help="train nothing: evaluate the model already at --out (default: the embedded demo model)")
     a = p.parse_args(argv)
@@ -404,6 +424,10 @@ def main(argv=None) -> int:
         p.error(f"--eval-modes {a.eval_modes!r}: each mode must be one of {', '.join(EVAL_MODES)}")
     if a.eval_only and a.eval < 1:
         p.error("--eval-only needs --eval N with N >= 1 (the number of held-out scenes)")
+    try:
+        device = resolve_device(a.device)
+    except ValueError as e:
+        p.error(f"--device: {e}")
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = C.DemoConfig()
@@ -420,7 +444,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if a.eval_only:
         try:
-            run_eval(cfg, Path(a.out), work, a.eval, modes)
+            run_eval(cfg, Path(a.out), work, a.eval, modes, device)
         except FileNotFoundError as e:
             print(f"error: {e}")
             return 2
@@ -436,13 +460,13 @@ def main(argv=None) -> int:
     t = time.time()
     clips = make_scenes(cfg, range(cfg.train_seed, cfg.train_seed + cfg.n_train), workers=max(1, os.cpu_count() // 2))
     t = tick("scenes", t)
-    vae = stage_vae(cfg, clips, work)
+    vae = stage_vae(cfg, clips, work, device=device)
     t = tick("vae", t)
     lat = stage_latents(cfg, clips, vae, work)
     data = LatentClips(lat, clips)
     del clips
     t = tick("latents", t)
-    bb = demo_backbone(cfg, vae, new_transformer(cfg))
+    bb = demo_backbone(cfg, vae, new_transformer(cfg), device=device)
     rb = stage_backbone(cfg, bb, data, work)
     facts["backbone_final_loss"] = float(np.mean(rb.losses[-100:]))
     t = tick("backbone", t)
@@ -455,7 +479,7 @@ def main(argv=None) -> int:
     size = export(cfg, bb, branch, Path(a.out), facts)
     print(f"exported to {a.out}: {size['bytes'] / 1e6:.1f} MB; {json.dumps(facts)}")
     if a.eval:
-        run_eval(cfg, Path(a.out), work, a.eval, modes)
+        run_eval(cfg, Path(a.out), work, a.eval, modes, device)
     return 0
 
 

@@ -95,3 +95,19 @@ def test_eval_flags_are_checked(tmp_path):
         with pytest.raises(SystemExit) as e:
             B.main(argv + ["--work", str(tmp_path / "w")])
         assert e.value.code == 2
+
+
+def test_device_choice(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert B.resolve_device("auto").type == "cpu" and B.resolve_device("cpu").type == "cpu"
+    with pytest.raises(SystemExit) as e:  # asking for a GPU that is not there: a clear refusal, nothing trained
+        B.main(["--device", "cuda", "--work", str(tmp_path / "w")])
+    assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert B.resolve_device("auto").type == "cuda"
+    # training on a GPU uses bf16 autocast; on the CPU fp32
+    assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cuda")).precision == "bf16"
+    assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cpu")).precision == "fp32"
