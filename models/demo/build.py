@@ -332,6 +332,11 @@ def load_demo(root: Path | None = None, *, dtype=None, device=None):
 EVAL_MODES = ("control", "zero", "trajectory")
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in EVAL_MODES:
+        raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
+
+
 def eval_control(clip, mode: str) -> torch.Tensor:
     """The control video [F,H,W,3] an evaluation mode gives the model for ``clip``:
     "control": the ground-truth initial velocity on frame 0 only (the inference condition, the acceptance's);
@@ -340,8 +345,7 @@ def eval_control(clip, mode: str) -> torch.Tensor:
     stage 2 must infer from frame 0)."""
     from ..conditions.velocity import first_frame_only
 
-    if mode not in EVAL_MODES:
-        raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
+    _check_mode(mode)
     full = clip_control(clip)
     if mode == "trajectory":
         return full
@@ -358,9 +362,8 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
     from ..sandbox.dataset import write_clip
     from ..video_io import save_video
 
-    for mode in gen_dirs:
-        if mode not in EVAL_MODES:
-            raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
+    for mode in gen_dirs:  # before anything is written
+        _check_mode(mode)
     clips = make_scenes(cfg, range(cfg.heldout_seed, cfg.heldout_seed + n))
     emb = encode_prompt(bb, [cfg.caption], max_length=cfg.max_text_len)
     for d in [ref_dir, *gen_dirs.values()]:
@@ -434,7 +437,11 @@ def main(argv=None) -> int:
     stored = Path(a.out) / "demo_config.json"
     if a.eval_only and stored.is_file():  # sample as the model was built (its steps, cfg, frames ...)
         fields = set(cfg.to_dict())
-        cfg = C.DemoConfig(**{k: v for k, v in json.loads(stored.read_text())["config"].items() if k in fields})
+        try:
+            cfg = C.DemoConfig(**{k: v for k, v in json.loads(stored.read_text())["config"].items() if k in fields})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            p.error(f"{stored} is not a demo config (a 'config' object of DemoConfig fields): {e}; "
+                    "remove it to sample with the defaults and --set")
     for kv in a.set:
         k, _, v = kv.partition("=")
         if not hasattr(cfg, k):

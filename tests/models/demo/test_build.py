@@ -111,3 +111,13 @@ def test_device_choice(tmp_path, monkeypatch, capsys):
     # training on a GPU uses bf16 autocast; on the CPU fp32
     assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cuda")).precision == "bf16"
     assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cpu")).precision == "fp32"
+
+
+def test_eval_only_refuses_a_corrupt_stored_config(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "demo_config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        B.main(["--eval-only", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"), "--eval", "1"])
+    assert e.value.code == 2 and "is not a demo config" in capsys.readouterr().err
