@@ -4,7 +4,7 @@ Why CogVideoX: it is KineMask's backbone family, so the demo exercises the flags
 (CogVideoXTransformer3DModel, AutoencoderKLCogVideoX, T5EncoderModel, CogVideoXDDIMScheduler) end to end; the
 KineMask branch's control encoder mirrors its causal VAE (frame 0 kept apart). The demo's VAE compresses time 2x,
 not the release's 4x: at 64x64 it raised the VAE round-trip IoU bound from 0.67 to 0.76.
-Sizes are chosen so the whole recipe trains on two CPU cores in well under an hour.
+Sizes are chosen so the whole recipe trains on two CPU cores in about three hours (demo_config.json: total_s).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class DemoConfig:
     branch_layers: int = 4
     branch_weight: float = 0.5     # residual scale in training = the sampler node's default (KineMask: 0.5)
     branch_stage1_steps: int = 1500
-    branch_stage2_steps: int = 4100
+    branch_stage2_steps: int = 8200
     branch_batch: int = 16
     branch_lr: float = 5e-4
     seed: int = 0
