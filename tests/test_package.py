@@ -217,14 +217,17 @@ def test_package_data_ships_the_demo_model_and_workflows():
     import tomllib
 
     root = Path(interplay.__file__).parent
-    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    st = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    cfg, packages = st["package-data"], set(st["packages"])
     wanted = [p for p in (root / "models" / "demo").rglob("*") if p.is_file() and p.suffix != ".py"
               and "__pycache__" not in p.parts]
     wanted += list((root / "workflows").rglob("*.json")) + [p for p in (root / "web").rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in wanted)
     for p in wanted:
-        pkg = "interplay.models.demo" if "demo" in p.relative_to(root).parts[:2] else "interplay"
-        base = root / "models" / "demo" if pkg == "interplay.models.demo" else root
-        rel = p.relative_to(base).as_posix()
-        pats = [g.replace("**/*", "*") for g in cfg[pkg]]
-        assert any(fnmatch.fnmatch(rel, g) for g in pats), f"{rel} is not in {pkg} package-data {cfg[pkg]}"
+        parts = p.relative_to(root).parent.parts
+        # the file belongs to the deepest listed package that contains it; its globs are relative to that folder
+        k = next(k for k in range(len(parts), -1, -1) if ".".join(("interplay",) + parts[:k]) in packages)
+        pkg = ".".join(("interplay",) + parts[:k])
+        rel = p.relative_to(root.joinpath(*parts[:k])).as_posix()
+        assert pkg in cfg, f"{rel}: package {pkg} has no package-data"
+        assert any(fnmatch.fnmatch(rel, g) for g in cfg[pkg]), f"{rel} is not in {pkg} package-data {cfg[pkg]}"
