@@ -396,12 +396,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto": the GPU when torch sees one, else the CPU; "cuda" without a visible GPU is an error."""
+    """"auto": the pack's compute device (runtime.compute_device: the GPU when torch sees one); "cuda" without a
+    visible GPU is an error."""
     if name not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "auto":
+        return runtime.compute_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda': torch sees no CUDA device here; use 'auto' or 'cpu'")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    return torch.device(name)
 
 
 def main(argv=None) -> int:
@@ -422,9 +425,13 @@ def main(argv=None) -> int:
                    help="train nothing: evaluate the model already at --out (default: the embedded demo model)")
     a = p.parse_args(argv)
     modes = [m.strip() for m in a.eval_modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in EVAL_MODES]
-    if bad or not modes:
-        p.error(f"--eval-modes {a.eval_modes!r}: each mode must be one of {', '.join(EVAL_MODES)}")
+    if not modes:
+        p.error(f"--eval-modes {a.eval_modes!r}: name at least one of {', '.join(EVAL_MODES)}")
+    for m in modes:
+        try:
+            _check_mode(m)
+        except ValueError as e:
+            p.error(f"--eval-modes: {e}")
     if a.eval_only and a.eval < 1:
         p.error("--eval-only needs --eval N with N >= 1 (the number of held-out scenes)")
     try:

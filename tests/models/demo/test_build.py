@@ -100,6 +100,7 @@ def test_eval_flags_are_checked(tmp_path):
 def test_device_choice(tmp_path, monkeypatch, capsys):
     import pytest
 
+    monkeypatch.delenv("INTERPLAY_DEVICE", raising=False)  # auto = runtime.compute_device(), which honours it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert B.resolve_device("auto").type == "cpu" and B.resolve_device("cpu").type == "cpu"
     with pytest.raises(SystemExit) as e:  # asking for a GPU that is not there: a clear refusal, nothing trained
