@@ -46,10 +46,9 @@ def branch_kind(kind_folder: str, name: str) -> str | None:
             cls = json.loads((path / "config.json").read_text()).get("_class_name")
             return _FOLDER_KINDS.get(cls)
         if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
+            from ..models.weights import read_metadata
 
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
+            meta = read_metadata(path)
             return meta.get("kind") or meta.get("interplay_kind") or None
     except Exception:  # unreadable or corrupt: list it and let the loader report the problem by name
         return None

@@ -145,18 +145,14 @@ def _load_diffusers_folder(path: Path):
 
 # ----------------------------------------------------------------------------------------- single files
 def _read_file(path, role: str):
-    from safetensors import safe_open
+    from ..weights import read_safetensors
 
     path = Path(path)
     if not path.is_file():
         kind = {"transformer": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}[role]
         raise FileNotFoundError(f"CogVideoX loader: {role} file {str(path)!r} not found; searched "
                                 f"{[str(p) for p in runtime.model_folders(kind)]}. Put it in models/{kind}/.")
-    sd = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            sd[k] = f.get_tensor(k)
+    sd, meta = read_safetensors(path, f"CogVideoX loader ({role})")
     cfg = None
     if "config" in meta:
         cfg = json.loads(meta["config"])

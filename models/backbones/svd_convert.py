@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..weights import read_safetensors
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
@@ -250,13 +252,6 @@ def openclip_to_hf(visual: dict, clip_config) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- loading
-def read_metadata(path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
-
-
 def load_single_file(path, clip_vision=None):
     """Load an original-layout SVD checkpoint into diffusers modules.
 
@@ -264,7 +259,6 @@ def load_single_file(path, clip_vision=None):
     the checkpoint when it holds one, else from ``clip_vision`` (HF or OpenCLIP layout).
     """
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from . import svd as svdb
@@ -273,9 +267,8 @@ def load_single_file(path, clip_vision=None):
     if path.suffix.lower() not in (".safetensors", ".sft"):
         raise ValueError(f"SVD loader: {path.name} is not a .safetensors file; only safetensors are read "
                          "(convert .ckpt files first)")
-    meta = read_metadata(path)
+    sd, meta = read_safetensors(path, "SVD loader")
     cfgs = json.loads(meta["interplay_configs"]) if "interplay_configs" in meta else {}
-    sd = load_file(str(path))
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         raise ValueError(f"SVD loader: {path.name} has no '{UNET_PREFIX}*' keys; it is not an original-layout "
                          "SVD checkpoint (a diffusers unet file goes in a diffusers folder)")
@@ -307,13 +300,10 @@ def load_single_file(path, clip_vision=None):
 
 def load_clip_vision_file(path, default_config=None):
     """A clip_vision file in HF layout (vision_model.*, visual_projection.weight) or OpenCLIP layout."""
-    from safetensors.torch import load_file
-
     path = Path(path)
-    meta = read_metadata(path)
+    sd, meta = read_safetensors(path, "SVD loader (clip_vision)")
     cfg = (json.loads(meta["interplay_configs"]).get("clip") if "interplay_configs" in meta else None) \
         or dict(default_config or VIT_H_CONFIG)
-    sd = load_file(str(path))
     if any(k.startswith("vision_model.") for k in sd):
         sd = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
         if "interplay_configs" not in meta:

@@ -223,8 +223,7 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
 
     ``residual_rule``: None keeps the file's rule; folders without one (the release) get "quirk".
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from ..weights import read_metadata, read_safetensors
 
     path = Path(path)
     if path.is_dir():
@@ -238,8 +237,7 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
         w_path, cfg_path = path, path.parent / CONFIG_NAME
     else:
         raise FileNotFoundError(f"InterDyn branch: {path} does not exist")
-    with safe_open(str(w_path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(w_path, "InterDyn branch")
     if "config" in meta:
         cfg = json.loads(meta["config"])
         file_rule = meta.get("residual_rule", "quirk")
@@ -250,7 +248,7 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
         raise ValueError(f"InterDyn branch: {w_path.name} has no config in its metadata and no {CONFIG_NAME} "
                          f"beside it ({cfg_path}); put the release's config.json next to the weights")
     module = InterDynBranch(**_clean_config(cfg))
-    sd = load_file(str(w_path))
+    sd = read_safetensors(w_path, "InterDyn branch")[0]
     own = module.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))

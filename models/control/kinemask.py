@@ -272,7 +272,7 @@ def infer_branch_config(sd: dict) -> dict:
 def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
     """Load a branch: our safetensors file, a diffusers folder (config.json + diffusion_pytorch_model
     .safetensors, e.g. the public CogVideoX ControlNets), or a bare safetensors file (config from shapes)."""
-    from safetensors import safe_open
+    from ..weights import read_safetensors
 
     path = Path(path)
     if path.is_dir():
@@ -286,11 +286,7 @@ def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
         cfg, wfile = None, path
     else:
         raise FileNotFoundError(f"KineMask branch: {str(path)!r} not found (a .safetensors file or a folder)")
-    sd = {}
-    with safe_open(str(wfile), framework="pt") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            sd[k] = f.get_tensor(k)
+    sd, meta = read_safetensors(wfile, "KineMask branch")
     if cfg is None and "interplay_config" in meta:
         kind = meta.get("kind", KIND)
         if kind != KIND:

@@ -187,9 +187,9 @@ def load_sam2(config: str | os.PathLike, weights: str | os.PathLike | None, devi
             raise ValueError(f"`weights`: {path.name} is not a .safetensors file. Official .pt checkpoints are "
                              "pickles: convert them once with the Convert SAM2 Checkpoint node (or "
                              "convert_sam2_checkpoint), which loads them with weights_only=True.")
-        from safetensors.torch import load_file
+        from ..weights import read_safetensors
 
-        sd = load_file(str(path))
+        sd = read_safetensors(path, "`weights` (SAM2)")[0]
         if any(k.startswith("model.") for k in sd) and not any(k.startswith("image_encoder.") for k in sd):
             sd = {k[len("model."):]: v for k, v in sd.items()}
         problems = _compare_state(model.state_dict(), sd)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..backbones.base import Backbone
+from ..weights import read_safetensors
 
 ADAPTER = "interplay"
 # attention projections of diffusers' Attention (CogVideoX, Wan, SVD transformer blocks)
@@ -84,12 +84,11 @@ def save_lora(sd: dict, path, meta: dict) -> Path:
 
 def read_lora(path) -> tuple[dict, dict]:
     """(state dict, interplay_lora metadata or {}) of a LoRA safetensors file."""
-    out = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("interplay_lora", "{}"))
-        for k in f.keys():
-            out[k] = f.get_tensor(k)
-    return out, meta
+    out, meta = read_safetensors(path, "LoRA")
+    try:
+        return out, json.loads(meta.get("interplay_lora", "{}"))
+    except json.JSONDecodeError as ex:
+        raise ValueError(f"LoRA: {path}: its 'interplay_lora' metadata is not JSON ({ex}); save it again") from ex
 
 
 def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:

@@ -51,10 +51,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import runtime
+from ..weights import WeightsFileError, read_safetensors
 
 SCHEDULES = ("constant", "cosine", "linear", "cosine_restarts")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -322,11 +322,16 @@ def read_state(out_dir) -> tuple[dict, dict] | None:
     path = Path(out_dir) / STATE
     if not path.exists():
         return None
-    tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["state"])
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    fix = "delete it (the run then starts over), use a new output folder, or turn resume off"
+    try:
+        tensors, header = read_safetensors(path, "train: resume state")
+    except WeightsFileError as ex:
+        raise WeightsFileError(f"train: resume state {path} is corrupt or truncated ({ex.__cause__}); {fix}") from ex
+    try:
+        meta = json.loads(header["state"])
+    except (KeyError, json.JSONDecodeError) as ex:
+        raise ValueError(f"train: {path} has no readable 'state' metadata ({type(ex).__name__}: {ex}); it was not "
+                         f"written by the trainer: {fix}") from ex
     return tensors, meta
 
 
