@@ -249,9 +249,12 @@ class InterplayTrainLora:
         out = output_folder(node, output_name)
         t = build_task("lora", backbone, opts)
         res, curve, text = _run(t, ds, cfg, out, resume, "lora")
+        from ..models.training.lora import place_adapter
+
         for p in t.trainable_parameters():
             p.requires_grad_(False)
-        t.denoiser.eval().to(backbone.device, backbone.dtype)
+        place_adapter(t.denoiser, t.adapter, backbone.dtype)  # the LoRA only: the frozen weights are shared
+        t.denoiser.eval()
         bb = t.backbone.replace(loras=tuple(backbone.loras) + ((str(res.checkpoint), 1.0),))
         return {"ui": {"text": [text]}, "result": (bb, curve, str(res.checkpoint))}
 

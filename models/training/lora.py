@@ -43,36 +43,91 @@ def lora_config(rank: int = 16, alpha: float | None = None, target_modules=DEFAU
                       target_modules=list(target_modules), lora_dropout=float(dropout), init_lora_weights=True)
 
 
+def free_adapter_name(module: torch.nn.Module) -> str:
+    """``interplay``, or ``interplay_2``, ``_3`` ... when LoRAs are already stacked on ``module``."""
+    used = set(getattr(module, "peft_config", None) or {})
+    name, i = ADAPTER, 2
+    while name in used:
+        name, i = f"{ADAPTER}_{i}", i + 1
+    return name
+
+
+def adapter_parameters(module: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
+    """The parameters of one adapter (``...lora_A.<adapter>.weight``), not those of other stacked LoRAs."""
+    return [p for n, p in module.named_parameters() if ".lora_" in n and n.split(".")[-2] == adapter]
+
+
+def place_adapter(module: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None:
+    """Move one adapter's weights next to the weight of the layer each wraps, in ``dtype``.
+
+    Never ``module.to(...)``: the frozen weights are shared with the source backbone (``shared_copy``), so that
+    would convert the source's own tensors (fp8 storage upcast, an offloaded model moved)."""
+    from peft.tuners.lora import LoraLayer
+
+    for m in module.modules():
+        if isinstance(m, LoraLayer) and adapter in m.lora_A:
+            dev = m.get_base_layer().weight.device
+            for p in list(m.lora_A[adapter].parameters()) + list(m.lora_B[adapter].parameters()):
+                p.data = p.data.to(dev, dtype)
+
+
+def activate_all(module: torch.nn.Module) -> None:
+    """Every stacked adapter runs (peft activates only the newest on injection); all are left frozen."""
+    from peft.tuners.lora import LoraLayer
+
+    for m in module.modules():
+        if isinstance(m, LoraLayer):
+            m.set_adapter(list(m.lora_A.keys()))  # also sets requires_grad on them: undone below
+    for n, p in module.named_parameters():
+        if ".lora_" in n:
+            p.requires_grad_(False)
+
+
 def add_lora(module: torch.nn.Module, rank: int = 16, alpha: float | None = None, target_modules=DEFAULT_TARGETS,
-             dropout: float = 0.0) -> torch.nn.Module:
-    """Inject LoRA layers into ``module`` in place (B zero-initialised: output unchanged); returns it."""
+             dropout: float = 0.0, adapter: str = ADAPTER) -> torch.nn.Module:
+    """Inject LoRA layers into ``module`` in place (B zero-initialised: output unchanged); returns it.
+    Adapters already on ``module`` keep running beside the new one."""
+    import warnings
+
     from peft import inject_adapter_in_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in module.named_modules()} | {n for n, _ in module.named_modules()}
     if not any(t in names or any(n.endswith("." + t) for n in names) for t in target_modules):
         raise ValueError(f"LoRA: none of the target modules {list(target_modules)} exist in "
                          f"{type(module).__name__}; pick module names such as to_q, to_k, to_v, to_out.0")
-    inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=ADAPTER)
+    if adapter in (getattr(module, "peft_config", None) or {}):
+        raise ValueError(f"LoRA: adapter {adapter!r} is already on this model")
+    with warnings.catch_warnings():  # "multiple adapters in the model": stacking is intended here
+        warnings.filterwarnings("ignore", message=".*peft_config.*")
+        inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=adapter)
+    activate_all(module)
     return module
 
 
-def lora_state_dict(module: torch.nn.Module, prefix: str = "transformer") -> dict:
+def lora_state_dict(module: torch.nn.Module, prefix: str = "transformer", adapter: str = ADAPTER) -> dict:
     """The LoRA weights in diffusers format (``<prefix>.<path>.lora_A.weight``)."""
     from peft import get_peft_model_state_dict
 
-    sd = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+    sd = get_peft_model_state_dict(module, adapter_name=adapter)
     return {f"{prefix}.{k}" if prefix else k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-def load_lora_state_dict(module: torch.nn.Module, sd: dict, prefix: str = "transformer") -> None:
+def load_lora_state_dict(module: torch.nn.Module, sd: dict, prefix: str = "transformer", adapter: str = ADAPTER,
+                         source: str = "the file") -> None:
     from peft import set_peft_model_state_dict
 
     strip = f"{prefix}." if prefix else ""
     inner = {k[len(strip):] if k.startswith(strip) else k: v for k, v in sd.items()}
-    res = set_peft_model_state_dict(module, inner, adapter_name=ADAPTER)
+    try:
+        res = set_peft_model_state_dict(module, inner, adapter_name=adapter)
+    except RuntimeError as ex:  # size mismatch: a LoRA of another model (2B vs 5B, another width)
+        first = str(ex).strip().splitlines()[-1].strip()
+        raise ValueError(f"LoRA: {source} does not fit this model's layer sizes ({first}); it was trained for a "
+                         "different model") from ex
     missing = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
     if missing:
-        raise ValueError(f"LoRA: {len(missing)} weights do not match the model, e.g. {missing[0]}")
+        raise ValueError(f"LoRA: {len(missing)} weights of {source} match no layer of this model, e.g. "
+                         f"{missing[0]}; it was trained for a different model")
 
 
 def save_lora(sd: dict, path, meta: dict) -> Path:
@@ -92,16 +147,44 @@ def read_lora(path) -> tuple[dict, dict]:
 
 
 def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:
-    """A new bundle whose denoiser (a shared-weight copy) runs the LoRA in ``path``; ``bb`` is unchanged."""
+    """A new bundle whose denoiser (a shared-weight copy) runs the LoRA in ``path`` beside any LoRA ``bb``
+    already has; ``bb`` and its weights are unchanged.
+
+    Reads the diffusers/peft key format (``<prefix>.<module path>.lora_A.weight`` / ``lora_B.weight``: what this
+    pack's trainer and diffusers' ``save_lora_weights`` write). Rank comes from the shapes, the wrapped modules
+    from the key paths, alpha from the pack's metadata (else alpha = rank, diffusers' default)."""
+    path = Path(path)
     sd, meta = read_lora(path)
+    a_keys = [k for k in sd if k.endswith(".lora_A.weight")]
+    if not a_keys or any(not k.endswith((".lora_A.weight", ".lora_B.weight")) for k in sd):
+        odd = next((k for k in sd if not k.endswith((".lora_A.weight", ".lora_B.weight"))), None)
+        raise ValueError(f"LoRA: {path.name} is not in the diffusers/peft LoRA format (keys like "
+                         "transformer.transformer_blocks.0.attn1.to_q.lora_A.weight / .lora_B.weight)"
+                         + (f"; it has e.g. {odd!r}" if odd else "; it has no lora_A weights")
+                         + ". Kohya-style lora_down/lora_up files: convert them with diffusers first.")
     prefix = meta.get("prefix", PREFIX.get(bb.family, "transformer"))
-    rank = meta.get("rank") or next(v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight"))
-    targets = meta.get("target_modules") or sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in sd})
+    strip = f"{prefix}." if prefix else ""
+    paths = sorted({k[len(strip):] if k.startswith(strip) else k for k in a_keys})
+    paths = [k[: -len(".lora_A.weight")] for k in paths]
+    ranks = {sd[k].shape[0] for k in a_keys}
+    if len(ranks) != 1:
+        raise ValueError(f"LoRA: {path.name} mixes ranks {sorted(ranks)}; only one rank per file is supported")
+    rank = ranks.pop()
     alpha = float(meta.get("alpha", rank)) * float(strength)
-    den = add_lora(shared_copy(bb.denoiser), rank, alpha, targets)
-    load_lora_state_dict(den, {k: v.to(bb.dtype) for k, v in sd.items()}, prefix)
-    den.to(bb.device, bb.dtype).requires_grad_(False)
-    return bb.replace(denoiser=den, loras=tuple(bb.loras) + ((str(Path(path).name), float(strength)),))
+    den = shared_copy(bb.denoiser)
+    adapter = free_adapter_name(den)
+    known = {n for n, _ in den.named_modules()}
+    absent = [p for p in paths if p not in known]
+    if absent:
+        raise ValueError(f"LoRA: {len(absent)} of the {len(paths)} layers {path.name} adapts do not exist in this "
+                         f"{bb.family} model (e.g. {absent[0]!r}); it was trained for a different model")
+    add_lora(den, rank, alpha, paths, adapter=adapter)
+    load_lora_state_dict(den, {k: v.to(bb.dtype) for k, v in sd.items()}, prefix, adapter, source=path.name)
+    place_adapter(den, adapter, bb.dtype)
+    den.requires_grad_(False)
+    if not bb.denoiser.training:
+        den.eval()
+    return bb.replace(denoiser=den, loras=tuple(bb.loras) + ((path.name, float(strength)),))
 
 
 class LoraTask:
@@ -116,10 +199,12 @@ class LoraTask:
                  prefix: str | None = None):
         self.source_backbone = backbone
         backbone.denoiser.requires_grad_(False)
-        den = add_lora(shared_copy(backbone.denoiser), rank, alpha, target_modules, dropout)
-        self.lora_params = [p for n, p in den.named_parameters() if "lora_" in n]
+        den = shared_copy(backbone.denoiser)
+        self.adapter = free_adapter_name(den)
+        add_lora(den, rank, alpha, target_modules, dropout, adapter=self.adapter)
+        place_adapter(den, self.adapter, torch.float32)
+        self.lora_params = adapter_parameters(den, self.adapter)
         for p in self.lora_params:
-            p.data = p.data.to(backbone.device, torch.float32)
             p.requires_grad_(True)
         self.denoiser = den
         self.backbone = backbone.replace(denoiser=den, loras=tuple(backbone.loras) + (("training", 1.0),))
@@ -133,10 +218,10 @@ class LoraTask:
         return list(self.lora_params)
 
     def trainable_state_dict(self) -> dict:
-        return lora_state_dict(self.denoiser, self.prefix)
+        return lora_state_dict(self.denoiser, self.prefix, self.adapter)
 
     def load_trainable_state_dict(self, sd: dict) -> None:
-        load_lora_state_dict(self.denoiser, sd, self.prefix)
+        load_lora_state_dict(self.denoiser, sd, self.prefix, self.adapter)
 
     def config(self) -> dict:
         base_cfg = self.base.config() if hasattr(self.base, "config") else {}
