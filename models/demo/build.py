@@ -240,11 +240,12 @@ def demo_backbone(cfg: C.DemoConfig, vae, transformer, device=None):
 def _train_cfg(steps, batch, lr, seed, warmup=100, ema=0.0, device=None):
     from ..training.trainer import TrainConfig
 
-    cuda = device is not None and torch.device(device).type == "cuda"
+    # autocast in the pack's default dtype for the device: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU
+    dt = runtime.default_dtype(device if device is not None else "cpu")
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dt, "fp32")
     return TrainConfig(steps=steps, batch_size=batch, lr=lr, betas=(0.9, 0.99), weight_decay=0.0,
                        schedule="cosine", warmup=warmup, min_lr_ratio=0.05, clip_norm=1.0, seed=seed,
-                       checkpoint_every=250, log_every=50, ema_decay=ema,
-                       precision="bf16" if cuda else "fp32")  # bf16 autocast on a GPU, as every pack sampler
+                       checkpoint_every=250, log_every=50, ema_decay=ema, precision=precision)
 
 
 def stage_backbone(cfg: C.DemoConfig, bb, data: LatentClips, work: Path, log=print):
@@ -420,7 +421,7 @@ def main(argv=None) -> int:
                         "a diagnostic ceiling)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where the VAE, backbone and branch train and the evaluation samples (auto: the GPU when "
-                        "present; training there uses bf16 autocast)")
+                        "present; training there autocasts in bf16, or fp16 on GPUs without bf16)")
     p.add_argument("--eval-only", action="store_true",
                    help="train nothing: evaluate the model already at --out (default: the embedded demo model)")
     a = p.parse_args(argv)

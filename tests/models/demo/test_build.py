@@ -109,9 +109,13 @@ def test_device_choice(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "w").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert B.resolve_device("auto").type == "cuda"
-    # training on a GPU uses bf16 autocast; on the CPU fp32
+    # training autocasts in runtime.default_dtype: bf16 on a GPU with bf16, fp16 on an older GPU, fp32 on the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cuda")).precision == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cuda")).precision == "fp16"
     assert B._train_cfg(10, 2, 1e-4, 0, device=torch.device("cpu")).precision == "fp32"
+    assert B._train_cfg(10, 2, 1e-4, 0).precision == "fp32"
 
 
 def test_eval_only_refuses_a_corrupt_stored_config(tmp_path, capsys):
