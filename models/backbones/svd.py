@@ -136,7 +136,7 @@ def assemble_backbone(unet, vae, image_encoder, image_processor=None, scheduler_
     for m, dt in ((unet, dtype), (image_encoder, dtype), (vae, vae_dtype)):
         p = next(m.parameters())
         if p.dtype != dt:
-            m.to(dtype=dt)
+            torch.nn.Module.to(m, dtype=dt)  # ModelMixin.to warns on every dtype cast
         if p.device != home:
             m.to(home)
     if variant is None:

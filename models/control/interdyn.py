@@ -144,7 +144,7 @@ class InterDynBranch(ModelMixin, ConfigMixin):
                 getattr(branch, name).load_state_dict(getattr(unet, name).state_dict())
         p = next(unet.parameters())
         if p.dtype != torch.float32:
-            branch.to(dtype=p.dtype)
+            torch.nn.Module.to(branch, dtype=p.dtype)  # ModelMixin.to warns on every dtype cast
         return branch.to(p.device) if p.device.type != "cpu" else branch
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -260,7 +260,7 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
     module.load_state_dict(sd, strict=True)
     module.requires_grad_(False).eval()
     if device is not None or dtype is not None:
-        module.to(device=device, dtype=dtype)
+        torch.nn.Module.to(module, device=device, dtype=dtype)  # ModelMixin.to warns on every dtype cast
     rule = residual_rule or file_rule
     return ControlBranch(kind="interdyn", family="svd", module=module,
                          config={"model": dict(module.config), "residual_rule": rule}, source=str(w_path))

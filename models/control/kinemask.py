@@ -311,5 +311,5 @@ def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
     m.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     m.requires_grad_(False).eval()
     if dtype is not None or device is not None:
-        m.to(device=device, dtype=dtype)
+        torch.nn.Module.to(m, device=device, dtype=dtype)  # ModelMixin.to warns on every dtype cast
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(cfg), source=str(path))

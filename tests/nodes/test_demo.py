@@ -1,6 +1,7 @@
 """Demo Model Loader: loads the committed demo model through the user-facing loaders, in the dtype asked for;
 a missing model names the files and the rebuild command."""
 import json
+import logging
 
 import pytest
 import torch
@@ -24,8 +25,17 @@ def test_loads_the_embedded_model_as_recorded():
     assert all(p.dtype == torch.float32 for p in br.module.parameters())
     # the branch is trained: its zero-initialised output projections are not zero any more
     assert max(float(lin.weight.abs().max()) for lin in br.module.out_projs) > 0
-    bb16, _ = InterplayDemoModelLoader().load("bf16")
-    assert bb16.dtype == torch.bfloat16
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("diffusers").addHandler(handler)  # diffusers logs there and does not propagate
+    try:
+        bb16, br16 = InterplayDemoModelLoader().load("bf16")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert bb16.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in br16.module.parameters())
+    # casting the branch to bf16 must not print diffusers' "should be kept in float32" warning to the console
+    assert not [r for r in records if "float32" in r.getMessage()]
 
 
 def test_missing_model_names_files_and_rebuild_command(tmp_path):
