@@ -179,3 +179,36 @@ def test_node_declaration():
     it = NL.InterplayLoraLoader.INPUT_TYPES()["required"]
     assert list(it) == ["backbone", "lora", "strength"]
     assert it["strength"][1]["default"] == 1.0 and NL.InterplayLoraLoader.RETURN_TYPES == ("INTERPLAY_BACKBONE",)
+
+
+def test_svd_unet_lora_from_loras_folder(tmp_path):
+    """The loader is family-generic: a diffusers-format UNet LoRA (``unet.`` prefix) on SVD, with offload kept."""
+    from interplay.models.backbones import svd
+
+    bb = svd.random_backbone("tiny", seed=0)
+
+    class Base:
+        def __init__(self, b):
+            pass
+
+    task = L.LoraTask(bb, Base, rank=2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in task.trainable_parameters():
+            p.normal_(0, 0.05)
+    sd = task.trainable_state_dict()
+    assert all(k.startswith("unet.") for k in sd) and any(".attn1.to_q.lora_A" in k for k in sd)
+    _write(tmp_path / "models", "svd_style.safetensors", sd)
+    runtime.set_models_root(tmp_path / "models")
+    applied = NL.InterplayLoraLoader().load(bb, "svd_style.safetensors", 1.0)[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, bb.denoiser.config.in_channels, 8, 8, generator=g)
+    ctx = torch.randn(1, 1, bb.denoiser.config.cross_attention_dim, generator=g)
+    ids = torch.tensor([[6.0, 127.0, 0.02]])
+
+    def run(b):
+        with torch.no_grad():
+            return b.denoiser(x, torch.tensor([1.0]), ctx, ids, return_dict=False)[0]
+
+    torch.testing.assert_close(run(applied), run(task.backbone), rtol=0, atol=1e-6)
+    assert not torch.allclose(run(applied), run(bb), atol=1e-5)
