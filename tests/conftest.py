@@ -91,3 +91,15 @@ def tiny_models_root(tmp_path_factory):
     from kit.tiny import models_root
 
     return models_root(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def push_clips(tmp_path_factory):
+    """A sandbox-format dataset folder of two 32x32, 9-frame push clips (seeds 0, 1); tests only read it."""
+    from interplay.models.sandbox.dataset import write_clip
+    from interplay.models.sandbox.presets import generate_scene
+
+    root = tmp_path_factory.mktemp("push_clips")
+    for s in range(2):
+        write_clip(generate_scene("push", seed=s, size=(32, 32), frames=9), root / f"clip{s:03d}")
+    return root

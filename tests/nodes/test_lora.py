@@ -19,14 +19,8 @@ EXTRA = json.dumps({"v": 1, "options": {"max_text_length": 8}})
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    from interplay.models.sandbox.dataset import write_clip
-    from interplay.models.sandbox.presets import generate_scene
-
-    root = tmp_path_factory.mktemp("clips")
-    for s in range(2):
-        write_clip(generate_scene("push", seed=s, size=(32, 32), frames=9), root / f"clip{s:03d}")
-    return root
+def clips(push_clips):
+    return push_clips
 
 
 @pytest.fixture(scope="module")

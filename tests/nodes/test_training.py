@@ -16,14 +16,8 @@ TRAIN = dict(steps=2, lr=1e-3, batch_size=1, grad_accum=1, precision="fp32", see
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    from interplay.models.sandbox.dataset import write_clip
-    from interplay.models.sandbox.presets import generate_scene
-
-    root = tmp_path_factory.mktemp("clips")
-    for s in range(2):
-        write_clip(generate_scene("push", seed=s, size=(32, 32), frames=9), root / f"clip{s:03d}")
-    return root
+def clips(push_clips):
+    return push_clips
 
 
 @pytest.fixture

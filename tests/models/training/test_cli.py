@@ -12,14 +12,8 @@ from interplay.models.training import trainer as T
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from interplay.models.sandbox.dataset import write_clip
-    from interplay.models.sandbox.presets import generate_scene
-
-    root = tmp_path_factory.mktemp("sandbox")
-    for s in range(2):
-        write_clip(generate_scene("push", seed=s, size=(32, 32), frames=9), root / f"clip{s:03d}")
-    return root
+def data_dir(push_clips):
+    return push_clips
 
 
 TOML = """
