@@ -138,12 +138,24 @@ def save_lora(sd: dict, path, meta: dict) -> Path:
 
 
 def read_lora(path) -> tuple[dict, dict]:
-    """(state dict, interplay_lora metadata or {}) of a LoRA safetensors file."""
-    out, meta = read_safetensors(path, "LoRA")
+    """(state dict, interplay_lora metadata or {}) of a LoRA safetensors file. A file saved by diffusers'
+    ``save_lora_weights`` carries its peft config as ``lora_adapter_metadata``: its ``lora_alpha`` is used."""
+    out, raw = read_safetensors(path, "LoRA")
+    key = "interplay_lora"
     try:
-        return out, json.loads(meta.get("interplay_lora", "{}"))
+        meta = json.loads(raw.get(key, "{}"))
+        if "alpha" not in meta and raw.get("lora_adapter_metadata"):
+            key = "lora_adapter_metadata"
+            d = json.loads(raw[key])
+            for prefix in ("", *(f"{p}." for p in sorted(set(PREFIX.values())))):
+                if d.get(prefix + "alpha_pattern") or d.get(prefix + "rank_pattern"):
+                    raise ValueError(f"LoRA: {Path(path).name} sets a different alpha or rank per layer "
+                                     "(alpha_pattern/rank_pattern), which this loader does not support")
+                if prefix + "lora_alpha" in d:
+                    meta["alpha"] = float(d[prefix + "lora_alpha"])
     except json.JSONDecodeError as ex:
-        raise ValueError(f"LoRA: {path}: its 'interplay_lora' metadata is not JSON ({ex}); save it again") from ex
+        raise ValueError(f"LoRA: {path}: its {key!r} metadata is not JSON ({ex}); save it again") from ex
+    return out, meta
 
 
 def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:

@@ -103,9 +103,20 @@ def test_diffusers_file_without_metadata_in_loras_folder(trained, tmp_path):
     sd = {k: v * (2.0 if k.endswith("lora_B.weight") else 1.0) for k, v in sd.items()}
     save_file(sd, str(models / "loras" / "plain.safetensors"))
     runtime.set_models_root(models)
-    assert NL.lora_choices() == ["plain.safetensors"]
+    assert NL.lora_choices() == ["plain.safetensors"]  # the interplay/ folder of this root is empty
     applied = NL.InterplayLoraLoader().load(bb, "plain.safetensors", 1.0)[0]
     torch.testing.assert_close(_out(applied), _out(lora_bb), rtol=0, atol=1e-5)
+    # diffusers' save_lora_weights keeps the peft config: its lora_alpha (4 here) is honoured
+    raw = load_file(str(root / "interplay" / "run1" / "checkpoint.safetensors"))
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.lora_alpha": 4, "transformer.r": 2,
+                                                 "transformer.alpha_pattern": {}})}
+    _write(models, "with_meta.safetensors", raw, meta)
+    applied = NL.InterplayLoraLoader().load(bb, "with_meta.safetensors", 1.0)[0]
+    torch.testing.assert_close(_out(applied), _out(lora_bb), rtol=0, atol=1e-5)
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.alpha_pattern": {"to_q": 8}})}
+    _write(models, "pattern.safetensors", raw, meta)
+    with pytest.raises(ValueError, match="alpha_pattern/rank_pattern"):
+        NL.InterplayLoraLoader().load(bb, "pattern.safetensors", 1.0)
 
 
 def test_fp8_storage_survives(trained, tiny_cogvideox, tmp_path):
