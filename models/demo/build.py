@@ -91,7 +91,7 @@ def save_backbone_folder(folder: Path, vae, transformer, text_encoder, tokenizer
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, mod in (("vae", vae), ("transformer", transformer), ("text_encoder", text_encoder)):
-        copy.deepcopy(mod).to(dtype).save_pretrained(folder / name, safe_serialization=True)
+        torch.nn.Module.to(copy.deepcopy(mod), dtype).save_pretrained(folder / name, safe_serialization=True)
     tokenizer.save_pretrained(folder / "tokenizer")
     CogVideoXDDIMScheduler(**C.scheduler_config()).save_pretrained(folder / "scheduler")
     index = {
@@ -306,7 +306,7 @@ def export(cfg: C.DemoConfig, bb, branch, out: Path, facts: dict, dtype=torch.fl
     for m in (bb.vae, bb.denoiser, bb.text_encoder, branch.module):  # written from the CPU whatever trained them
         m.cpu()
     save_backbone_folder(out / C.BACKBONE_DIR.name, bb.vae, bb.denoiser, bb.text_encoder, bb.tokenizer, dtype)
-    m = copy.deepcopy(branch.module).to(dtype)
+    m = torch.nn.Module.to(copy.deepcopy(branch.module), dtype)  # ModelMixin.to warns on every dtype cast
     save_branch(m, out / C.BRANCH_FILE.name)
     info = {"config": cfg.to_dict(), **facts}
     (out / "demo_config.json").write_text(json.dumps(info, indent=2))

@@ -158,7 +158,7 @@ class KineMaskTask(_CogVideoXI2V):
             raise ValueError(f"KineMaskTask: the branch is a {branch.kind!r} branch; continue a KineMask branch")
         self.branch = branch
         # fp32 trainable weights (AdamW at 1e-4 stalls in bf16); bf16 compute comes from the trainer's autocast
-        branch.module.to(backbone.device, torch.float32).requires_grad_(True).train()
+        torch.nn.Module.to(branch.module, backbone.device, torch.float32).requires_grad_(True).train()  # ModelMixin.to warns on every dtype cast
         self.hp = dict(stage=int(stage), prefix_mode=prefix_mode, gamma=float(gamma), p_first=float(p_first),
                        v_ref=float(v_ref), caption=caption, weight=float(weight), noise_aug=bool(noise_aug),
                        image_dropout=float(image_dropout))
