@@ -57,3 +57,31 @@ def read_safetensors(path, what: str = "weights") -> tuple[dict, dict]:
     except Exception as ex:
         raise _unreadable(what, path, ex) from ex
     return sd, meta
+
+
+def from_pretrained(cls, folder, what: str, **kwargs):
+    """``cls.from_pretrained(folder)`` (a diffusers or transformers class) reading safetensors only.
+
+    Without ``use_safetensors=True`` both libraries fall back to a pickled ``.bin`` in the folder and unpickle it;
+    here such a folder is refused by name. An unreadable weights file is named with the fix."""
+    folder = Path(folder)
+    try:
+        return cls.from_pretrained(folder, use_safetensors=True, **kwargs)
+    except Exception as ex:
+        if not (isinstance(ex, OSError) or type(ex).__name__ == "SafetensorError"):
+            raise  # a config or shape problem: the library's own message says it best
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what}: folder {folder} not found") from ex
+        if not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            if pickles:
+                raise WeightsFileError(
+                    f"{what}: {folder} holds only pickled weights ({', '.join(pickles)}). The pack reads "
+                    ".safetensors only and never unpickles a file: get the release's .safetensors files, or convert "
+                    "these once where you trust them (from_pretrained, then save_pretrained with "
+                    "safe_serialization=True).") from ex
+            raise FileNotFoundError(f"{what}: no .safetensors weights in {folder}; copy the model's weights file(s) "
+                                    f"there ({ex})") from ex
+        raise WeightsFileError(f"{what}: the weights in {folder} could not be read ({type(ex).__name__}: {ex}). A "
+                               "file is corrupt or incomplete, e.g. an interrupted download or copy: copy it again.") \
+            from ex

@@ -131,9 +131,11 @@ def _load_diffusers_folder(path: Path):
             f"CogVideoX loader: diffusers folder {path} lacks {', '.join(p + '/' for p in missing)} (expected "
             "transformer/, vae/, text_encoder/, tokenizer/, scheduler/ as in THUDM/CogVideoX-5b-I2V). Copy the "
             "whole release folder, or use the single-files mode.")
-    transformer = CogVideoXTransformer3DModel.from_pretrained(path / "transformer")
-    vae = AutoencoderKLCogVideoX.from_pretrained(path / "vae")
-    text_encoder = T5EncoderModel.from_pretrained(path / "text_encoder")
+    from ..weights import from_pretrained
+
+    transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer", "CogVideoX loader (transformer)")
+    vae = from_pretrained(AutoencoderKLCogVideoX, path / "vae", "CogVideoX loader (vae)")
+    text_encoder = from_pretrained(T5EncoderModel, path / "text_encoder", "CogVideoX loader (text_encoder)")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     sched = dict(SCHEDULER_DEFAULTS)
     sc = path / "scheduler" / "scheduler_config.json"

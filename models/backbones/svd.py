@@ -111,9 +111,11 @@ def _load_diffusers_folder(path: Path):
     if missing:
         raise FileNotFoundError(f"SVD loader: diffusers folder {path} lacks {', '.join(missing)}/ "
                                 "(expected unet/, vae/, image_encoder/, feature_extractor/, scheduler/)")
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(path / "unet")
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(path / "vae")
-    image_encoder = CLIPVisionModelWithProjection.from_pretrained(path / "image_encoder")
+    from ..weights import from_pretrained
+
+    unet = from_pretrained(UNetSpatioTemporalConditionModel, path / "unet", "SVD loader (unet)")
+    vae = from_pretrained(AutoencoderKLTemporalDecoder, path / "vae", "SVD loader (vae)")
+    image_encoder = from_pretrained(CLIPVisionModelWithProjection, path / "image_encoder", "SVD loader (image_encoder)")
     fe = path / "feature_extractor"
     image_processor = CLIPImageProcessor.from_pretrained(fe) if fe.is_dir() else None
     sched = dict(SVD_SCHEDULER_DEFAULTS)

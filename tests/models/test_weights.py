@@ -116,3 +116,49 @@ def test_lora_metadata_not_json(tmp_path):
               metadata={"interplay_lora": "{not json"})
     with pytest.raises(ValueError, match="'interplay_lora' metadata is not JSON"):
         L.read_lora(tmp_path / "l.safetensors")
+
+
+def _pickled_part(folder, part):
+    """Replace <folder>/<part>/*.safetensors by a torch.save pickle of the same tensors (.bin)."""
+    from safetensors.torch import load_file
+
+    (f,) = sorted((folder / part).glob("*.safetensors"))
+    torch.save(load_file(str(f)), str(f.with_suffix(".bin")))
+    f.unlink()
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("torch.load was called on a user file")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_diffusers_folders_never_unpickle(tmp_path, tiny_cogvideox, tiny_svd, no_unpickling):
+    cog = tmp_path / "cog"
+    shutil.copytree(tiny_cogvideox, cog)
+    _pickled_part(cog, "vae")
+    with pytest.raises(W.WeightsFileError, match=r"^CogVideoX loader \(vae\): .*vae holds only pickled weights "
+                                                  r"\(diffusion_pytorch_model.bin\).*never unpickles"):
+        cbb.load_cogvideox(cog, dtype="fp32", device="cpu")
+    svd_dir = tmp_path / "svd"
+    shutil.copytree(tiny_svd, svd_dir)
+    _pickled_part(svd_dir, "image_encoder")  # a transformers part: model.safetensors -> model.bin
+    with pytest.raises(W.WeightsFileError, match=r"^SVD loader \(image_encoder\): .*holds only pickled weights"):
+        sbb.load_svd(svd_dir, dtype="fp32", device="cpu")
+
+
+def test_diffusers_folder_with_a_corrupt_part(tmp_path, tiny_cogvideox):
+    cog = tmp_path / "cog"
+    shutil.copytree(tiny_cogvideox, cog)
+    (f,) = sorted((cog / "transformer").glob("*.safetensors"))
+    _truncated(f)
+    with pytest.raises(W.WeightsFileError, match=r"^CogVideoX loader \(transformer\): the weights in .*transformer "
+                                                  r"could not be read.*copy it again"):
+        cbb.load_cogvideox(cog, dtype="fp32", device="cpu")
+    (f2,) = sorted((cog / "text_encoder").glob("*.safetensors"))
+    f.unlink()
+    with pytest.raises(FileNotFoundError, match=r"^CogVideoX loader \(transformer\): no .safetensors weights in"):
+        cbb.load_cogvideox(cog, dtype="fp32", device="cpu")
+    assert f2.is_file()
