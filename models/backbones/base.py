@@ -69,6 +69,14 @@ class Backbone:
         return f"{self.family}/{self.variant} denoiser {n / 1e6:.1f}M params, {self.dtype}, {self.device}"
 
 
+def plain_state_dict(module: torch.nn.Module) -> dict:
+    """``module.state_dict()`` without LoRA adapters, peft's ``<layer>.base_layer.<name>`` keys named
+    ``<layer>.<name>`` again: the frozen weights as the plain model names them. A control branch initialised from
+    a backbone thus gets the same weights whether or not a LoRA is applied to it (peft's names would silently
+    match nothing)."""
+    return {k.replace(".base_layer.", "."): v for k, v in module.state_dict().items() if ".lora_" not in k}
+
+
 @contextlib.contextmanager
 def on_device(bb: Backbone, *modules):
     """Move offloaded parts (``offload="model"``) to the compute device for the duration of the block, then

@@ -25,6 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
 from ..backbones import svd
+from ..backbones.base import plain_state_dict
 from .base import ControlBranch
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -141,7 +142,7 @@ class InterDynBranch(ModelMixin, ConfigMixin):
             if copy_add_embedding:
                 names.append("add_embedding")
             for name in names:
-                getattr(branch, name).load_state_dict(getattr(unet, name).state_dict())
+                getattr(branch, name).load_state_dict(plain_state_dict(getattr(unet, name)))
         p = next(unet.parameters())
         if p.dtype != torch.float32:
             torch.nn.Module.to(branch, dtype=p.dtype)  # ModelMixin.to warns on every dtype cast

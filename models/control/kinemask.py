@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.base import plain_state_dict
 from .base import ControlBranch
 
 KIND = "kinemask"
@@ -155,7 +156,7 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
         p = next(transformer.parameters())
         torch.nn.Module.to(branch, device=p.device, dtype=p.dtype)  # ModelMixin.to warns on dtype casts
         if init_blocks:
-            src = transformer.state_dict()
+            src = plain_state_dict(transformer)
             own = branch.state_dict()
             copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
                     and not k.startswith("patch_embed.proj.")

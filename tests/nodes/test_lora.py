@@ -217,3 +217,36 @@ def test_svd_unet_lora_from_loras_folder(tmp_path):
 
     torch.testing.assert_close(run(applied), run(task.backbone), rtol=0, atol=1e-6)
     assert not torch.allclose(run(applied), run(bb), atol=1e-5)
+
+
+def test_new_branch_from_a_lora_backbone_copies_the_frozen_weights(trained, tmp_path):
+    """A zero-initialised branch built from a backbone with a LoRA applied copies the same frozen block weights as
+    one built from the plain backbone (peft renames them ``base_layer``; missed, they would stay random)."""
+    from interplay.models.backbones import svd
+    from interplay.models.control.interdyn import InterDynBranch
+    from interplay.models.control.kinemask import KineMaskBranch
+
+    bb, _, root = trained
+    runtime.set_models_root(root)
+    lora_bb = NL.InterplayLoraLoader().load(bb, "interplay/run1/checkpoint.safetensors", 1.0)[0]
+    plain = KineMaskBranch.from_transformer(bb.denoiser, num_layers=1).state_dict()
+    from_lora = KineMaskBranch.from_transformer(lora_bb.denoiser, num_layers=1).state_dict()
+    blocks = [k for k in plain if k.startswith("transformer_blocks.0.attn1.to_")]
+    assert len(blocks) >= 4 and all(torch.equal(plain[k], from_lora[k]) for k in blocks)
+    assert torch.equal(plain["transformer_blocks.0.attn1.to_q.weight"],
+                       bb.denoiser.transformer_blocks[0].attn1.to_q.weight)
+
+    sbb = svd.random_backbone("tiny", seed=0)
+
+    class Base:
+        def __init__(self, b):
+            pass
+
+    task = L.LoraTask(sbb, Base, rank=2)
+    with torch.no_grad():
+        for p in task.trainable_parameters():
+            p.normal_(0, 0.05)
+    a = InterDynBranch.from_unet(sbb.denoiser).state_dict()
+    b = InterDynBranch.from_unet(task.backbone.denoiser).state_dict()  # a strict copy: raised before
+    down = [k for k in a if k.startswith("down_blocks.")]
+    assert down and all(torch.equal(a[k], b[k]) for k in down)
