@@ -286,6 +286,10 @@ class InterplayTrainBackbone:
         node = "Train Backbone"
         if backbone.family != "cogvideox":
             raise ValueError(f"{node}: backbone training supports CogVideoX; got {backbone.family}")
+        if backbone.loras:
+            # the saved transformer would carry peft's layer names, which no loader reads
+            raise ValueError(f"{node}: the backbone has LoRAs applied ({', '.join(n for n, _ in backbone.loras)}); "
+                             "connect the loader's backbone without them, or train a LoRA with Train LoRA instead")
         opts, tr, dse = parse_extra(node, extra)
         _check_options(node, "cogvideox_backbone", opts)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,

@@ -108,6 +108,10 @@ def test_relative_dataset_dir_and_named_errors(bb, clips, models, tmp_path):
     with pytest.raises(ValueError, match="unknown key\\(s\\) lrr"):
         node.train(bb, str(clips), "x", 9, "kinemask_branch", 1,
                    extra=json.dumps({"v": 1, "train": {"lrr": 1}}), **TRAIN)
+    with pytest.raises(ValueError, match="Train Backbone: the backbone has LoRAs applied \\(style.safetensors\\)"):
+        N.InterplayTrainBackbone().train(bb.replace(loras=(("style.safetensors", 1.0),)), str(clips), "x", 9,
+                                         extra=EXTRA, **TRAIN)
+    assert not (models / "interplay" / "x").exists()
 
 
 def test_node_declarations():
