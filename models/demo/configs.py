@@ -44,7 +44,7 @@ class DemoConfig:
     branch_layers: int = 4
     branch_weight: float = 0.5     # residual scale in training = the sampler node's default (KineMask: 0.5)
     branch_stage1_steps: int = 1500
-    branch_stage2_steps: int = 11000
+    branch_stage2_steps: int = 18000
     branch_batch: int = 16
     branch_lr: float = 5e-4
     seed: int = 0
