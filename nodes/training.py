@@ -17,9 +17,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from ..models import runtime
+from ..models.backbones.base import cast
 
 BRANCH_TASKS = ("kinemask_branch", "interdyn_branch")
 FAMILY = {"kinemask_branch": "cogvideox", "interdyn_branch": "svd"}
@@ -204,8 +203,7 @@ class InterplayTrainControlBranch:
         t = build_task(task, backbone, opts, branch=branch)
         res, curve, text = _run(t, ds, cfg, out, resume, task)
         trained = t.output() if hasattr(t, "output") else t.branch
-        # nn.Module.to: ModelMixin.to warns on every dtype cast
-        torch.nn.Module.to(trained.module, backbone.device, backbone.dtype).eval().requires_grad_(False)
+        cast(trained.module, backbone.device, backbone.dtype).eval().requires_grad_(False)
         trained.source = str(res.checkpoint)
         return {"ui": {"text": [text]}, "result": (trained, curve, str(res.checkpoint))}
 

@@ -69,6 +69,12 @@ class Backbone:
         return f"{self.family}/{self.variant} denoiser {n / 1e6:.1f}M params, {self.dtype}, {self.device}"
 
 
+def cast(module: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
+    """``module.to(*args, **kwargs)`` as plain ``nn.Module.to``: diffusers' ``ModelMixin.to`` logs "should be kept
+    in float32: []" on every dtype cast, even for models with no such modules. Returns the module."""
+    return torch.nn.Module.to(module, *args, **kwargs)
+
+
 def plain_state_dict(module: torch.nn.Module) -> dict:
     """``module.state_dict()`` without LoRA adapters, peft's ``<layer>.base_layer.<name>`` keys named
     ``<layer>.<name>`` again: the frozen weights as the plain model names them. A control branch initialised from

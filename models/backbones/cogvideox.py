@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone, on_device
+from .base import Backbone, cast, on_device
 
 # The release configs (diffusers CogVideoXTransformer3DModel / AutoencoderKLCogVideoX of THUDM/CogVideoX-5b-I2V).
 # The I2V release uses rotary AND learned positional embeddings (patch_embed.pos_embedding is in its weights),
@@ -360,7 +360,7 @@ def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_confi
             continue
         p = next(m.parameters())
         if p.dtype != dt:
-            torch.nn.Module.to(m, dtype=dt)
+            cast(m, dtype=dt)
         if p.device != home:
             m.to(home)
     if storage_dtype is not None:
@@ -417,9 +417,8 @@ def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", se
     tcfg = TINY_TRANSFORMER if size == "tiny" else COGVIDEOX_5B_I2V
     vcfg = TINY_VAE if size == "tiny" else COGVIDEOX_VAE
     with torch.device(device):
-        # nn.Module.to: ModelMixin.to warns about fp32-kept modules these classes do not have
-        transformer = torch.nn.Module.to(CogVideoXTransformer3DModel(**tcfg), dtype)
-        vae = torch.nn.Module.to(AutoencoderKLCogVideoX(**vcfg), dtype if device.type != "cpu" else torch.float32)
+        transformer = cast(CogVideoXTransformer3DModel(**tcfg), dtype)
+        vae = cast(AutoencoderKLCogVideoX(**vcfg), dtype if device.type != "cpu" else torch.float32)
     te = tok = None
     if with_text_encoder:
         te, tok = _tiny_t5(tcfg["text_embed_dim"])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone, on_device
+from .base import Backbone, cast, on_device
 
 # The reference scheduler config of the SVD release (EDM Euler, Karras sigmas, v-prediction).
 SVD_SCHEDULER_DEFAULTS = {
@@ -138,7 +138,7 @@ def assemble_backbone(unet, vae, image_encoder, image_processor=None, scheduler_
     for m, dt in ((unet, dtype), (image_encoder, dtype), (vae, vae_dtype)):
         p = next(m.parameters())
         if p.dtype != dt:
-            torch.nn.Module.to(m, dtype=dt)  # ModelMixin.to warns on every dtype cast
+            cast(m, dtype=dt)
         if p.device != home:
             m.to(home)
     if variant is None:

@@ -25,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
 from ..backbones import svd
-from ..backbones.base import plain_state_dict
+from ..backbones.base import cast, plain_state_dict
 from .base import ControlBranch
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -145,7 +145,7 @@ class InterDynBranch(ModelMixin, ConfigMixin):
                 getattr(branch, name).load_state_dict(plain_state_dict(getattr(unet, name)))
         p = next(unet.parameters())
         if p.dtype != torch.float32:
-            torch.nn.Module.to(branch, dtype=p.dtype)  # ModelMixin.to warns on every dtype cast
+            cast(branch, dtype=p.dtype)
         return branch.to(p.device) if p.device.type != "cpu" else branch
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -261,7 +261,7 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
     module.load_state_dict(sd, strict=True)
     module.requires_grad_(False).eval()
     if device is not None or dtype is not None:
-        torch.nn.Module.to(module, device=device, dtype=dtype)  # ModelMixin.to warns on every dtype cast
+        cast(module, device=device, dtype=dtype)
     rule = residual_rule or file_rule
     return ControlBranch(kind="interdyn", family="svd", module=module,
                          config={"model": dict(module.config), "residual_rule": rule}, source=str(w_path))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import plain_state_dict
+from ..backbones.base import cast, plain_state_dict
 from .base import ControlBranch
 
 KIND = "kinemask"
@@ -154,7 +154,7 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
                      use_learned_positional_embeddings=c.use_learned_positional_embeddings,
                      text_embed_dim=c.text_embed_dim, out_proj=out_proj)
         p = next(transformer.parameters())
-        torch.nn.Module.to(branch, device=p.device, dtype=p.dtype)  # ModelMixin.to warns on dtype casts
+        cast(branch, device=p.device, dtype=p.dtype)
         if init_blocks:
             src = plain_state_dict(transformer)
             own = branch.state_dict()
@@ -312,5 +312,5 @@ def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
     m.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     m.requires_grad_(False).eval()
     if dtype is not None or device is not None:
-        torch.nn.Module.to(m, device=device, dtype=dtype)  # ModelMixin.to warns on every dtype cast
+        cast(m, device=device, dtype=dtype)
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(cfg), source=str(path))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import runtime
+from ..backbones.base import cast
 from . import configs as C
 
 
@@ -91,7 +92,7 @@ def save_backbone_folder(folder: Path, vae, transformer, text_encoder, tokenizer
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, mod in (("vae", vae), ("transformer", transformer), ("text_encoder", text_encoder)):
-        torch.nn.Module.to(copy.deepcopy(mod), dtype).save_pretrained(folder / name, safe_serialization=True)
+        cast(copy.deepcopy(mod), dtype).save_pretrained(folder / name, safe_serialization=True)
     tokenizer.save_pretrained(folder / "tokenizer")
     CogVideoXDDIMScheduler(**C.scheduler_config()).save_pretrained(folder / "scheduler")
     index = {
@@ -306,7 +307,7 @@ def export(cfg: C.DemoConfig, bb, branch, out: Path, facts: dict, dtype=torch.fl
     for m in (bb.vae, bb.denoiser, bb.text_encoder, branch.module):  # written from the CPU whatever trained them
         m.cpu()
     save_backbone_folder(out / C.BACKBONE_DIR.name, bb.vae, bb.denoiser, bb.text_encoder, bb.tokenizer, dtype)
-    m = torch.nn.Module.to(copy.deepcopy(branch.module), dtype)  # ModelMixin.to warns on every dtype cast
+    m = cast(copy.deepcopy(branch.module), dtype)
     save_branch(m, out / C.BRANCH_FILE.name)
     info = {"config": cfg.to_dict(), **facts}
     (out / "demo_config.json").write_text(json.dumps(info, indent=2))

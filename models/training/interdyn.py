@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..backbones import svd as svdb
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, cast
 from ..conditions.hand_mask import mask_to_condition
 from ..control.base import ControlBranch
 from ..control.interdyn import new_branch
@@ -43,7 +43,7 @@ class InterDynTask:
         self.branch = branch or new_branch(backbone.denoiser, residual_rule=residual_rule)
         # trainable weights in fp32 (Adam at lr 1e-5 underflows bf16); model_forward autocasts to the
         # backbone's dtype for the compute
-        torch.nn.Module.to(self.branch.module, backbone.device, torch.float32)  # ModelMixin.to warns on every dtype cast
+        cast(self.branch.module, backbone.device, torch.float32)
         self.branch.module.requires_grad_(True).train()
         backbone.denoiser.requires_grad_(False)
         self.hp = dict(p_mean=p_mean, p_std=p_std, p_drop_image=p_drop_image, fps_id=fps_id,

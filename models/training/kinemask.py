@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..backbones import cogvideox as cvx
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, cast
 from ..conditions.velocity import V_REF, keep_prefix, sample_prefix_length, velocity_video
 from ..control.base import ControlBranch
 from .objectives import v_prediction_loss
@@ -158,7 +158,7 @@ class KineMaskTask(_CogVideoXI2V):
             raise ValueError(f"KineMaskTask: the branch is a {branch.kind!r} branch; continue a KineMask branch")
         self.branch = branch
         # fp32 trainable weights (AdamW at 1e-4 stalls in bf16); bf16 compute comes from the trainer's autocast
-        torch.nn.Module.to(branch.module, backbone.device, torch.float32).requires_grad_(True).train()  # ModelMixin.to warns on every dtype cast
+        cast(branch.module, backbone.device, torch.float32).requires_grad_(True).train()
         self.hp = dict(stage=int(stage), prefix_mode=prefix_mode, gamma=float(gamma), p_first=float(p_first),
                        v_ref=float(v_ref), caption=caption, weight=float(weight), noise_aug=bool(noise_aug),
                        image_dropout=float(image_dropout))
