@@ -36,6 +36,18 @@ def diffusers_pipelines(*class_prefixes: str, name_hints: tuple[str, ...] = ()) 
 _FOLDER_KINDS = {"ControlNetSDVModel": "interdyn", "CogVideoXControlnet": "kinemask"}
 
 
+def header_metadata(kind_folder: str, name: str) -> dict:
+    """The safetensors header metadata of a model-folder file (only the header is read, nothing is unpickled); {}
+    for a folder or a file that is not readable safetensors (such entries are still listed, and the loader reports
+    the problem by name)."""
+    from ..models.weights import read_metadata
+
+    try:
+        return read_metadata(runtime.model_path(kind_folder, name))
+    except Exception:
+        return {}
+
+
 def branch_kind(kind_folder: str, name: str) -> str | None:
     """The branch kind a controlnet/ or interplay/ entry declares ("kinemask", "interdyn", ...): the safetensors
     header's ``kind``/``interplay_kind`` metadata (only the header is read), or a folder's config.json class.
@@ -45,14 +57,10 @@ def branch_kind(kind_folder: str, name: str) -> str | None:
         if path.is_dir():
             cls = json.loads((path / "config.json").read_text()).get("_class_name")
             return _FOLDER_KINDS.get(cls)
-        if path.suffix.lower() == ".safetensors":
-            from ..models.weights import read_metadata
-
-            meta = read_metadata(path)
-            return meta.get("kind") or meta.get("interplay_kind") or None
     except Exception:  # unreadable or corrupt: list it and let the loader report the problem by name
         return None
-    return None
+    meta = header_metadata(kind_folder, name)
+    return meta.get("kind") or meta.get("interplay_kind") or None
 
 
 def branch_choices(new_branch: str, kind: str | None = None) -> list[str]:

@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 from ..models import runtime
+from ._choices import header_metadata
 
 INTERPLAY_PREFIX = "interplay/"
 
 
-def _is_lora(kind_folder: str, name: str) -> bool:
-    """An interplay/ file is offered only when its header says it is a LoRA (training writes state files and
-    branches there too); only the header is read."""
-    from ..models.weights import read_metadata
-
-    try:
-        return "interplay_lora" in read_metadata(runtime.model_path(kind_folder, name))
-    except Exception:  # unreadable: the branch loaders list it and report it by name
-        return False
-
-
 def lora_choices() -> list[str]:
-    """Files in loras/, then LoRAs trained by the pack in interplay/ (``interplay/<run>/checkpoint.safetensors``)."""
+    """Files in loras/, then LoRAs trained by the pack in interplay/ (``interplay/<run>/checkpoint.safetensors``):
+    an interplay/ file is offered only when its header says it is a LoRA (training writes state files and
+    branches there too)."""
     return runtime.list_models("loras") + [INTERPLAY_PREFIX + f for f in runtime.list_models("interplay")
-                                           if _is_lora("interplay", f)]
+                                           if "interplay_lora" in header_metadata("interplay", f)]
 
 
 class InterplayLoraLoader:

@@ -168,8 +168,8 @@ def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:
     path = Path(path)
     sd, meta = read_lora(path)
     a_keys = [k for k in sd if k.endswith(".lora_A.weight")]
-    if not a_keys or any(not k.endswith((".lora_A.weight", ".lora_B.weight")) for k in sd):
-        odd = next((k for k in sd if not k.endswith((".lora_A.weight", ".lora_B.weight"))), None)
+    odd = next((k for k in sd if not k.endswith((".lora_A.weight", ".lora_B.weight"))), None)
+    if not a_keys or odd is not None:
         raise ValueError(f"LoRA: {path.name} is not in the diffusers/peft LoRA format (keys like "
                          "transformer.transformer_blocks.0.attn1.to_q.lora_A.weight / .lora_B.weight)"
                          + (f"; it has e.g. {odd!r}" if odd else "; it has no lora_A weights")
@@ -191,7 +191,7 @@ def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:
         raise ValueError(f"LoRA: {len(absent)} of the {len(paths)} layers {path.name} adapts do not exist in this "
                          f"{bb.family} model (e.g. {absent[0]!r}); it was trained for a different model")
     add_lora(den, rank, alpha, paths, adapter=adapter)
-    load_lora_state_dict(den, {k: v.to(bb.dtype) for k, v in sd.items()}, prefix, adapter, source=path.name)
+    load_lora_state_dict(den, sd, prefix, adapter, source=path.name)  # copied, and cast, into the adapter
     place_adapter(den, adapter, bb.dtype)
     den.requires_grad_(False)
     if not bb.denoiser.training:
