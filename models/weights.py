@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SUFFIXES = (".safetensors", ".sft")
-
 
 class WeightsFileError(ValueError):
     """A weights file that is not a readable safetensors file (missing files raise FileNotFoundError)."""
