@@ -282,7 +282,10 @@ def test_api_to_ui_layout_and_round_trip():
     assert nodes[20]["widgets_values"] == [99.0, 0]  # unset optional widget: its default
     assert nodes[7]["properties"] == {"Node name for S&R": "FakeScale"}
     # links numbered in layout order: targets 3, 12, 20 (depth 1), then 7, then 10
-    assert nodes[7]["inputs"] == [{"name": "x", "type": "FAKE_NUM", "link": 4}]
+    assert nodes[7]["inputs"] == [  # the frontend's slot model: sockets, then one slot per widget
+        {"name": "x", "type": "FAKE_NUM", "link": 4},
+        {"name": "factor", "type": "FLOAT", "link": None, "widget": {"name": "factor"}},
+        {"name": "offset", "type": "INT", "link": None, "shape": 7, "widget": {"name": "offset"}}]
     assert ui["links"][3] == [4, 3, 0, 7, 0, "FAKE_NUM"]
     assert nodes[3]["outputs"] == [{"name": "FAKE_NUM", "type": "FAKE_NUM", "links": [4], "slot_index": 0}]
     assert nodes[1]["outputs"][0]["links"] == sorted(nodes[1]["outputs"][0]["links"]) and \
@@ -299,7 +302,9 @@ def test_api_to_ui_linked_widget_round_trip():
            "3": {"class_type": "FakeSave", "inputs": {"x": ["2", 0], "filename_prefix": "p"}}}
     ui = graph.api_to_ui(copy.deepcopy(api), CLASSES)
     src = next(n for n in ui["nodes"] if n["id"] == 2)
-    assert src["inputs"] == [{"name": "value", "type": "INT", "link": 1, "widget": {"name": "value"}}]
+    assert [(i["name"], i["link"]) for i in src["inputs"]] == [("value", 1), ("seed", None), ("mode", None),
+                                                                ("text", None)]
+    assert ui["links"] == [[1, 1, 0, 2, 0, "FAKE_NUM"], [2, 2, 0, 3, 0, "FAKE_NUM"]]
     assert src["widgets_values"] == [1, 7, "fixed", "a", ""]  # the converted widget keeps a value
     assert _strip_meta(graph.ui_to_api(ui, CLASSES)) == api
 
