@@ -14,7 +14,8 @@ frontend in headless Chromium and, for each workflows/*.json:
 2. compares the frontend's prompt (``app.graphToPrompt``) with the API twin in workflows/api/ (a widget value that
    lands in the wrong widget shows up here);
 3. queues it from the page (``app.queuePrompt``) and reports ComfyUI's validation errors;
-4. waits for the run and reports completion.
+4. waits for the run and reports completion; where the graph has an Arrow Painter, draws arrows ending on
+   each edge of its image at several canvas sizes and checks every speed label lands inside the canvas.
 
 The sandbox workflow needs no model files and runs as shipped. The others need real models; by default the tiny
 random models of tests/kit/tiny.py are placed in the temporary models folder under the file names the workflows
@@ -264,6 +265,69 @@ SET_JS = """(changes) => {
 }"""
 
 
+# Draw one arrow at a time with its head on each edge and corner of the image, at several canvas sizes (what
+# zooming the graph does to the widget), and record where the page draws the speed label (the real fillText and
+# measureText of Chromium's canvas).
+LABEL_JS = """async (sizes) => {
+  const node = app.graph.nodes.find(n => n.comfyClass === "InterplayArrowPainter");
+  const ed = node?.interplayArrows;
+  for (let k = 0; k < 100 && ed && !ed.size; k++) await new Promise(r => setTimeout(r, 100));
+  if (!ed?.size) return {error: "the Arrow Painter shows no image"};
+  // the frontend hides DOM widgets of nodes off screen: bring the node into view first
+  app.canvas.ds.scale = 1; app.canvas.centerOnNode(node); app.canvas.setDirty(true, true);
+  for (let k = 0; k < 50 && !ed.canvas.clientWidth; k++) await new Promise(r => setTimeout(r, 100));
+  if (!ed.canvas.clientWidth) return {error: "the Arrow Painter's canvas is not shown"};
+  const {w, h} = ed.size, cx = w / 2, cy = h / 2;
+  const heads = [[w, cy], [0, cy], [cx, 0], [cx, h], [w, 0], [w, h], [0, 0], [0, h]];
+  const ctx = ed.canvas.getContext("2d");
+  const fill = ctx.fillText, saved = ed.drawing, style = ed.canvas.getAttribute("style");
+  let last = null;
+  ctx.fillText = function (text, x, y) {
+    if (text.endsWith("m/s")) last = {text, x, y, width: this.measureText(text).width,
+                                      size: parseFloat(this.font.match(/([0-9.]+)px/)[1]), base: this.textBaseline};
+    return fill.apply(this, arguments);
+  };
+  const out = [];
+  try {
+    for (const [cw, ch] of sizes) {
+      Object.assign(ed.canvas.style, {width: cw + "px", height: ch + "px", flex: "none"});
+      for (const [x1, y1] of heads) {
+        last = null;
+        ed.drawing = {...saved, width: w, height: h, objects: [{arrow: {x0: cx, y0: cy, x1, y1}, points: []}]};
+        ed.redraw();
+        out.push({canvas: [ed.canvas.width, ed.canvas.height], head: [x1, y1], label: last});
+      }
+    }
+  } finally {
+    ctx.fillText = fill; ed.drawing = saved; ed.canvas.setAttribute("style", style); ed.redraw();
+  }
+  return {cases: out};
+}"""
+LABEL_SIZES = [[440, 300], [200, 140], [1200, 800], [120, 90]]
+
+
+def check_arrow_label(page) -> tuple[bool, str]:
+    """Every speed label drawn inside the canvas (text box from the page's own metrics)."""
+    res = page.evaluate(LABEL_JS, LABEL_SIZES)
+    if "error" in res:
+        return False, res["error"]
+    bad = []
+    for c in res["cases"]:
+        lab, (cw, ch) = c["label"], c["canvas"]
+        if lab is None:
+            bad.append(f"no label drawn for head {c['head']} on a {cw}x{ch} canvas")
+            continue
+        top = lab["y"] if lab["base"] == "top" else lab["y"] - lab["size"]
+        if lab["x"] < 0 or lab["x"] + lab["width"] > cw or top < 0 or top + lab["size"] > ch:
+            bad.append(f"head {c['head']} on a {cw}x{ch} canvas: label at ({lab['x']:.1f}, {top:.1f}) "
+                       f"size {lab['width']:.1f}x{lab['size']:.0f} is cut off")
+    n = len(res["cases"])
+    if bad:
+        return False, f"{len(bad)} of {n} speed labels outside the canvas: " + "; ".join(bad[:6])
+    return True, (f"Arrow Painter: the speed label is inside the canvas for all {n} cases (head on each edge and "
+                  f"corner, canvases {', '.join(f'{w}x{h}' for w, h in LABEL_SIZES)} CSS px)")
+
+
 def queue_from_page(page) -> dict:
     """Queue the loaded graph with the frontend's own queue call; returns ComfyUI's /prompt reply."""
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
@@ -428,6 +492,10 @@ def check_workflow(page, url: str, path: Path, tiny: bool, timeout: float,
     t0 = time.monotonic()
     done, what = run_outcome(wait_history(url, pid, timeout))
     out.append(f"  {'completed' if done else 'FAILED'} from the browser in {time.monotonic() - t0:.1f} s: {what}")
+    if done and any(n["type"] == "InterplayArrowPainter" for n in wf["nodes"]):
+        label_ok, msg = check_arrow_label(page)
+        ok &= label_ok
+        out.append(f"  {msg}")
     return ok and done, out
 
 
