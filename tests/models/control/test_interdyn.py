@@ -150,3 +150,18 @@ def test_load_rejects_mismatched_keys(bb, tmp_path):
     save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ValueError, match="missing.*controlnet_mid_block.weight.*unexpected.*extra.weight"):
         interdyn.load_branch(folder)
+
+
+def test_full_branch_heads_follow_svd():
+    # Built on the meta device from the real-size UNet and from its own defaults: SVD's (5, 10, 20, 20), i.e.
+    # 64-channel heads in every attention (the reference class's own default, (5, 10, 10, 20), is not used).
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel(**svd.SVD_UNET_CONFIG)
+        from_unet = interdyn.InterDynBranch.from_unet(unet, load_weights_from_unet=False)
+        default = interdyn.InterDynBranch()
+    for branch in (from_unet, default):
+        assert tuple(branch.config.num_attention_heads) == (5, 10, 20, 20)
+        attns = [m for m in branch.modules() if type(m).__name__ == "Attention"]
+        assert attns and {m.inner_dim // m.heads for m in attns} == {64}
