@@ -234,15 +234,33 @@ def _clean_config(cfg) -> dict:
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
 
 
+def branch_state_dict(m) -> dict:
+    """What a branch file holds: the branch's parameters, all of them trained. Its only persistent buffer,
+    ``patch_embed.pos_embedding`` (the learned positional table of 5B-I2V-style backbones, 109 MB in fp16 at 5B),
+    is a frozen copy of the backbone's; the branch reads the backbone's table when it runs
+    (:func:`use_backbone_positions`), so files never carry it."""
+    return dict(m.named_parameters())
+
+
+def use_backbone_positions(m, transformer) -> None:
+    """Point the branch's learned positional table at its backbone's (a shared tensor, not a copy): the table is
+    never trained, a branch made by from_transformer starts with the backbone's, and a loaded file holds none."""
+    own, pe = m.patch_embed, transformer.patch_embed
+    table = getattr(pe, "pos_embedding", None)
+    if (getattr(own, "use_learned_positional_embeddings", False) and table is not None
+            and own.pos_embedding.shape == table.shape and own.pos_embedding is not table):
+        own.pos_embedding = table
+
+
 def save_branch(branch, path) -> Path:
-    """Write one safetensors file with the config JSON in its metadata (``interplay_config``, ``kind``)."""
+    """Write one safetensors file of :func:`branch_state_dict` with the config JSON in its metadata
+    (``interplay_config``, ``kind``, ``family``)."""
     from safetensors.torch import save_file
 
     m = branch.module if isinstance(branch, ControlBranch) else branch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()
-          if not k.endswith("pos_embedding") or m.config.use_learned_positional_embeddings}
+    sd = {k: v.detach().contiguous().cpu() for k, v in branch_state_dict(m).items()}
     meta = {"format": "pt", "kind": KIND, "family": "cogvideox",
             "interplay_config": json.dumps(_clean_config(m.config))}
     tmp = path.with_name(path.name + ".tmp")

@@ -20,6 +20,7 @@ from .. import runtime
 from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control.base import ControlBranch, ControlSignal
+from ..control.kinemask import use_backbone_positions
 
 SCHEDULERS = ("ddim", "dpm")
 
@@ -95,6 +96,7 @@ def model_forward(bb: Backbone, latent_in: torch.Tensor, timestep: torch.Tensor,
     residuals = None
     mod = _branch_module(branch)
     if mod is not None and (control is not None or control_features is not None):
+        use_backbone_positions(mod, tr)
         residuals = mod(x, None if control is None else control.to(x.device, dtype), enc_in, t,
                         rotary=image_rotary_emb, control_features=control_features)
         ws = list(weight) if isinstance(weight, (list, tuple)) else [float(weight)] * len(residuals)
