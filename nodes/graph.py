@@ -553,13 +553,18 @@ class _Cycle(Exception):
 
 
 def _model_folder_hint(name: str, opts: dict) -> str:
-    kind = opts.get("model_folder") or opts.get("folder")
-    if kind:
-        try:
-            where = ", ".join(str(p) for p in runtime.model_folders(kind))
-        except ValueError:
-            where = kind
-        return f"; the choices are the files in the {kind} model folder ({where})"
+    """Where an empty model combo's files go: its ``model_folder`` (one kind, or a list of kinds), full paths."""
+    kinds = opts.get("model_folder") or opts.get("folder")
+    if kinds:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        parts = []
+        for kind in kinds:
+            try:
+                where = ", ".join(str(p) for p in runtime.model_folders(kind))
+            except ValueError:
+                where = kind
+            parts.append(f"the {kind} model folder ({where})")
+        return f"; the choices are the files in {' and '.join(parts)}: put the file there"
     return (f"; if this is a model file, put it in the model folder this input lists (models root "
             f"{runtime.models_root()}, set with --models-dir)")
 
@@ -942,6 +947,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
                                  "format) with the Interplay nodes, without ComfyUI.")
     ap.add_argument("workflow", help="workflow JSON saved from ComfyUI (Save, or Export (API))")
     ap.add_argument("--models-dir", help="models root laid out like ComfyUI's models/ folder")
+    ap.add_argument("--input-dir", help="input folder the workflow's file names refer to, like ComfyUI's input/ "
+                    "(default ./input, or $INTERPLAY_INPUT_DIR)")
     ap.add_argument("--out", help="output folder (default ./output)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                     help="override an input value; repeatable")
@@ -953,6 +960,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         runtime.set_models_root(args.models_dir)
     if args.out is not None:
         runtime.set_output_directory(args.out)
+    if args.input_dir is not None:
+        runtime.set_input_directory(args.input_dir)
     runtime.clear_interrupt()
     node_classes = _default_classes() if node_classes is None else node_classes
     try:

@@ -694,3 +694,36 @@ def test_ui_workflow_saved_before_a_new_optional_widget_still_converts():
     now[sampler[0]]["inputs"].pop("control_guidance")
     assert old == now
     assert graph.validate(old, NODE_CLASS_MAPPINGS) == []  # the sandbox graph needs no model files
+
+
+def test_input_dir_and_a_missing_input_file_fail_validation_before_anything_runs(tmp_path, capsys):
+    # `interplay run --input-dir`: names in the workflow refer to that folder, and a missing one is a validation
+    # error (exit 2) naming the folder, reported before any node (the model loader here) runs
+    import torch
+
+    from interplay.models import video_io as vio
+    from interplay.nodes.video import InterplayLoadVideo, InterplayPreviewFrames
+
+    models = tmp_path / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    (models / "diffusion_models" / "m.safetensors").write_bytes(b"")
+    runtime.set_models_root(models)
+    classes = dict(CLASSES, InterplayLoadVideo=InterplayLoadVideo, InterplayPreviewFrames=InterplayPreviewFrames)
+    prompt = {"1": {"class_type": "FakeModel", "inputs": {"model": "m.safetensors"}},
+              "2": {"class_type": "FakeSave", "inputs": {"x": ["1", 0], "filename_prefix": "m"}},
+              "3": {"class_type": "InterplayLoadVideo", "inputs": {"video": "clip.webp"}},
+              "4": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["3", 0], "fps": 8.0}}}
+    path = _write(tmp_path, prompt)
+    inputs = tmp_path / "my_inputs"
+    inputs.mkdir()
+    rc = graph.cli_main([str(path), "--models-dir", str(models), "--input-dir", str(inputs),
+                         "--out", str(tmp_path / "out")], node_classes=classes)
+    err = capsys.readouterr().err
+    assert rc == 2 and CALLS == []
+    assert "node 3 (InterplayLoadVideo)" in err and "'clip.webp' not found" in err and str(inputs.resolve()) in err
+    assert "--input-dir" in err
+    vio.save_video(torch.full((3, 16, 16, 3), 0.5), inputs / "clip.webp", fps=8)
+    rc = graph.cli_main([str(path), "--models-dir", str(models), "--input-dir", str(inputs),
+                         "--out", str(tmp_path / "out")], node_classes=classes)
+    assert rc == 0 and CALLS == ["model", "save2"]
+    assert runtime.input_directory() == inputs.resolve()
