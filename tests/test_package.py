@@ -273,3 +273,13 @@ def test_every_model_combo_names_its_folder(tmp_path):
     errors = [e for e in graph.validate(prompt, NODE_CLASS_MAPPINGS, targets=["1"])
               if e["extra_info"].get("input_name") == "weights"]
     assert errors and str(tmp_path / "empty" / "sam2") in errors[0]["details"]
+
+
+def test_license_is_an_spdx_expression():
+    # setuptools deprecates the TOML-table form (a warning on every install, an error from 2027-02); the string
+    # form needs setuptools >= 77 (PEP 639)
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in meta["build-system"]["requires"]
