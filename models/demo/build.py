@@ -384,12 +384,29 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
     return clips
 
 
+# The scoring flags of the README's evaluation table (20 motion-fidelity query points: the 64x64 objects are
+# small); the printed commands use the same ones.
+EVAL_FLAGS = ("--mf-points", "20")
+
+
+def eval_commands(ev: Path, modes) -> list[str]:
+    """One runnable `interplay eval` command per mode: the console script beside this Python (a fresh shell need
+    not have the venv on PATH), else ``python -m``; paths quoted for the shell."""
+    import shlex
+    import sys
+
+    script = Path(sys.executable).with_name("interplay")
+    exe = [str(script)] if script.is_file() else [sys.executable, "-m", f"{__package__.split('.')[0]}.nodes.cli"]
+    return [shlex.join(exe + ["eval", str(ev / m), str(ev / "reference"), *EVAL_FLAGS,
+                              "--out", str(ev / f"{m}.json")]) for m in modes]
+
+
 def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes, device=None) -> Path:
     """Load the demo model at ``root`` and write the evaluation sets under ``work``/eval; returns that folder."""
     bb, br = load_demo(root, device=device)
     ev = Path(work) / "eval"
     generate_eval_set(cfg, bb, br, ev / "reference", {m: ev / m for m in modes}, n=n)
-    print("evaluate with: " + "; ".join(f"interplay eval {ev / m} {ev / 'reference'}" for m in modes))
+    print("evaluate with:\n" + "\n".join(f"  {c}" for c in eval_commands(ev, modes)))
     return ev
 
 
