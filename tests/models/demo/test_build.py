@@ -75,17 +75,22 @@ def test_eval_only_evaluates_an_existing_model_with_its_stored_config(tmp_path, 
     steps, real = [], S.sample_cogvideox
     monkeypatch.setattr(S, "sample_cogvideox", lambda *a, **k: steps.append(k["steps"]) or real(*a, **k))
     assert B.main(["--eval-only", "--out", str(out), "--work", str(ev), "--eval", "1", "--threads", "1",
-                   "--eval-modes", "control,trajectory"]) == 0
-    assert sorted(p.name for p in (ev / "eval").iterdir()) == ["control", "reference", "trajectory"]
+                   "--eval-modes", "control,trajectory,truth"]) == 0
+    assert sorted(p.name for p in (ev / "eval").iterdir()) == ["control", "reference", "trajectory", "truth"]
     from interplay.models.video_io import load_video
 
     a = load_video(ev / "eval" / "control" / "clip_1000000.mp4")[0]
     b = load_video(ev / "eval" / "trajectory" / "clip_1000000.mp4")[0]
     assert a.shape == b.shape == (9, 64, 64, 3)
-    assert steps == [2, 2]  # the model's stored config (sample_steps=2), not the defaults (25)
+    assert steps == [2, 2]  # the model's stored config (sample_steps=2), not the defaults (25); truth samples nothing
+    from interplay.models.sandbox.dataset import read_clip
+
+    truth = load_video(ev / "eval" / "truth" / "clip_1000000.mp4")[0]
+    ref = torch.from_numpy(read_clip(ev / "eval" / "reference" / "clip_1000000").frames).float() / 255.0
+    assert truth.shape == ref.shape and float((truth - ref).abs().mean()) < 0.03  # the same video, h264-coded
     printed = capsys.readouterr().out
     cmds = [line.strip() for line in printed.split("evaluate with:\n", 1)[1].splitlines() if " eval " in line]
-    assert len(cmds) == 2
+    assert len(cmds) == 3
     # runnable as printed, with the README table's flags
     import re
     import shlex
