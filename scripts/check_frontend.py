@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         with frontend(url, args.chromium, Path(tempfile.mkdtemp(prefix="chromium-", dir=work))) as page:
             print(versions(page, url))
             if page.console_errors:
-                print("page errors while the frontend started (before any workflow): "
+                # the frontend's own (1.27.10 logs one from its settings store with no custom nodes at all)
+                print("page errors while the frontend started, before any workflow: "
                       + "; ".join(page.console_errors))
                 page.console_errors.clear()
             print(f"pack: {ROOT}; base directory: {base}")
