@@ -245,9 +245,9 @@ def branch_state_dict(m) -> dict:
 def use_backbone_positions(m, transformer) -> None:
     """Point the branch's learned positional table at its backbone's (a shared tensor, not a copy): the table is
     never trained, a branch made by from_transformer starts with the backbone's, and a loaded file holds none."""
-    own, pe = m.patch_embed, transformer.patch_embed
-    table = getattr(pe, "pos_embedding", None)
-    if (getattr(own, "use_learned_positional_embeddings", False) and table is not None
+    own = getattr(m, "patch_embed", None)  # model_forward also takes other modules as a branch (combined ones)
+    table = getattr(transformer.patch_embed, "pos_embedding", None)
+    if (own is not None and getattr(own, "use_learned_positional_embeddings", False) and table is not None
             and own.pos_embedding.shape == table.shape and own.pos_embedding is not table):
         own.pos_embedding = table
 
