@@ -343,6 +343,7 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
 
 def _multi_control_forward(bb, mod, x_in, tt, emb_in, active, rotary):
     """Several controls through one branch: the weighted residuals are summed (one backbone pass)."""
+    use_backbone_positions(mod, bb.denoiser)  # the wrapper below hides the branch from model_forward
 
     class _Sum(torch.nn.Module):
         def __init__(self):

@@ -254,6 +254,19 @@ def test_learned_positional_table_comes_from_the_backbone(bb, tmp_path):
         b = model_forward(lbb, x, t, e, branch=got, control=ctrl, weight=0.7)
     assert got.module.patch_embed.pos_embedding is table  # shared with the backbone, not copied
     assert torch.equal(a, b)
+    # the sampler's path for several controls (the branch inside a summing wrapper) reads the same table
+    from interplay.models.control.base import ControlSignal
+    from interplay.models.sampling.cogvideox import sample_cogvideox
+
+    got = km.load_branch(path)
+    v = torch.zeros(9, 32, 32, 3)
+    v[0, 8:20, 8:20, 0] = 0.9
+    sigs = [ControlSignal(video=v, kind="velocity", weight=0.5), ControlSignal(video=-v, kind="velocity", weight=0.3)]
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(6))
+    kw = dict(num_frames=9, steps=2, seed=1, cfg=1.0, controls=sigs)
+    one = sample_cogvideox(lbb, image, e[:1], branch=branch, **kw)
+    two = sample_cogvideox(lbb, image, e[:1], branch=got, **kw)
+    assert got.module.patch_embed.pos_embedding is table and torch.equal(one, two)
 
 
 def _nbytes(tensors) -> int:
