@@ -188,16 +188,18 @@ def make_inputs(folder: Path) -> None:
             out.mux(packet)
 
 
-def _import_pack():
+def _import_pack(work: Path):
     """Make `interplay` (this checkout) and `kit` (tests/kit) importable in this process."""
-    shim = Path(tempfile.mkdtemp(prefix="interplay-pkg-"))
-    (shim / "interplay").symlink_to(ROOT, target_is_directory=True)
+    shim = work / "pkg"
+    shim.mkdir(exist_ok=True)
+    if not (shim / "interplay").exists():
+        (shim / "interplay").symlink_to(ROOT, target_is_directory=True)
     sys.path[:0] = [str(shim), str(ROOT / "tests")]
 
 
 def tiny_models(models: Path) -> list[str]:
     """Tiny random models of the real classes (tests/kit/tiny.py) under the names the workflows use."""
-    _import_pack()
+    _import_pack(models.parent.parent)
     import torch
     from kit import tiny
 
@@ -541,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                 all_ok = False
                 print("PAGE ERRORS while checking the workflows: " + "; ".join(page.console_errors))
     print("all workflows OK" if all_ok else "some workflows FAILED")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if all_ok else 1
 
 

@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -136,8 +137,9 @@ def main(argv=None) -> int:
             _write("versions.json", {"comfyui": stats.get("comfyui_version"),
                                      "frontend": page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__"),
                                      "python": stats.get("python_version", "").split()[0]})
-            if page.console_errors:
+            if page.console_errors:  # 1.27.10 logs one from its settings store while starting
                 print("page errors: " + "; ".join(page.console_errors))
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
