@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib
 import io
 import json
 import math
@@ -418,18 +417,18 @@ class _Ema:
 
 
 def branch_writer(task):
-    """``save_branch`` of the task's branch kind (models/control/<kind>.py), so a task without its own
-    ``save_weights`` still writes a file its branch loader reads; None when there is none."""
+    """The branch registry's ``save`` for the task's branch kind, so a task without its own ``save_weights`` still
+    writes a file its branch loader reads; None when there is none."""
+    from ..control import registry
+
     br = getattr(task, "branch", None)
     kind = getattr(br, "kind", None)
     if not isinstance(kind, str) or not hasattr(br, "module"):
         return None
     try:
-        mod = importlib.import_module(f"..control.{kind}", __package__)
-    except ImportError:
+        return registry.get(kind).save
+    except ValueError:
         return None
-    fn = getattr(mod, "save_branch", None)
-    return fn if callable(fn) else None
 
 
 def _set_mode(task, train: bool) -> None:
