@@ -64,6 +64,20 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
     return x.clamp_(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
+def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize so both sides cover (height, width), then center-crop: [B,H,W,C] -> [B,height,width,C]. How samplers
+    fit an image and its control videos to the generation size, identically."""
+    b, h, w, c = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    x = Fnn.interpolate(frames.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="area" if s < 1 else "bilinear",
+                        align_corners=None if s < 1 else False)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
+
+
 def _select(n_seen: int, start: int, every_nth: int) -> bool:
     return n_seen >= start and (n_seen - start) % every_nth == 0
 

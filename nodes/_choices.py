@@ -32,10 +32,6 @@ def diffusers_pipelines(*class_prefixes: str, name_hints: tuple[str, ...] = ()) 
     return out
 
 
-# config.json classes of released branch folders -> the pack's branch kind
-_FOLDER_KINDS = {"ControlNetSDVModel": "interdyn", "CogVideoXControlnet": "kinemask"}
-
-
 def header_metadata(kind_folder: str, name: str) -> dict:
     """The safetensors header metadata of a model-folder file (only the header is read, nothing is unpickled); {}
     for a folder or a file that is not readable safetensors (such entries are still listed, and the loader reports
@@ -49,18 +45,16 @@ def header_metadata(kind_folder: str, name: str) -> dict:
 
 
 def branch_kind(kind_folder: str, name: str) -> str | None:
-    """The branch kind a controlnet/ or interplay/ entry declares ("kinemask", "interdyn", ...): the safetensors
-    header's ``kind``/``interplay_kind`` metadata (only the header is read), or a folder's config.json class.
-    None when it declares nothing (such entries are offered to every loader)."""
+    """The branch kind a controlnet/ or interplay/ entry declares, as the branch registry reads it: a folder's
+    config.json class, or a file's safetensors header (its ``kind``/``interplay_kind`` metadata, else a kind's key
+    detector; only the header is read). None when it declares nothing (such entries are offered to every
+    loader)."""
+    from ..models.control import registry
+
     try:
-        path = runtime.model_path(kind_folder, name)
-        if path.is_dir():
-            cls = json.loads((path / "config.json").read_text()).get("_class_name")
-            return _FOLDER_KINDS.get(cls)
+        return registry.detect_path(runtime.model_path(kind_folder, name))
     except Exception:  # unreadable or corrupt: list it and let the loader report the problem by name
         return None
-    meta = header_metadata(kind_folder, name)
-    return meta.get("kind") or meta.get("interplay_kind") or None
 
 
 def branch_choices(new_branch: str, kind: str | None = None) -> list[str]:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..models import runtime
 from . import _choices
-from ..models.control.base import ControlSignal
+from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
@@ -182,19 +181,6 @@ class InterplayInteractionPrompt:
         return (text,)
 
 
-def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize so both sides cover (height, width), then center-crop: [B,H,W,C] -> [B,height,width,C]."""
-    b, h, w, c = image.shape
-    if (h, w) == (height, width):
-        return image
-    s = max(height / h, width / w)
-    nh, nw = max(height, round(h * s)), max(width, round(w * s))
-    x = F.interpolate(image.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="area" if s < 1 else "bilinear",
-                      align_corners=None if s < 1 else False)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
-
-
 class InterplayCogVideoXSampler:
     DESCRIPTION = ("Generate a video from one image with CogVideoX-I2V and, when connected, the KineMask branch "
                    "driven by a velocity control (Arrow Painter). DDIM or DPM (v-prediction, trailing spacing, the "
@@ -233,29 +219,31 @@ class InterplayCogVideoXSampler:
             "control": ("INTERPLAY_CONTROL", {"tooltip": "Velocity control from the Arrow Painter."}),
             "branch": ("INTERPLAY_BRANCH", {"tooltip": "The KineMask branch."}),
             "control_weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Scales "
-                                         "the branch's residuals (KineMask: 0.5); multiplies the control's own."}),
+                                         "the branch's residuals (KineMask: 0.5). " + CONTROL_RULE}),
             "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
-                                        "of the steps before the branch starts."}),
+                                        "of the steps before the branch starts. " + CONTROL_RULE}),
             "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of "
-                                      "the steps after which the branch stops."}),
+                                      "the steps after which the branch stops. " + CONTROL_RULE}),
             "control_guidance": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1, "tooltip":
                                            "Control guidance: above 1 adds a pass with the control zeroed and pushes "
                                            "away from it (follows the arrow more strictly; costs one more forward per "
                                            "step, high values blur the object). 1 = off."}),
+            "controls": CONTROLS_INPUT,
         }}
 
     def sample(self, backbone, image, prompt, negative, width, height, num_frames, steps, cfg, dynamic_cfg,
                scheduler, seed, decode, control=None, branch=None, control_weight=0.5, control_start=0.0,
-               control_end=1.0, control_guidance=1.0):
+               control_end=1.0, control_guidance=1.0, controls=None):
         from ..models.backbones import cogvideox as cog
         from ..models.sampling.cogvideox import sample_cogvideox
+        from ..models.video_io import fit_frames
 
         node = "CogVideoX Sampler"
         if backbone.family != "cogvideox":
             raise ValueError(f"{node}: 'backbone' is {backbone.family}; load CogVideoX with the CogVideoX Loader")
-        if not backbone.extra.get("i2v", True):
-            raise ValueError(f"{node}: 'backbone' is a text-to-video model ({backbone.variant}); KineMask needs the "
-                             "image-to-video release (CogVideoX-5b-I2V)")
+        if backbone.layout is not None and not backbone.layout.has("image"):
+            raise ValueError(f"{node}: 'backbone' is a text-to-video model ({backbone.variant}); this sampler "
+                             "generates from an image and needs an image-to-video release (CogVideoX-5b-I2V)")
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"{node}: 'image' must be IMAGE [B,H,W,3]; got {tuple(image.shape)}")
         if not prompt or not prompt.strip():
@@ -265,28 +253,16 @@ class InterplayCogVideoXSampler:
         except ValueError as e:
             raise ValueError(str(e).replace("num_frames", "'num_frames'").replace("height and width",
                                                                                   "'height' and 'width'")) from None
-        img = fit_image(image[:1].float(), height, width)
-        controls = []
-        if control is not None:
-            if control.kind != "velocity":
-                raise ValueError(f"{node}: 'control' is a {control.kind!r} signal; KineMask takes a velocity control "
-                                 "(Arrow Painter)")
-            if branch is None:
-                raise ValueError(f"{node}: 'control' is connected but 'branch' is not; load the KineMask branch")
-            if branch.kind != "kinemask":
-                raise ValueError(f"{node}: 'branch' is a {branch.kind!r} branch; load a KineMask branch")
-            if not control_start < control_end:
-                raise ValueError(f"{node}: control_start ({control_start}) must be below control_end ({control_end})")
-            if control.video.shape[0] != num_frames:
-                raise ValueError(f"{node}: 'control' has {control.video.shape[0]} frames but num_frames is "
+        img = fit_frames(image[:1].float(), height, width)
+        bound = gather_controls(node, "cogvideox", control, branch, controls, control_weight, control_start,
+                                control_end)
+        for bc in bound:
+            if bc.signal is not None and bc.signal.video.shape[0] != num_frames:
+                raise ValueError(f"{node}: 'control' has {bc.signal.video.shape[0]} frames but num_frames is "
                                  f"{num_frames}; paint the control with num_frames={num_frames}")
-            video = fit_image(control.video.float(), height, width)
-            controls = [control.replace(video=video, weight=control.weight * control_weight, start=control_start,
-                                        end=control_end)]
         pos = cog.encode_prompt(backbone, [prompt])
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
-        lat = sample_cogvideox(backbone, img, pos, neg, controls=controls,
-                               branch=branch if controls else None, num_frames=num_frames, steps=steps, cfg=cfg,
+        lat = sample_cogvideox(backbone, img, pos, neg, controls=bound, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
                                control_cfg=float(control_guidance))
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}

@@ -7,6 +7,7 @@ import torch
 
 from ..models import runtime
 from . import _choices
+from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
 from ..models.control.base import ControlSignal
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
@@ -260,39 +261,29 @@ class InterplayInterDynSampler:
             "branch": ("INTERPLAY_BRANCH", {"tooltip": "The InterDyn branch."}),
             "control": ("INTERPLAY_CONTROL", {"tooltip": "The driving mask (same frames and size)."}),
             "control_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Scales "
-                                         "the branch's residuals."}),
+                                         "the branch's residuals. " + CONTROL_RULE}),
             "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
-                                        "of the steps before the branch starts."}),
+                                        "of the steps before the branch starts. " + CONTROL_RULE}),
             "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of "
-                                      "the steps after which the branch stops."}),
+                                      "the steps after which the branch stops. " + CONTROL_RULE}),
+            "controls": CONTROLS_INPUT,
         }}
 
     def sample(self, backbone, image, seed, steps, num_frames, min_cfg, max_cfg, fps_id, motion_bucket_id,
                noise_aug, num_samples, branch=None, control=None, control_weight=1.0, control_start=0.0,
-               control_end=1.0):
+               control_end=1.0, controls=None):
         from ..models.backbones.svd import decode_latents
         from ..models.sampling.edm import sample_svd
 
+        node = "InterDyn Sampler"
         if backbone.family != "svd":
-            raise ValueError(f"InterDyn Sampler: 'backbone' is {backbone.family}; load SVD with the SVD Loader")
+            raise ValueError(f"{node}: 'backbone' is {backbone.family}; load SVD with the SVD Loader")
         if image.shape[0] != 1:
             image = image[:1]
-        if control is not None:
-            if control.kind != "hand_mask":
-                raise ValueError(f"InterDyn Sampler: 'control' is a {control.kind!r} signal; expected a driving "
-                                 "mask")
-            if branch is None:
-                raise ValueError("InterDyn Sampler: 'control' is connected but 'branch' is not; load the InterDyn "
-                                 "branch")
-            if not control_start < control_end:
-                raise ValueError(f"InterDyn Sampler: control_start ({control_start}) must be below control_end "
-                                 f"({control_end})")
-            control = control.replace(weight=control.weight * control_weight, start=control_start,
-                                      end=control_end)
-        lat = sample_svd(backbone, image, control=control, branch=branch if control is not None else None,
-                         num_frames=num_frames, steps=steps, min_cfg=min_cfg, max_cfg=max_cfg, fps_id=fps_id,
-                         motion_bucket_id=motion_bucket_id, noise_aug=noise_aug, seed=seed,
-                         num_samples=num_samples)
+        bound = gather_controls(node, "svd", control, branch, controls, control_weight, control_start, control_end)
+        lat = sample_svd(backbone, image, controls=bound, num_frames=num_frames, steps=steps, min_cfg=min_cfg,
+                         max_cfg=max_cfg, fps_id=fps_id, motion_bucket_id=motion_bucket_id, noise_aug=noise_aug,
+                         seed=seed, num_samples=num_samples)
         frames = decode_latents(backbone, lat)
         return (frames.reshape(-1, *frames.shape[2:]),)
 

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
 from ..models import runtime
 from ..models.backbones.base import cast
 
-BRANCH_TASKS = ("kinemask_branch", "interdyn_branch")
-FAMILY = {"kinemask_branch": "cogvideox", "interdyn_branch": "svd"}
+
+def _branch_tasks() -> list[str]:
+    from ..models.training.config import branch_tasks
+
+    return list(branch_tasks())
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -170,7 +174,7 @@ class InterplayTrainControlBranch:
     def INPUT_TYPES(cls):
         return {"required": {
             **_common_inputs("kinemask_branch"),
-            "task": (list(BRANCH_TASKS), {"default": "kinemask_branch", "tooltip": "kinemask_branch needs a "
+            "task": (_branch_tasks(), {"default": "kinemask_branch", "tooltip": "kinemask_branch needs a "
                      "CogVideoX I2V backbone, interdyn_branch an SVD backbone."}),
             "stage": ("INT", {"default": 1, "min": 1, "max": 2, "tooltip": "KineMask stage: 1 = velocity mask on "
                               "all frames; 2 = prefix dropout (connect the stage-1 branch)."}),
@@ -183,17 +187,20 @@ class InterplayTrainControlBranch:
 
     def train(self, backbone, dataset_dir, output_name, frames, task, stage, steps, lr, batch_size, grad_accum,
               precision, seed, checkpoint_every, resume, branch=None, extra=""):
-        from ..models.training.config import build_task
+        from ..models.control import registry
+        from ..models.training.config import build_task, task_family
 
         node = "Train Control Branch"
-        if backbone.family != FAMILY[task]:
-            raise ValueError(f"{node}: task {task!r} trains on a {FAMILY[task]} backbone; the connected backbone "
-                             f"is {backbone.family}. Load a {FAMILY[task]} model or pick the other task.")
+        fam = task_family(task)
+        if backbone.family != fam:
+            raise ValueError(f"{node}: task {task!r} trains on a {fam} backbone; the connected backbone "
+                             f"is {backbone.family}. Load a {fam} model or pick another task.")
         opts, tr, dse = parse_extra(node, extra)
-        if task == "kinemask_branch":
-            opts.setdefault("stage", stage)
+        spec = registry.by_task(task)
+        if "stage" in inspect.signature(spec.task_class().__init__).parameters:
+            opts.setdefault("stage", stage)  # the node's stage widget, for tasks with stages
         _check_options(node, task, opts)
-        defaults = {"betas": (0.9, 0.95)} if task == "kinemask_branch" else {"optimizer": "adam"}
+        defaults = dict(spec.train_defaults)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every, **defaults), tr)
         ds = _dataset(node, dataset_dir, frames, dse)

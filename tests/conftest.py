@@ -8,8 +8,13 @@ os.environ.setdefault("INTERPLAY_QUIET", "1")  # no terminal bars in test logs
 
 @pytest.fixture(autouse=True)
 def _fresh_runtime(tmp_path, monkeypatch):
-    """Each test starts with standalone runtime state: no models root, output under tmp_path."""
+    """Each test starts with standalone runtime state: no models root, output under tmp_path; torch's CPU thread
+    count is restored afterwards (CLI tests set it, and float sums depend on it)."""
+    import torch
+
     from interplay.models import runtime
+
+    threads = torch.get_num_threads()
 
     monkeypatch.delenv("INTERPLAY_MODELS_DIR", raising=False)
     runtime.set_models_root(None)
@@ -17,6 +22,7 @@ def _fresh_runtime(tmp_path, monkeypatch):
     runtime.set_output_directory(tmp_path / "output")
     runtime.clear_interrupt()
     yield
+    torch.set_num_threads(threads)
     runtime.set_models_root(None)
     runtime.set_input_directory(None)
     runtime.set_output_directory(None)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone, cast, on_device
+from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device, run_after_block,
+                   run_after_embed, run_begin, run_end)
 
 # The release configs (diffusers CogVideoXTransformer3DModel / AutoencoderKLCogVideoX of THUDM/CogVideoX-5b-I2V).
 # The I2V release uses rotary AND learned positional embeddings (patch_embed.pos_embedding is in its weights),
@@ -344,11 +345,24 @@ def _fix_buffers(transformer, cfg):
         pe.pos_embedding = pe._get_positional_embeddings(pe.sample_height, pe.sample_width, pe.sample_frames)
 
 
+def default_layout(in_channels: int, latent_channels: int) -> InputLayout:
+    """The input layout of a released CogVideoX transformer: T2V (noise only) or I2V (noise ++ image latent). Any
+    other width (a widened projection) must be declared by whoever widened it, never guessed."""
+    if in_channels == latent_channels:
+        return InputLayout((("noise", latent_channels),))
+    if in_channels == 2 * latent_channels:
+        return InputLayout((("noise", latent_channels), ("image", latent_channels)))
+    raise ValueError(f"CogVideoX: the transformer takes {in_channels} input channels with a {latent_channels}-channel "
+                     f"VAE, which is neither text-to-video ({latent_channels}) nor image-to-video "
+                     f"({2 * latent_channels}); a widened projection must come with its input layout (e.g. the "
+                     "file's interplay_layout metadata)")
+
+
 def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_config=None, *, dtype,
                       storage_dtype=None, device, offload="none", vae_tiling=False, variant=None,
-                      source=None) -> Backbone:
+                      source=None, layout: InputLayout | None = None) -> Backbone:
     """Freeze, cast and place the parts; returns the bundle. The VAE runs in fp32 unless dtype is bf16/fp16
-    on a GPU (the release decodes in bf16)."""
+    on a GPU (the release decodes in bf16). ``layout`` defaults to :func:`default_layout`."""
     device = torch.device(device)
     for m in (transformer, vae, text_encoder):
         if m is not None:
@@ -368,8 +382,13 @@ def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_confi
     if vae_tiling:
         enable_vae_tiling(vae)
     cfg = transformer.config
+    latent = int(vae.config.latent_channels)
+    layout = layout or default_layout(int(cfg.in_channels), latent)
+    if layout.channels != cfg.in_channels:
+        raise ValueError(f"CogVideoX: input layout {layout.parts} has {layout.channels} channels; the transformer "
+                         f"takes {cfg.in_channels}")
     if variant is None:
-        variant = detect_variant(cfg)
+        variant = detect_variant(cfg, layout)
     n_down = len(vae.config.block_out_channels) - 1
     return Backbone(
         family="cogvideox", variant=variant, denoiser=transformer, vae=vae, text_encoder=text_encoder,
@@ -380,8 +399,8 @@ def assemble_backbone(transformer, vae, text_encoder, tokenizer, scheduler_confi
                "vae_scale_factor_temporal": int(vae.config.temporal_compression_ratio),
                "scaling_factor": float(vae.config.scaling_factor),
                "invert_scale_latents": bool(getattr(vae.config, "invert_scale_latents", False)),
-               "vae_dtype": vae_dtype, "i2v": cfg.in_channels == 2 * vae.config.latent_channels,
-               "latent_channels": int(vae.config.latent_channels)},
+               "vae_dtype": vae_dtype, "i2v": layout.has("image"), "latent_channels": latent},
+        layout=layout,
     )
 
 
@@ -392,9 +411,9 @@ def enable_vae_tiling(vae) -> None:
     vae.enable_tiling()
 
 
-def detect_variant(cfg) -> str:
+def detect_variant(cfg, layout: InputLayout | None = None) -> str:
     inner = cfg.num_attention_heads * cfg.attention_head_dim
-    i2v = cfg.in_channels == 2 * cfg.out_channels
+    i2v = layout.has("image") if layout is not None else cfg.in_channels == 2 * cfg.out_channels
     if inner == 3072:
         name = "cogvideox1.5-5b" if cfg.patch_size_t else "cogvideox-5b"
     elif inner == 1920:
@@ -502,6 +521,169 @@ def rotary_embeddings(config, grid_f: int, grid_h: int, grid_w: int, device=None
     return get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=None, grid_size=(gh, gw),
                                    temporal_size=(grid_f + p_t - 1) // p_t, grid_type="slice",
                                    max_size=(base_h, base_w), device=device)
+
+
+_ROPE_CACHE: dict = {}
+
+
+def rotary_for(transformer, grid_f: int, grid_h: int, grid_w: int, device):
+    """Cached :func:`rotary_embeddings` (the same tensors every step)."""
+    cfg = transformer.config
+    if not cfg.use_rotary_positional_embeddings:
+        return None
+    key = (cfg.attention_head_dim, cfg.patch_size, cfg.patch_size_t, cfg.sample_height, cfg.sample_width,
+           grid_f, grid_h, grid_w, str(device))
+    if key not in _ROPE_CACHE:
+        if len(_ROPE_CACHE) > 16:
+            _ROPE_CACHE.clear()
+        _ROPE_CACHE[key] = rotary_embeddings(cfg, grid_f, grid_h, grid_w, device=device)
+    return _ROPE_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------- the family forward
+def attention_layers(bb_or_transformer) -> dict:
+    """Attention layer name -> module: ``transformer_blocks.<i>.attn1`` (joint text+video attention, text first)."""
+    tr = getattr(bb_or_transformer, "denoiser", bb_or_transformer)
+    return {f"transformer_blocks.{i}.attn1": b.attn1 for i, b in enumerate(tr.transformer_blocks)}
+
+
+def attention_layer(i: int) -> str:
+    return f"transformer_blocks.{i}.attn1"
+
+
+class SlotProcessor:
+    """diffusers' CogVideoXAttnProcessor2_0 with the attention call handed to a chain (the contract's slot).
+
+    The sequence is text first, then video; q and k get QK-norm per head and RoPE on the video part, exactly as
+    diffusers; ``chain(mask)`` returns call(q, k, v) -> [B, heads, N, d]."""
+
+    def __init__(self, chain):
+        self.chain = chain
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_text = encoder_hidden_states.size(1)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        b, n, _ = hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
+            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        d = k.shape[-1] // attn.heads
+        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
+        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
+        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q[:, :, n_text:] = apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)
+            if not attn.is_cross_attention:
+                k[:, :, n_text:] = apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)
+        out = self.chain(attention_mask)(q, k, v)
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        enc, out = out.split([n_text, out.size(1) - n_text], dim=1)
+        return out, enc
+
+
+def forward(bb: Backbone, latent_in: torch.Tensor, timestep, prompt_embeds: torch.Tensor, *,
+            attachments=(), rows: dict | None = None, image_rotary_emb=None, ofs: torch.Tensor | None = None,
+            step: tuple[int, int] | None = None) -> torch.Tensor:
+    """The CogVideoX denoiser forward with the contract's doors -> model output [B,f,C,h,w] (v-prediction).
+
+    Runs the diffusers ``CogVideoXTransformer3DModel`` submodules in the order and with the ops of its own
+    ``forward`` (equal to it with no attachments); doors: begin, after_embed (video tokens), after_block i (text
+    stream in ``ctx.text``), attention slots on ``transformer_blocks.<i>.attn1``, end.
+
+    Args:
+        latent_in: [B,f,C_in,h,w] assembled by ``bb.layout`` (I2V: noisy latent ++ image latent).
+        timestep: [B] (or a scalar) 0..999; CogVideoX blocks take one timestep per sample.
+        prompt_embeds: [B|1,T,D].
+        attachments: :class:`Attachment` objects (control branches, observers), applied in order.
+        rows: batch row name -> slice (from the guided step), for attachments that act on some rows.
+        image_rotary_emb: (cos, sin) from :func:`rotary_embeddings`; computed (and cached) when None.
+        ofs: CogVideoX 1.5 I2V offset embedding input (the pipeline passes 2.0); defaulted for such models.
+        step: (i, num_steps) of the sampler, so attachments with a step range know whether they run.
+    Returns the output in the compute dtype (callers take ``.float()`` for the scheduler).
+    """
+    tr = bb.denoiser
+    cfg = tr.config
+    dtype = bb.dtype
+    b, f, c, h, w = latent_in.shape
+    x = latent_in.to(dtype)
+    enc_in = prompt_embeds.to(dtype)
+    if enc_in.shape[0] != b:
+        enc_in = enc_in.expand(b, *enc_in.shape[1:])
+    t = torch.as_tensor(timestep, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(b)
+    if t.ndim != 1:
+        raise ValueError(f"CogVideoX forward: timestep must be [B] (one per sample: CogVideoX blocks have no "
+                         f"per-token timesteps); got shape {tuple(t.shape)}")
+    if image_rotary_emb is None:
+        image_rotary_emb = rotary_for(tr, f, h, w, x.device)
+    atts = list(attachments)
+    p = cfg.patch_size
+    ctx = ForwardContext(bb=bb, latent_in=x, timestep=t, text_in=enc_in, rotary=image_rotary_emb,
+                         grid=(f if cfg.patch_size_t is None else (f + cfg.patch_size_t - 1) // cfg.patch_size_t,
+                               h // p, w // p),
+                         rows=dict(rows) if rows else {"all": slice(None)}, extra={"ofs": ofs, "step": step})
+    run_begin(ctx, atts)
+
+    # 1. time embedding (fp32 sinusoid cast to the compute dtype, as diffusers)
+    emb = tr.time_embedding(tr.time_proj(t).to(dtype=dtype), None)
+    if tr.ofs_embedding is not None:
+        if ofs is None:
+            ofs = x.new_full((1,), 2.0)
+        emb = emb + tr.ofs_embedding(tr.ofs_proj(ofs).to(dtype=dtype))
+    ctx.temb = emb
+    # 2. patch embedding (text ++ video tokens)
+    hs = tr.embedding_dropout(tr.patch_embed(enc_in, x))
+    n_text = enc_in.shape[1]
+    enc, hs = hs[:, :n_text], hs[:, n_text:]
+    ctx.text = enc
+    hs = run_after_embed(ctx, atts, hs)
+    # 3. blocks, each followed by the after_block door
+    grad_ckpt = torch.is_grad_enabled() and tr.gradient_checkpointing
+    with attention_slots(ctx, atts, attention_layers(tr) if atts else {}, lambda name, chain: SlotProcessor(chain)):
+        for i, block in enumerate(tr.transformer_blocks):
+            if grad_ckpt:
+                hs, enc = tr._gradient_checkpointing_func(block, hs, enc, emb, image_rotary_emb, None)
+            else:
+                hs, enc = block(hidden_states=hs, encoder_hidden_states=enc, temb=emb,
+                                image_rotary_emb=image_rotary_emb)
+            ctx.text = enc
+            if atts:
+                hs = run_after_block(ctx, atts, i, hs)
+    hs = tr.norm_final(hs)
+    # 4. output
+    hs = tr.proj_out(tr.norm_out(hs, temb=emb))
+    # 5. unpatchify
+    p_t = cfg.patch_size_t
+    if p_t is None:
+        out = hs.reshape(b, f, h // p, w // p, -1, p, p)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+    else:
+        out = hs.reshape(b, (f + p_t - 1) // p_t, h // p, w // p, -1, p_t, p, p)
+        out = out.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+    return run_end(ctx, atts, out) if atts else out
+
+
+def compile_blocks(bb: Backbone, attachments=(), **kw) -> None:
+    """Regional compile: every CogVideoXBlock of the backbone (and of the attachments' modules) compiled in place
+    (``nn.Module.compile``; one graph reused by all blocks of a shape). ``kw`` go to torch.compile."""
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+    kw.setdefault("dynamic", False)
+    mods = list(bb.denoiser.transformer_blocks)
+    for att in attachments:
+        for m in att.modules():
+            mods += [b for b in m.modules() if isinstance(b, CogVideoXBlock)]
+    for m in mods:
+        m.compile(**kw)
 
 
 # -------------------------------------------------------------------------------------------- encoders

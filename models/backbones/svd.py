@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import Backbone, cast, on_device
+from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device,
+                   run_after_block, run_after_embed, run_begin, run_end)
 
 # The reference scheduler config of the SVD release (EDM Euler, Karras sigmas, v-prediction).
 SVD_SCHEDULER_DEFAULTS = {
@@ -155,6 +156,8 @@ def assemble_backbone(unet, vae, image_encoder, image_processor=None, scheduler_
         extra={"vae_scale_factor": 2 ** (len(vae.config.block_out_channels) - 1), "num_frames":
                int(unet.config.num_frames), "clip_size": size, "clip_mean": mean, "clip_std": std,
                "decode_chunk": int(decode_chunk), "vae_dtype": vae_dtype},
+        layout=InputLayout((("noise", int(unet.config.out_channels)),
+                            ("image", int(unet.config.in_channels) - int(unet.config.out_channels)))),
     )
 
 
@@ -330,73 +333,173 @@ def time_and_context(m, sample: torch.Tensor, timestep, encoder_hidden_states: t
     return emb, ehs
 
 
+def add_skip_residuals(skips: list, residuals, rule: str, config) -> list:
+    """skip_i + k_i * r_i with k from :func:`residual_multiplicity` ("quirk": equal, up to rounding, to the released
+    UNet's in-loop re-adding, at one add per skip; "once": standard ControlNet)."""
+    if len(residuals) != len(skips):
+        raise ValueError(f"control branch gave {len(residuals)} residuals; the UNet has {len(skips)} skips")
+    ks = residual_multiplicity(config, rule)
+    return [s + (a if k == 1 else a * k) for s, a, k in zip(skips, residuals, ks)]
+
+
+class SkipResiduals(Attachment):
+    """ControlNet residuals on the UNet: ``down`` joins the skip tensors by ``rule`` and ``mid`` is added once to
+    the mid-block output ("quirk_loop": the released InterDyn loop literally, re-adding after each down block)."""
+
+    def __init__(self, down, mid, rule: str = "quirk"):
+        if rule not in RESIDUAL_RULES:
+            raise ValueError(f"residual rule must be one of {RESIDUAL_RULES}; got {rule!r}")
+        self.down, self.mid, self.rule = (list(down) if down is not None else None), mid, rule
+
+    def after_block(self, ctx, i, hidden):
+        n = ctx.extra["n_down"]
+        if self.down is not None and i < n:
+            if self.rule == "quirk_loop":
+                k = len(self.down)
+                ctx.skips[:] = [s + a for s, a in zip(ctx.skips, self.down)] + ctx.skips[k:]
+            elif i == n - 1:
+                ctx.skips[:] = add_skip_residuals(ctx.skips, self.down, self.rule, ctx.extra["unet_config"])
+        if i == n and self.mid is not None:
+            hidden = hidden + self.mid
+        return hidden
+
+
+def attention_layers(bb_or_unet) -> dict:
+    """Attention layer name -> module: every diffusers Attention in the UNet by its module path (spatial and
+    temporal blocks, self- and cross-attention), e.g. ``down_blocks.0.attentions.0.transformer_blocks.0.attn1``."""
+    from diffusers.models.attention_processor import Attention
+
+    unet = getattr(bb_or_unet, "denoiser", bb_or_unet)
+    return {n: m for n, m in unet.named_modules() if isinstance(m, Attention)}
+
+
+class SlotProcessor:
+    """diffusers' AttnProcessor2_0 with the attention call handed to a chain (the contract's slot)."""
+
+    def __init__(self, chain):
+        self.chain = chain
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        ndim = hidden_states.ndim
+        if ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        b, n, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
+            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        q = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        d = k.shape[-1] // attn.heads
+        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
+        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
+        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = self.chain(attention_mask)(q, k, v)
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
 def unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                  added_time_ids: torch.Tensor, down_residuals=None, mid_residual=None,
-                 residual_rule: str = "quirk") -> torch.Tensor:
-    """The SVD UNet forward with optional control residuals.
+                 residual_rule: str = "quirk", *, attachments=(), bb: Backbone | None = None, rows: dict | None = None,
+                 step: tuple[int, int] | None = None) -> torch.Tensor:
+    """The SVD UNet forward with the contract's doors (and, as a shorthand, ControlNet residuals).
 
-    Same maths as diffusers ``UNetSpatioTemporalConditionModel.forward``; residuals enter the skip tuple by
-    ``residual_rule``:
-      - "quirk": skip_i + k_i * r_i with k from :func:`residual_multiplicity` (equal, up to rounding, to the
-        released UNet's in-loop re-adding, at the cost of one add per skip);
-      - "quirk_loop": the released loop literally (re-add after each down block; reference for tests);
-      - "once": skip_i + r_i (standard ControlNet).
-    The mid residual is added once to the mid-block output in every rule.
+    Same maths as diffusers ``UNetSpatioTemporalConditionModel.forward``. Doors: begin; after_embed (the
+    ``conv_in`` features); after_block i for the down blocks (0..n-1, with the skip tensors in ``ctx.skips``), the
+    mid block (n) and the up blocks (n+1...); attention slots on every Attention by module path; end.
+    ``down_residuals``/``mid_residual``/``residual_rule`` add a :class:`SkipResiduals` attachment (first).
 
     Args: sample [B,F,8,h,w]; timestep scalar or [B] (c_noise); encoder_hidden_states [B,1,D];
     added_time_ids [B,3]; down_residuals: sequence of [B*F,C_i,h_i,w_i]; mid_residual [B*F,C,h',w'].
     Returns [B,F,4,h,w].
     """
-    if residual_rule not in RESIDUAL_RULES:
+    atts = list(attachments)
+    if down_residuals is not None or mid_residual is not None:
+        atts.insert(0, SkipResiduals(down_residuals, mid_residual, residual_rule))
+    elif residual_rule not in RESIDUAL_RULES:
         raise ValueError(f"residual rule must be one of {RESIDUAL_RULES}; got {residual_rule!r}")
     up_factor = 2 ** unet.num_upsamplers
     forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
     batch, frames = sample.shape[:2]
+    n_down = len(unet.down_blocks)
+    ctx = ForwardContext(bb=bb if bb is not None else _bare(unet), latent_in=sample,
+                         timestep=torch.as_tensor(timestep), text_in=encoder_hidden_states,
+                         rows=dict(rows) if rows else {"all": slice(None)},
+                         extra={"time_ids": added_time_ids, "step": step, "unet_config": unet.config,
+                                "n_down": n_down})
+    if atts:
+        run_begin(ctx, atts)
 
     # 1. time + micro-conditions
     emb, ehs = time_and_context(unet, sample, timestep, encoder_hidden_states, added_time_ids)
+    ctx.temb = emb
 
-    # 2. down path; residuals join the skip tuple
+    # 2. down path: the skips flow in ctx.skips
     h = unet.conv_in(sample.flatten(0, 1))
+    if atts:
+        h = run_after_embed(ctx, atts, h)
     indicator = torch.zeros(batch, frames, dtype=h.dtype, device=h.device)
-    skips: tuple = (h,)
-    res = list(down_residuals) if down_residuals is not None else None
-    for block in unet.down_blocks:
-        if getattr(block, "has_cross_attention", False):
-            h, r = block(hidden_states=h, temb=emb, encoder_hidden_states=ehs, image_only_indicator=indicator)
-        else:
-            h, r = block(hidden_states=h, temb=emb, image_only_indicator=indicator)
-        skips += r
-        if res is not None and residual_rule == "quirk_loop":
-            skips = tuple(s + a for s, a in zip(skips, res)) + skips[len(res):]
-    if res is not None and residual_rule != "quirk_loop":
-        if len(res) != len(skips):
-            raise ValueError(f"control branch gave {len(res)} residuals; the UNet has {len(skips)} skips")
-        ks = residual_multiplicity(unet.config, residual_rule)
-        skips = tuple(s + (a if k == 1 else a * k) for s, a, k in zip(skips, res, ks))
+    ctx.skips = [h]
+    with attention_slots(ctx, atts, attention_layers(unet) if atts else {}, lambda name, chain: SlotProcessor(chain)):
+        for i, block in enumerate(unet.down_blocks):
+            if getattr(block, "has_cross_attention", False):
+                h, r = block(hidden_states=h, temb=emb, encoder_hidden_states=ehs, image_only_indicator=indicator)
+            else:
+                h, r = block(hidden_states=h, temb=emb, image_only_indicator=indicator)
+            ctx.skips.extend(r)
+            if atts:
+                h = run_after_block(ctx, atts, i, h)
 
-    # 3. mid
-    h = unet.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=ehs, image_only_indicator=indicator)
-    if mid_residual is not None:
-        h = h + mid_residual
+        # 3. mid
+        h = unet.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=ehs, image_only_indicator=indicator)
+        if atts:
+            h = run_after_block(ctx, atts, n_down, h)
 
-    # 4. up
-    upsample_size = None
-    for i, block in enumerate(unet.up_blocks):
-        n = len(block.resnets)
-        r, skips = skips[-n:], skips[:-n]
-        if i < len(unet.up_blocks) - 1 and forward_upsample_size:
-            upsample_size = skips[-1].shape[2:]
-        if getattr(block, "has_cross_attention", False):
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r, encoder_hidden_states=ehs,
-                      upsample_size=upsample_size, image_only_indicator=indicator)
-        else:
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r, upsample_size=upsample_size,
-                      image_only_indicator=indicator)
+        # 4. up
+        skips = tuple(ctx.skips)
+        upsample_size = None
+        for i, block in enumerate(unet.up_blocks):
+            n = len(block.resnets)
+            r, skips = skips[-n:], skips[:-n]
+            if i < len(unet.up_blocks) - 1 and forward_upsample_size:
+                upsample_size = skips[-1].shape[2:]
+            if getattr(block, "has_cross_attention", False):
+                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r, encoder_hidden_states=ehs,
+                          upsample_size=upsample_size, image_only_indicator=indicator)
+            else:
+                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r, upsample_size=upsample_size,
+                          image_only_indicator=indicator)
+            if atts:
+                h = run_after_block(ctx, atts, n_down + 1 + i, h)
 
     # 5. out
     h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
-    return h.reshape(batch, frames, *h.shape[1:])
+    out = h.reshape(batch, frames, *h.shape[1:])
+    return run_end(ctx, atts, out) if atts else out
+
+
+def _bare(unet) -> Backbone:
+    """A minimal bundle for a UNet called without one (tests, the branch's own checks)."""
+    return Backbone(family="svd", variant="unet", denoiser=unet)
 
 
 def latent_preview_rgb(latent: torch.Tensor):

@@ -25,7 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
 from ..backbones import svd
-from ..backbones.base import cast, plain_state_dict
+from ..backbones.base import Attachment, cast, plain_state_dict
+from . import registry
 from .base import ControlBranch
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -268,3 +269,77 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
     rule = residual_rule or file_rule
     return ControlBranch(kind="interdyn", family="svd", module=module,
                          config={"model": dict(module.config), "residual_rule": rule}, source=str(w_path))
+
+
+# ------------------------------------------------------------------------------ the forward contract
+class InterDynAttachment(Attachment):
+    """InterDyn on the SVD UNet: at ``begin`` the branch runs on the sample, c_noise, image embedding, micro-
+    conditions and the mask video; its residuals join the UNet's skips by the branch's residual rule and the mid
+    residual is added after the mid block (``svd.SkipResiduals``).
+
+    ``entries``: ``(video [B|1,F,3,H,W] in [-1,1], weight, start, end)`` per control through this branch (several add
+    up). The branch runs in the backbone's dtype, under autocast when its weights are another (training in fp32).
+    """
+
+    def __init__(self, branch: ControlBranch, entries):
+        self.branch = branch
+        self.entries = [dict(video=v, weight=w, start=s, end=e) for v, w, s, e in entries]
+        self.rule = branch.config.get("residual_rule", "quirk")
+
+    @classmethod
+    def from_bound(cls, branch: ControlBranch, bound, backbone=None) -> "InterDynAttachment":
+        return cls(branch, [(bc.signal.video.permute(0, 3, 1, 2)[None], bc.weight, bc.start, bc.end)
+                            for bc in bound])
+
+    def modules(self):
+        return [self.branch.module]
+
+    def active(self, step) -> list:
+        return [e for e in self.entries if e["weight"] != 0
+                and (step is None or e["start"] <= step[0] / max(step[1], 1) < e["end"])]
+
+    def _run(self, ctx, video, weight):
+        x = ctx.latent_in
+        control = video.to(x.device, x.dtype)
+        if control.shape[0] != x.shape[0]:
+            control = control.expand(x.shape[0], *control.shape[1:])
+        mod = self.branch.module
+        args = (x, ctx.timestep, ctx.text_in, ctx.extra["time_ids"], control)
+        if next(mod.parameters()).dtype == x.dtype:
+            return mod(*args, conditioning_scale=weight)
+        with torch.autocast(x.device.type, dtype=x.dtype):  # e.g. an fp32 branch being trained on a bf16 UNet
+            down, mid = mod(*args, conditioning_scale=weight)
+        return [d.to(x.dtype) for d in down], mid.to(x.dtype)
+
+    def begin(self, ctx):
+        st = ctx.state_of(self)
+        st["res"] = None
+        active = self.active(ctx.extra.get("step"))
+        down = mid = None
+        for e in active:
+            d, m = self._run(ctx, e["video"], e["weight"])
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        if active:
+            st["res"] = svd.SkipResiduals(down, mid, self.rule)
+
+    def after_block(self, ctx, i, hidden):
+        res = ctx.state_of(self).get("res")
+        return hidden if res is None else res.after_block(ctx, i, hidden)
+
+
+def _new(backbone, residual_rule: str = "once", **kw) -> ControlBranch:
+    return new_branch(backbone.denoiser, residual_rule=residual_rule, **kw)
+
+
+def _task_class():
+    from ..training.interdyn import InterDynTask
+
+    return InterDynTask
+
+
+registry.register(registry.BranchKind(
+    kind="interdyn", family="svd", label="InterDyn branch", signals=("hand_mask",),
+    attach=InterDynAttachment.from_bound, load=load_branch, save=save_branch, new=_new, task="interdyn_branch",
+    task_class=_task_class, folder_classes=(RELEASED_CLASS,), hint="render it with the Driving Mask node",
+    train_defaults={"optimizer": "adam"}))

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import cast, plain_state_dict
+from ..backbones.base import Attachment, cast, plain_state_dict
+from . import registry
 from .base import ControlBranch
 
 KIND = "kinemask"
@@ -332,3 +333,130 @@ def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
     if dtype is not None or device is not None:
         cast(m, device=device, dtype=dtype)
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(cfg), source=str(path))
+
+
+# ------------------------------------------------------------------------------ the forward contract
+class KineMaskAttachment(Attachment):
+    """KineMask on the CogVideoX forward: the branch runs at ``begin`` on the noisy latent, the encoded control,
+    the text and the timestep, and residual i is added to the video tokens after backbone block i, times the
+    control's weight (a float, or one per branch block).
+
+    ``entries``: ``(video, weight, start, end)`` per control through this branch; ``video`` is [B|1,F,3,H,W] in
+    [-1,1] at the generation size, encoded once and reused over steps. Several controls through one branch run
+    the branch once each and add the sum of their weighted residuals. On batch rows named "no_control" (control
+    guidance) the control is zeroed: the branch sees the encoding of an all-zero video, the "no information"
+    input stage-2 dropout trains.
+    """
+
+    def __init__(self, module: KineMaskBranch, entries, reuse: bool = True):
+        self.module = module
+        self.entries = [dict(video=v, weight=w, start=s, end=e, feats=None) for v, w, s, e in entries]
+        self.reuse = reuse  # False: a per-batch control (training), encoded inside the branch's own forward
+        self._zero = None
+
+    @classmethod
+    def from_bound(cls, branch: ControlBranch, bound, backbone=None) -> "KineMaskAttachment":
+        if backbone is not None:
+            vs = backbone.extra.get("vae_scale_factor_spatial", 8)
+            if branch.module.config.downscale_coef != vs:
+                raise ValueError(f"KineMask branch: it downscales by {branch.module.config.downscale_coef} but the "
+                                 f"VAE by {vs}; load a branch made for this backbone")
+        entries = []
+        for bc in bound:
+            video = bc.signal.video.permute(0, 3, 1, 2)[None]  # [1,F,3,H,W]
+            entries.append((video, bc.weight, bc.start, bc.end))
+        return cls(branch.module, entries)
+
+    @classmethod
+    def from_features(cls, module: KineMaskBranch, features: torch.Tensor, weight=1.0) -> "KineMaskAttachment":
+        """An attachment on control features already encoded (``module.encode_control``), e.g. a benchmark's."""
+        att = cls(module, [(None, weight, 0.0, 1.0)])
+        att.entries[0]["feats"] = features
+        return att
+
+    def modules(self):
+        return [self.module]
+
+    def _features(self, e, ctx):
+        x = ctx.latent_in
+        if e["video"] is None:
+            return e["feats"]
+        if e["feats"] is None or e["feats"].device != x.device or e["feats"].dtype != x.dtype:
+            e["feats"] = self.module.encode_control(e["video"].to(x.device, x.dtype))
+        return e["feats"]
+
+    def _row_features(self, ctx, fe):
+        """Per batch row: the control's features, zero-control features on "no_control" rows."""
+        if "no_control" not in ctx.rows:
+            return fe
+        if self._zero is None or self._zero.device != fe.device or self._zero.dtype != fe.dtype:
+            ref = next(e["video"] for e in self.entries if e["video"] is not None)
+            self._zero = self.module.encode_control(torch.zeros(ref.shape[1:], dtype=fe.dtype,
+                                                                device=fe.device)[None])
+        parts = []
+        for name, sl in ctx.rows.items():
+            n = len(range(*sl.indices(ctx.batch)))
+            src = self._zero if name == "no_control" else fe
+            parts.append(src.expand(n, *src.shape[1:]))
+        return torch.cat(parts)
+
+    def active(self, step) -> list:
+        return [e for e in self.entries
+                if not (isinstance(e["weight"], (int, float)) and e["weight"] == 0)
+                and (step is None or e["start"] <= step[0] / max(step[1], 1) < e["end"])]
+
+    def begin(self, ctx):
+        use_backbone_positions(self.module, ctx.bb.denoiser)
+        st = ctx.state_of(self)
+        active = self.active(ctx.extra.get("step"))
+        st["res"] = None
+        if not active:
+            return
+        x, enc, t = ctx.latent_in, ctx.text_in, ctx.timestep
+        if len(active) == 1:
+            e = active[0]
+            if not self.reuse and "no_control" not in ctx.rows:
+                res = self.module(x, e["video"].to(x.device, x.dtype), enc, t, rotary=ctx.rotary)
+            else:
+                fe = self._row_features(ctx, self._features(e, ctx))
+                res = self.module(x, None, enc, t, rotary=ctx.rotary, control_features=fe)
+            w = e["weight"]
+            st["ws"] = list(w) if isinstance(w, (list, tuple)) else [float(w)] * len(res)
+        else:
+            res = None
+            for e in active:
+                fe = self._row_features(ctx, self._features(e, ctx))
+                r = [r * e["weight"] for r in self.module(x, None, enc, t, rotary=ctx.rotary, control_features=fe)]
+                res = r if res is None else [a + b for a, b in zip(res, r)]
+            st["ws"] = [1.0] * len(res)
+        st["res"] = res
+
+    def after_block(self, ctx, i, hidden):
+        st = ctx.state_of(self)
+        res, ws = st.get("res"), st.get("ws")
+        if res is not None and i < len(res) and ws[i] != 0:
+            hidden = hidden + res[i].to(hidden.dtype) * ws[i]
+        return hidden
+
+
+def _new(backbone, num_layers: int = 8, **kw) -> ControlBranch:
+    return new_branch(backbone.denoiser, num_layers=num_layers,
+                      downscale=backbone.extra.get("vae_scale_factor_spatial", 8), **kw)
+
+
+def _detect(meta: dict, keys) -> bool:
+    # a public CogVideoX ControlNet saved as a bare file: its encoder and patch embedding names
+    return keys is not None and "controlnet_encode_first.0.weight" in keys and "patch_embed.proj.weight" in keys
+
+
+def _task_class():
+    from ..training.kinemask import KineMaskTask
+
+    return KineMaskTask
+
+
+registry.register(registry.BranchKind(
+    kind=KIND, family="cogvideox", label="KineMask branch", signals=("velocity",),
+    attach=KineMaskAttachment.from_bound, load=load_branch, save=save_branch, new=_new,
+    task="kinemask_branch", task_class=_task_class, folder_classes=("CogVideoXControlnet",), detect=_detect,
+    hint="paint it with the Arrow Painter or Velocity Control", train_defaults={"betas": (0.9, 0.95)}))

@@ -1,4 +1,4 @@
-"""EDM Euler sampling for SVD (Karras sigmas, v-prediction, sigma_data = 1) with the InterDyn branch.
+"""EDM Euler sampling for SVD (Karras sigmas, v-prediction, sigma_data = 1) with any SVD-family control branch.
 
 Preconditioning (SVD, sigma_data = 1): c_in = 1/sqrt(s^2+1), c_skip = 1/(s^2+1), c_out = -s/sqrt(s^2+1),
 c_noise = 0.25 ln s; D(x) = c_skip x + c_out F(c_in x, c_noise). Euler: x' = x + (x - D(x))/s * (s' - s).
@@ -13,7 +13,9 @@ import torch
 from .. import runtime
 from ..backbones import svd as svdb
 from ..backbones.base import Backbone
-from ..control.base import ControlBranch, ControlSignal
+from ..control import registry
+from ..control.base import ControlBranch, ControlSignal, bind
+from .guidance import Guidance, guided_step, rows_like
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
@@ -44,77 +46,78 @@ def guidance_ramp(num_frames: int, min_cfg: float = 1.0, max_cfg: float = 3.0) -
 
 
 def model_forward(bb: Backbone, latent_in: torch.Tensor, c_noise, image_embeds: torch.Tensor,
-                  time_ids: torch.Tensor, *, branch: ControlBranch | None = None, control: torch.Tensor | None = None,
-                  weight: float = 1.0) -> torch.Tensor:
-    """The ONE SVD(+InterDyn) forward used by the sampler, the trainer and the benchmark.
+                  time_ids: torch.Tensor, *, attachments=(), rows: dict | None = None,
+                  step: tuple[int, int] | None = None) -> torch.Tensor:
+    """The ONE SVD forward used by the sampler, the trainer and the benchmark: the family's ``unet_forward`` with
+    the attachments (control branches through the registry, observers).
 
     latent_in [B,F,8,h,w] (c_in-scaled noisy latent ++ image latent); c_noise scalar or [B];
-    image_embeds [B,1,D]; time_ids [B,3]; control [B,F,3,H,W] in [-1,1] (batch B, or 1 to broadcast).
-    Returns the raw network output F (v-prediction) [B,F,4,h,w].
+    image_embeds [B,1,D]; time_ids [B,3]. Returns the raw network output F (v-prediction) [B,F,4,h,w].
     """
-    down = mid = None
-    rule = "once"
-    if branch is not None and control is not None and weight != 0:
-        if control.shape[0] != latent_in.shape[0]:
-            control = control.expand(latent_in.shape[0], *control.shape[1:])
-        bdt = next(branch.module.parameters()).dtype
-        if bdt == latent_in.dtype:
-            down, mid = branch.module(latent_in, c_noise, image_embeds, time_ids, control, conditioning_scale=weight)
-        else:  # e.g. an fp32 branch being trained on a bf16 backbone: compute in the backbone's dtype
-            with torch.autocast(latent_in.device.type, dtype=latent_in.dtype):
-                down, mid = branch.module(latent_in, c_noise, image_embeds, time_ids, control,
-                                          conditioning_scale=weight)
-            down, mid = [d.to(latent_in.dtype) for d in down], mid.to(latent_in.dtype)
-        rule = branch.config.get("residual_rule", "quirk")
-    return svdb.unet_forward(bb.denoiser, latent_in, c_noise, image_embeds, time_ids, down, mid,
-                             residual_rule=rule)
+    return svdb.unet_forward(bb.denoiser, latent_in, c_noise, image_embeds, time_ids, attachments=attachments,
+                             bb=bb, rows=rows, step=step)
 
 
-def compiled_forward(bb: Backbone, branch: ControlBranch | None = None):
+def compiled_forward(bb: Backbone, attachments=()):
     """``model_forward`` under torch.compile (one graph per shape; cached on the bundle's ``extra``)."""
     cache = bb.extra.setdefault("_compiled_forward", {})
-    key = id(branch.module) if branch is not None else None
+    key = tuple(id(a) for a in attachments)
     if key not in cache:
-        def fwd(inp, t, emb, tids, control, weight):
-            return model_forward(bb, inp, t, emb, tids, branch=branch, control=control, weight=weight)
+        def fwd(inp, t, emb, tids, rows, step):
+            return model_forward(bb, inp, t, emb, tids, attachments=attachments, rows=rows, step=step)
         cache[key] = torch.compile(fwd, dynamic=False)
     return cache[key]
 
 
 def denoise(bb: Backbone, x: torch.Tensor, sigma: float, image_latent: torch.Tensor, image_embeds, time_ids, *,
-            branch=None, control=None, weight=1.0, compile: bool = False) -> torch.Tensor:
+            attachments=(), rows=None, step=None, compile: bool = False) -> torch.Tensor:
     """D(x; sigma): x [B,F,4,h,w], image_latent [B,F,4,h,w] -> denoised x0 estimate [B,F,4,h,w]."""
     c_skip, c_out, c_in, c_noise = (float(v) for v in precondition(sigma))
-    inp = torch.cat([(x * c_in).to(bb.dtype), image_latent.to(bb.dtype)], dim=2)
+    layout = bb.layout
+    parts = {"noise": (x * c_in).to(bb.dtype), "image": image_latent.to(bb.dtype)}
+    inp = layout.assemble(parts, dim=2) if layout is not None else torch.cat([parts["noise"], parts["image"]], 2)
     t = torch.full((x.shape[0],), c_noise, device=x.device, dtype=torch.float32)
     if compile:
-        fwd = compiled_forward(bb, branch if control is not None else None)
-        out = fwd(inp, t, image_embeds, time_ids, control, float(weight))
+        out = compiled_forward(bb, tuple(attachments))(inp, t, image_embeds, time_ids, rows, step)
     else:
-        out = model_forward(bb, inp, t, image_embeds, time_ids, branch=branch, control=control, weight=weight)
+        out = model_forward(bb, inp, t, image_embeds, time_ids, attachments=attachments, rows=rows, step=step)
     return c_skip * x + c_out * out.float()
 
 
 @torch.no_grad()
 def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | torch.Tensor | None = None,
-               branch: ControlBranch | None = None, num_frames: int = 14, steps: int = 50,
-               min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6, motion_bucket_id: float = 40,
-               noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1, image_embeds: torch.Tensor | None = None,
-               image_latent: torch.Tensor | None = None, callback=None, compile: bool = False) -> torch.Tensor:
-    """Sample SVD image-to-video with an optional InterDyn branch.
+               branch: ControlBranch | None = None, controls=(), attachments=(), num_frames: int = 14,
+               steps: int = 50, min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6,
+               motion_bucket_id: float = 40, noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1,
+               image_embeds: torch.Tensor | None = None, image_latent: torch.Tensor | None = None, callback=None,
+               compile: bool = False) -> torch.Tensor:
+    """Sample SVD image-to-video with optional control branches.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
-    or a bare [F,H,W,3] tensor. Guidance is per frame, linear ``min_cfg`` -> ``max_cfg``; the unconditional half
-    has zero image embedding and zero image latent but the same control; cond/uncond run as one batch, and the
-    control is doubled only when guidance is on. Noise from a CPU generator seeded with ``seed``.
+    or a bare [F,H,W,3] tensor, bound to ``branch``; ``controls``: further BoundControls (any SVD-family branch);
+    ``attachments``: further forward-contract attachments. Guidance is per frame, linear ``min_cfg`` ->
+    ``max_cfg``; the unconditional half has zero image embedding and zero image latent but the same control;
+    cond/uncond run as one batch. Noise from a CPU generator seeded with ``seed``.
     ``image_embeds``/``image_latent`` may be passed precomputed ([1,1,D], [1,C,h,w]) to skip the encoders.
     ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
     Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``).
     """
+    where = "SVD sampler"
     if image.ndim == 3:
         image = image[None]
     _, H, W, _ = image.shape
-    svdb.check_frames(bb, num_frames, H, W, node="SVD sampler")
+    svdb.check_frames(bb, num_frames, H, W, node=where)
+    bound = []
+    if control is not None:
+        if branch is None:
+            raise ValueError("SVD sampler: a control video was given but no InterDyn branch; connect a branch")
+        sig = control if isinstance(control, ControlSignal) else ControlSignal(control, registry.of(branch).signals[0])
+        bound.append(bind(branch, sig, where=where))
+    bound += list(controls)
+    for k, bc in enumerate(bound):
+        registry.check_pairing(bc.branch, bc.signal, "svd", where)
+        if bc.signal is not None:
+            bound[k] = bc.replace(signal=bc.signal.replace(video=check_control(bc.signal.video, num_frames, H, W)))
     dev, f = bb.device, bb.extra["vae_scale_factor"]
     gen = torch.Generator("cpu").manual_seed(int(seed))
     if image_embeds is None:
@@ -124,60 +127,43 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     cond_lat = image_latent[:, None].expand(num_samples, num_frames, *image_latent.shape[1:]).to(dev)
     cond_emb = image_embeds.expand(num_samples, *image_embeds.shape[1:]).to(dev, bb.dtype)
 
-    ctrl = weight = None
-    start, end = 0.0, 1.0
-    if control is not None:
-        if branch is None:
-            raise ValueError("SVD sampler: a control video was given but no InterDyn branch; connect a branch")
-        sig = control if isinstance(control, ControlSignal) else ControlSignal(control, "hand_mask")
-        weight, start, end = sig.weight, sig.start, sig.end
-        ctrl = check_control(sig.video, num_frames, H, W)
-        ctrl = ctrl.permute(0, 3, 1, 2)[None].to(dev, bb.dtype)  # [1,F,3,H,W]
-
     cfg_on = max_cfg > 1.0
-    if cfg_on:
-        lat_in = torch.cat([torch.zeros_like(cond_lat), cond_lat])
-        emb_in = torch.cat([torch.zeros_like(cond_emb), cond_emb])
-        batch = 2 * num_samples
-    else:
-        lat_in, emb_in, batch = cond_lat, cond_emb, num_samples
-    tids = svdb.added_time_ids(fps_id, motion_bucket_id, noise_aug, batch, dev, bb.dtype)
-    if ctrl is not None:
-        ctrl = ctrl.expand(batch, *ctrl.shape[1:])
     w = guidance_ramp(num_frames, min_cfg, max_cfg).to(dev, torch.float32).view(1, num_frames, 1, 1, 1)
+    guidance = Guidance(("uncond", "cond"), "uncond", ((w, "cond", "uncond"),)) if cfg_on else Guidance(("cond",),
+                                                                                                        "cond")
+    atts = registry.attachments(bound, bb) + list(attachments)
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guidance = guidance.with_rows(extra_rows)
+    like = rows_like(guidance, extra_rows)
+    per_row = {"uncond": (torch.zeros_like(cond_lat), torch.zeros_like(cond_emb)), "cond": (cond_lat, cond_emb)}
+    lat_in = torch.cat([per_row[like[r]][0] for r in guidance.rows])
+    emb_in = torch.cat([per_row[like[r]][1] for r in guidance.rows])
+    batch = len(guidance.rows) * num_samples
+    tids = svdb.added_time_ids(fps_id, motion_bucket_id, noise_aug, batch, dev, bb.dtype)
 
     cfgs = bb.scheduler_config
     sigmas = karras_sigmas(steps, cfgs.get("sigma_min", 0.002), cfgs.get("sigma_max", 700.0), cfgs.get("rho", 7.0))
     shape = (num_samples, num_frames, bb.denoiser.config.out_channels, H // f, W // f)
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dev) * math.sqrt(float(sigmas[0]) ** 2 + 1)
 
-    pbar = runtime.progress(steps, "InterDyn sampling" if branch is not None else "SVD sampling")
-    with svdb.on_device(bb, bb.denoiser):
-        x = _euler_loop(bb, x, sigmas, steps, cfg_on, lat_in, emb_in, tids, ctrl, branch, weight, start, end, w,
-                        num_frames, pbar, callback, compile)
+    pbar = runtime.progress(steps, "InterDyn sampling" if bound else "SVD sampling")
+    modules = [bb.denoiser] + [m for a in atts for m in a.modules()]
+    with svdb.on_device(bb, *modules):
+        denoised = x
+        for i in range(steps):
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+
+            def predict(x_rows, rows, s=s, i=i):
+                return denoise(bb, x_rows, s, lat_in, emb_in, tids, attachments=atts, rows=rows, step=(i, steps),
+                               compile=compile)
+
+            denoised = guided_step(predict, x, guidance)
+            x = x + (x - denoised) / s * (s_next - s)
+            if callback is not None:
+                callback(i, x, denoised)
+            pbar.update(1, preview=lambda: svdb.latent_preview_rgb(denoised[0, num_frames // 2]),
+                        text=f"sigma {s_next:.3f}")
     pbar.close()
-    return x
-
-
-def _euler_loop(bb, x, sigmas, steps, cfg_on, lat_in, emb_in, tids, ctrl, branch, weight, start, end, w,
-                num_frames, pbar, callback, compile):
-    denoised = x
-    for i in range(steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        on = ctrl is not None and start <= i / steps < end
-        xin = torch.cat([x, x]) if cfg_on else x
-        d = denoise(bb, xin, s, lat_in, emb_in, tids, branch=branch if on else None,
-                    control=ctrl if on else None, weight=1.0 if weight is None else weight, compile=compile)
-        if cfg_on:
-            d_u, d_c = d.chunk(2)
-            denoised = d_u + w * (d_c - d_u)
-        else:
-            denoised = d
-        x = x + (x - denoised) / s * (s_next - s)
-        if callback is not None:
-            callback(i, x, denoised)
-        pbar.update(1, preview=lambda: svdb.latent_preview_rgb(denoised[0, num_frames // 2]),
-                    text=f"sigma {s_next:.3f}")
     return x
 
 

@@ -33,13 +33,36 @@ from pathlib import Path
 
 from .trainer import TrainConfig
 
-TASKS = ("kinemask_branch", "cogvideox_backbone", "lora", "interdyn_branch")
-FAMILY = {"kinemask_branch": "cogvideox", "cogvideox_backbone": "cogvideox", "lora": "cogvideox",
-          "interdyn_branch": "svd"}
+# tasks that train no control branch; branch tasks come from the branch registry (control/<kind>.py)
+BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size")
 LORA_KEYS = ("rank", "alpha", "target_modules", "dropout")
+
+
+def tasks() -> tuple[str, ...]:
+    """Every training task: the registry's branch tasks, then the whole-backbone and LoRA tasks."""
+    from ..control import registry
+
+    return tuple(s.task for s in registry.kinds() if s.task) + tuple(BASE_TASKS)
+
+
+def branch_tasks() -> tuple[str, ...]:
+    from ..control import registry
+
+    return tuple(s.task for s in registry.kinds() if s.task)
+
+
+def task_family(task: str) -> str:
+    from ..control import registry
+
+    spec = registry.by_task(task)
+    if spec is not None:
+        return spec.family
+    if task in BASE_TASKS:
+        return BASE_TASKS[task]
+    raise ValueError(f"unknown training task {task!r}; expected one of {', '.join(tasks())}")
 
 
 @dataclass
@@ -98,17 +121,17 @@ def parse_config(d: dict, base_dir=None, where: str = "config") -> RunConfig:
     base = Path(base_dir) if base_dir is not None else None
     _check_keys(d, TOP_KEYS, where, "")
     task = d.get("task")
-    if task not in TASKS:
-        raise _err(where, "task", f"must be one of {', '.join(TASKS)}; got {task!r}")
+    if task not in tasks():
+        raise _err(where, "task", f"must be one of {', '.join(tasks())}; got {task!r}")
     if "out_dir" not in d:
         raise _err(where, "out_dir", "is required (the folder for checkpoints; a rerun resumes from it)")
     bbd = dict(d.get("backbone", {}))
     _check_keys(bbd, BACKBONE_KEYS, where, "backbone")
     if ("source" in bbd) == ("random" in bbd):
         raise _err(where, "backbone.source", "or 'backbone.random' must be given (exactly one)")
-    fam = bbd.get("family", FAMILY[task])
-    if fam != FAMILY[task]:
-        raise _err(where, "backbone.family", f"must be {FAMILY[task]!r} for task {task!r}; got {fam!r}")
+    fam = bbd.get("family", task_family(task))
+    if fam != task_family(task):
+        raise _err(where, "backbone.family", f"must be {task_family(task)!r} for task {task!r}; got {fam!r}")
     bbd["family"] = fam
     if "source" in bbd:
         src = bbd["source"]
@@ -150,23 +173,20 @@ def load_config(path) -> RunConfig:
 
 
 def _task_class(task: str):
-    if task in ("kinemask_branch", "cogvideox_backbone"):
-        from . import kinemask
+    from ..control import registry
 
-        return kinemask.KineMaskTask if task == "kinemask_branch" else kinemask.CogVideoXBackboneTask
-    if task == "interdyn_branch":
-        from . import interdyn
+    spec = registry.by_task(task)
+    if spec is not None:
+        return spec.task_class()
+    from .cogvideox import CogVideoXBackboneTask
 
-        return interdyn.InterDynTask
-    from . import kinemask
-
-    return kinemask.CogVideoXBackboneTask  # the LoRA's base objective
+    return CogVideoXBackboneTask  # cogvideox_backbone, and the LoRA's base objective
 
 
 def _check_options(task: str, opts: dict, where: str) -> None:
     params = inspect.signature(_task_class(task).__init__).parameters
     allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train"}
-    if task in ("kinemask_branch", "interdyn_branch"):
+    if task in branch_tasks():
         allowed.add("branch")
     if task == "lora":
         allowed |= set(LORA_KEYS)
@@ -213,18 +233,16 @@ def load_dataset(ds: dict):
 
 
 def load_branch_file(task: str, path):
-    if task == "kinemask_branch":
-        from ..control.kinemask import load_branch
-    else:
-        from ..control.interdyn import load_branch
-    return load_branch(path)
+    from ..control import registry
+
+    return registry.load(path, kind=registry.by_task(task).kind)
 
 
 def build_task(task: str, backbone, options: dict, branch=None):
     """A Task for ``task`` on ``backbone``; ``branch`` (a ControlBranch) or options['branch'] (a file) to continue."""
     opts = dict(options)
     path = opts.pop("branch", None)
-    if task in ("kinemask_branch", "interdyn_branch"):
+    if task in branch_tasks():
         if branch is None and path:
             branch = load_branch_file(task, path)
         return _task_class(task)(backbone, branch, **opts)

@@ -5,6 +5,9 @@ gradient accumulation, clipping, mixed precision, EMA, checkpoints, loss log and
 
 Task protocol (duck-typed; ``models/training/interdyn.py``, ``kinemask.py`` and ``lora.py`` implement it):
     trainable_parameters() -> list[Parameter]       what the optimizer updates (everything else is frozen)
+    param_groups() -> list[dict]  (optional)       the same parameters split into groups, each
+                                                    {"params": [...], "name": str, "lr_scale": float}: the
+                                                    group's learning rate is the schedule's times lr_scale
     loss(batch: dict, generator: torch.Generator) -> scalar Tensor   all randomness from the CPU generator
     trainable_state_dict() -> dict[str, Tensor]     the weights a checkpoint holds (the branch's own key names)
     load_trainable_state_dict(sd) -> None
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib
 import io
 import json
 import math
@@ -418,18 +420,37 @@ class _Ema:
 
 
 def branch_writer(task):
-    """``save_branch`` of the task's branch kind (models/control/<kind>.py), so a task without its own
-    ``save_weights`` still writes a file its branch loader reads; None when there is none."""
+    """The branch registry's ``save`` for the task's branch kind, so a task without its own ``save_weights`` still
+    writes a file its branch loader reads; None when there is none."""
+    from ..control import registry
+
     br = getattr(task, "branch", None)
     kind = getattr(br, "kind", None)
     if not isinstance(kind, str) or not hasattr(br, "module"):
         return None
     try:
-        mod = importlib.import_module(f"..control.{kind}", __package__)
-    except ImportError:
+        return registry.get(kind).save
+    except ValueError:
         return None
-    fn = getattr(mod, "save_branch", None)
-    return fn if callable(fn) else None
+
+
+def optimizer_groups(task, params: list, lr: float) -> list[dict]:
+    """The optimizer's parameter groups: the task's ``param_groups()`` when it has them (each checked to list
+    exactly the trainable parameters between them), else one group."""
+    fn = getattr(task, "param_groups", None)
+    if not callable(fn):
+        return [{"params": params, "name": "all", "lr_scale": 1.0}]
+    groups = []
+    for g in fn():
+        scale = float(g.get("lr_scale", 1.0))
+        if not scale > 0:
+            raise ValueError(f"train: parameter group {g.get('name')!r} has lr_scale {scale}; expected > 0")
+        groups.append({"params": list(g["params"]), "name": str(g.get("name", f"group{len(groups)}")),
+                       "lr": lr * scale, "lr_scale": scale})
+    listed = [id(p) for g in groups for p in g["params"]]
+    if sorted(listed) != sorted(id(p) for p in params):
+        raise ValueError("train: the task's param_groups() must list each trainable parameter exactly once")
+    return groups
 
 
 def _set_mode(task, train: bool) -> None:
@@ -464,7 +485,8 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
         task.enable_gradient_checkpointing()
 
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    opt = opt_cls(optimizer_groups(task, params, cfg.lr), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                  weight_decay=cfg.weight_decay)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ema = _Ema(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -559,7 +581,7 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
             mid_step = True
             lr = lr_at(cfg, step)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             opt.zero_grad(set_to_none=True)
             total = 0.0
             for micro in range(cfg.grad_accum):

@@ -75,8 +75,10 @@ def bench_size(bb, branch, frames, H, W, args, dev) -> dict:
     def ref_eager():
         return unet(x["inp"], x["t"], x["emb"], x["tids"]).sample
 
+    att = [interdyn.InterDynAttachment(branch, [(x["control"], 1.0, 0.0, 1.0)])]
+
     def pack_eager():
-        return edm.model_forward(bb, x["inp"], x["t"], x["emb"], x["tids"], branch=branch, control=x["control"])
+        return edm.model_forward(bb, x["inp"], x["t"], x["emb"], x["tids"], attachments=att)
 
     cases = {"ref_eager": ref_eager, "pack_eager": pack_eager}
     compile_s = {}
@@ -84,7 +86,8 @@ def bench_size(bb, branch, frames, H, W, args, dev) -> dict:
         ref_c = torch.compile(unet, dynamic=False)
 
         def pack_fwd(inp, t, emb, tids, control):
-            return edm.model_forward(bb, inp, t, emb, tids, branch=branch, control=control)
+            return edm.model_forward(bb, inp, t, emb, tids,
+                                     attachments=[interdyn.InterDynAttachment(branch, [(control, 1.0, 0.0, 1.0)])])
         pack_c = torch.compile(pack_fwd, dynamic=False)
         cases["ref_compiled"] = lambda: ref_c(x["inp"], x["t"], x["emb"], x["tids"]).sample
         cases["pack_compiled"] = lambda: pack_c(x["inp"], x["t"], x["emb"], x["tids"], x["control"])
@@ -95,7 +98,8 @@ def bench_size(bb, branch, frames, H, W, args, dev) -> dict:
         zero_err = None
         if args.check:
             zb = interdyn.new_branch(unet, residual_rule="quirk")
-            zout = edm.model_forward(bb, x["inp"], x["t"], x["emb"], x["tids"], branch=zb, control=x["control"])
+            zout = edm.model_forward(bb, x["inp"], x["t"], x["emb"], x["tids"],
+                                     attachments=[interdyn.InterDynAttachment(zb, [(x["control"], 1.0, 0.0, 1.0)])])
             ref = ref_eager().float()
             zero_err = float((zout.float() - ref).norm() / ref.norm())
             del zb, zout

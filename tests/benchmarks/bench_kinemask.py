@@ -7,7 +7,7 @@ transformer step without control.
 full (CUDA, bf16, random weights at the THUDM/CogVideoX-5b-I2V config, built directly on the GPU): one CFG step
 (batch 2) at 49x480x720 (latent 13x60x90, 17,550 video + 226 text tokens) for
   ref_eager         diffusers CogVideoXTransformer3DModel.forward (SDPA default backend),
-  pack_eager        the pack's step: model_forward with the 8-block branch (residuals after blocks 0..7, weight 0.5),
+  pack_eager        the pack's step: the family forward with the 8-block branch attached (residuals after blocks 0..7, weight 0.5),
                     cuDNN attention preferred;
   pack_nocontrol_eager  the same without the branch (overhead check: must equal ref_eager);
   ref_compiled      torch.compile(transformer) (with --compile),
@@ -149,14 +149,15 @@ def run(size="full", compile_=False, fp8=False, fuse_qkv=False, reps=None, vae=T
     def ref():
         return tr(hidden_states=x, encoder_hidden_states=e, timestep=t, image_rotary_emb=rot, return_dict=False)[0]
 
+    att = [km.KineMaskAttachment.from_features(branch, feats, w_ctrl)]
+
     def pack():
         with S.fast_attention(dev):
-            return S.model_forward(bb, x, t, e, branch=branch, control_features=feats, weight=w_ctrl,
-                                   image_rotary_emb=rot)
+            return cog.forward(bb, x, t, e, attachments=att, image_rotary_emb=rot)
 
     def pack_nocontrol():
         with S.fast_attention(dev):
-            return S.model_forward(bb, x, t, e, image_rotary_emb=rot)
+            return cog.forward(bb, x, t, e, image_rotary_emb=rot)
 
     fl_ref = step_flops(cfg, n_video, n_text, 2, cfg.num_layers)
     fl_pack = fl_ref + step_flops(cfg, n_video, n_text, 2, branch.config.num_layers,
@@ -233,7 +234,7 @@ def run(size="full", compile_=False, fp8=False, fuse_qkv=False, reps=None, vae=T
             res["fused_qkv"] = True
 
         if compile_:
-            S.compile_blocks(bb, branch)
+            cog.compile_blocks(bb, att)
             first = _time(pack, dev)
             pack()
             out = pack()
@@ -250,7 +251,7 @@ def run(size="full", compile_=False, fp8=False, fuse_qkv=False, reps=None, vae=T
             key = "pack_fp8_compiled" if compile_ else "pack_fp8_eager"
             if compile_:
                 torch._dynamo.reset()
-                S.compile_blocks(bb, branch)
+                cog.compile_blocks(bb, att)
             first = _time(pack, dev)
             pack()
             out = pack()

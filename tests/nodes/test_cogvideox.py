@@ -160,8 +160,10 @@ def test_sampler_input_errors(bb):
 
 
 def test_fit_image_crops_center_and_keeps_control_aligned():
+    from interplay.models.video_io import fit_frames
+
     img = torch.arange(4 * 8, dtype=torch.float32).view(1, 4, 8, 1).expand(1, 4, 8, 3)
-    out = nd.fit_image(img, 4, 4)
+    out = fit_frames(img, 4, 4)
     assert torch.equal(out, img[:, :, 2:6])
-    big = nd.fit_image(torch.ones(2, 8, 16, 3), 16, 16)  # upscale to cover, then crop
+    big = fit_frames(torch.ones(2, 8, 16, 3), 16, 16)  # upscale to cover, then crop
     assert big.shape == (2, 16, 16, 3) and torch.allclose(big, torch.ones_like(big))

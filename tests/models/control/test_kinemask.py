@@ -7,7 +7,13 @@ import torch
 
 from interplay.models.backbones import cogvideox as cog
 from interplay.models.control import kinemask as km
-from interplay.models.sampling.cogvideox import model_forward
+
+
+def model_forward(bb, x, t, e, branch=None, control=None, weight=1.0):
+    """The CogVideoX family forward, with the branch attached through the contract when given."""
+    mod = getattr(branch, "module", branch)
+    atts = [] if mod is None else [km.KineMaskAttachment(mod, [(control, weight, 0.0, 1.0)], reuse=False)]
+    return cog.forward(bb, x, t, e, attachments=atts)
 
 
 @pytest.fixture(scope="module")

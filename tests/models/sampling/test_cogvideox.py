@@ -57,8 +57,8 @@ def test_model_forward_equals_transformer(bb):
     rot = cog.rotary_embeddings(bb.denoiser.config, 3, 8, 8)
     with torch.no_grad():
         ref = bb.denoiser(x, e, t, image_rotary_emb=rot).sample
-        assert torch.equal(S.model_forward(bb, x, t, e), ref)
-        assert torch.equal(S.model_forward(bb, x, t, e, image_rotary_emb=rot), ref)
+        assert torch.equal(cog.forward(bb, x, t, e), ref)
+        assert torch.equal(cog.forward(bb, x, t, e, image_rotary_emb=rot), ref)
 
 
 @pytest.mark.parametrize("kind,dyn", [("ddim", False), ("ddim", True), ("dpm", False)])
@@ -190,7 +190,8 @@ def test_model_forward_trains_branch_only(bb):
     br = _random_branch(bb).module.requires_grad_(True)
     g = torch.Generator().manual_seed(0)
     x, e = torch.randn(1, 3, 8, 8, 8, generator=g), torch.randn(1, 5, 32, generator=g)
-    out = S.model_forward(bb, x, torch.tensor([400]), e, branch=br, control=torch.rand(1, 9, 3, 32, 32), weight=0.5)
+    att = km.KineMaskAttachment(br, [(torch.rand(1, 9, 3, 32, 32), 0.5, 0.0, 1.0)], reuse=False)
+    out = cog.forward(bb, x, torch.tensor([400]), e, attachments=[att])
     out.square().mean().backward()
     assert br.out_projs[0].weight.grad is not None and br.out_projs[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in bb.denoiser.parameters())

@@ -76,14 +76,20 @@ def test_sampler_equals_diffusers_euler_loop(bb, monkeypatch):
 def test_cfg_batching_and_uncond(bb, monkeypatch):
     calls = []
     real = edm.model_forward
+    br = interdyn.new_branch(bb.denoiser)
+    branch_fwd = br.module.forward
 
-    def spy(bb_, inp, c_noise, emb, tids, branch=None, control=None, weight=1.0):
-        calls.append(dict(inp=inp.clone(), emb=emb.clone(), tids=tids.clone(),
-                          control=None if control is None else control.clone(), branch=branch, weight=weight))
-        return real(bb_, inp, c_noise, emb, tids, branch=branch, control=control, weight=weight)
+    def branch_spy(sample, timestep, ehs, tids, control, conditioning_scale=1.0):
+        calls[-1].update(control=control.clone(), weight=conditioning_scale, branch=True)
+        return branch_fwd(sample, timestep, ehs, tids, control, conditioning_scale=conditioning_scale)
+
+    def spy(bb_, inp, c_noise, emb, tids, attachments=(), rows=None, step=None):
+        calls.append(dict(inp=inp.clone(), emb=emb.clone(), tids=tids.clone(), control=None, branch=False,
+                          weight=None))
+        return real(bb_, inp, c_noise, emb, tids, attachments=attachments, rows=rows, step=step)
 
     monkeypatch.setattr(edm, "model_forward", spy)
-    br = interdyn.new_branch(bb.denoiser)
+    monkeypatch.setattr(br.module, "forward", branch_spy)
     ctrl = ControlSignal(torch.rand(4, 64, 64, 3) * 2 - 1, "hand_mask", weight=0.5, start=0.0, end=0.5)
     img = torch.rand(1, 64, 64, 3)
     edm.sample_svd(bb, img, control=ctrl, branch=br, num_frames=4, steps=4, seed=0)
@@ -96,7 +102,7 @@ def test_cfg_batching_and_uncond(bb, monkeypatch):
     assert torch.equal(c["control"][0], c["control"][1])  # control kept in both halves
     assert c["weight"] == 0.5
     # step range [0, 0.5): steps 0,1 with the branch, 2,3 without
-    assert [x["branch"] is not None for x in calls] == [True, True, False, False]
+    assert [x["branch"] for x in calls] == [True, True, False, False]
     calls.clear()
     edm.sample_svd(bb, img, control=ctrl, branch=br, num_frames=4, steps=1, max_cfg=1.0, seed=0)
     assert calls[0]["inp"].shape[0] == 1 and calls[0]["control"].shape[0] == 1  # CFG off: no doubling

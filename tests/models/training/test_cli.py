@@ -86,7 +86,7 @@ def test_named_config_errors(tmp_path, capsys):
         C.parse_config(d)
     d = C.read_config_file(_write(tmp_path, "c.toml", data=tmp_path))
     d["task"] = "dreambooth"
-    with pytest.raises(ValueError, match="'task' must be one of kinemask_branch"):
+    with pytest.raises(ValueError, match="'task' must be one of .*kinemask_branch"):
         C.parse_config(d)
     d = C.read_config_file(_write(tmp_path, "d.toml", data=tmp_path))
     d["backbone"]["source"] = "x"
