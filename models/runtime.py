@@ -71,6 +71,19 @@ def in_comfyui() -> bool:
     return _comfy() is not None
 
 
+def comfy_resource(*parts: str) -> Path | None:
+    """A path inside ComfyUI's own ``comfy`` package (e.g. its bundled tokenizer folders) when running inside
+    ComfyUI, else None."""
+    if _comfy() is None:
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfy")
+    if not spec or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
 # --------------------------------------------------------------------------------------------- errors
 class Interrupted(Exception):
     """Raised at a progress update after a cancel. Inside ComfyUI this name is rebound to ComfyUI's own

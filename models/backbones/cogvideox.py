@@ -286,12 +286,9 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
     cands = [Path(tokenizer)] if tokenizer else []
     te = Path(text_encoder_path)
     cands += [te.parent / f"{te.stem}_tokenizer", te.parent / "tokenizer", te.parent / "t5_tokenizer"]
-    if runtime.in_comfyui():  # ComfyUI ships the T5 tokenizer files beside its text encoders
-        import importlib.util
-
-        spec = importlib.util.find_spec("comfy")
-        if spec and spec.submodule_search_locations:
-            cands.append(Path(list(spec.submodule_search_locations)[0]) / "text_encoders" / "t5_tokenizer")
+    shipped = runtime.comfy_resource("text_encoders", "t5_tokenizer")  # ComfyUI ships T5's tokenizer files
+    if shipped is not None:
+        cands.append(shipped)
     for c in cands:
         if c.is_dir():
             return AutoTokenizer.from_pretrained(c)
@@ -449,7 +446,7 @@ def _tiny_t5(d_model: int):
     """A tiny T5 + the pack's local tokenizer (no download), for random backbones."""
     from transformers import T5Config, T5EncoderModel
 
-    from ..demo.tokenizer import build_tokenizer
+    from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=1, num_heads=2,

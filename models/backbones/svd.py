@@ -20,27 +20,7 @@ from .. import runtime
 from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device,
                    run_after_block, run_after_embed, run_begin, run_end)
 
-# The reference scheduler config of the SVD release (EDM Euler, Karras sigmas, v-prediction).
-SVD_SCHEDULER_DEFAULTS = {
-    "prediction_type": "v_prediction",
-    "sigma_min": 0.002,
-    "sigma_max": 700.0,
-    "use_karras_sigmas": True,
-    "timestep_type": "continuous",
-    "rho": 7.0,
-}
-
-# Real configs (diffusers UNetSpatioTemporalConditionModel): SVD 14 frames and SVD-XT 25 frames differ only in
-# num_frames (a default, not a weight shape). Heads (5, 10, 20, 20) are 64 channels each, the release's and
-# diffusers' default; they change no weight shape, so a wrong value loads strictly and runs wrong attention.
-SVD_UNET_CONFIG = dict(
-    sample_size=96, in_channels=8, out_channels=4,
-    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
-    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-    transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20), num_frames=14,
-)
+from .svd_configs import SVD_SCHEDULER_DEFAULTS, SVD_UNET_CONFIG, SVD_VAE_CONFIG, VIT_H_CONFIG  # noqa: F401
 
 # Tiny configs of the same classes for tests and the CPU benchmark: 4 blocks (so the 12-skip layout and the
 # residual multiplicities are the real ones), 32 channels (GroupNorm needs multiples of 32).
@@ -175,7 +155,6 @@ def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", se
 
     torch.manual_seed(seed)
     device = torch.device(device)
-    from .svd_convert import SVD_VAE_CONFIG, VIT_H_CONFIG
 
     if size not in ("tiny", "full", "full_all"):
         raise ValueError(f"random_backbone: size must be tiny, full or full_all; got {size!r}")

@@ -21,16 +21,11 @@ from pathlib import Path
 import torch
 
 from ..weights import read_safetensors
+from .svd_configs import SVD_SCHEDULER_DEFAULTS, SVD_UNET_CONFIG, SVD_VAE_CONFIG, VIT_H_CONFIG  # noqa: F401
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
-
-SVD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                      sample_size=768, scaling_factor=0.18215, force_upcast=True)
-VIT_H_CONFIG = dict(hidden_size=1280, intermediate_size=5120, projection_dim=1024, num_hidden_layers=32,
-                    num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
 
 _RES = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
         ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
@@ -261,7 +256,6 @@ def load_single_file(path, clip_vision=None):
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from . import svd as svdb
 
     path = Path(path)
     if path.suffix.lower() not in (".safetensors", ".sft"):
@@ -272,7 +266,7 @@ def load_single_file(path, clip_vision=None):
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         raise ValueError(f"SVD loader: {path.name} has no '{UNET_PREFIX}*' keys; it is not an original-layout "
                          "SVD checkpoint (a diffusers unet file goes in a diffusers folder)")
-    unet_cfg = cfgs.get("unet") or dict(svdb.SVD_UNET_CONFIG, num_frames=25 if "xt" in path.name.lower() else 14)
+    unet_cfg = cfgs.get("unet") or dict(SVD_UNET_CONFIG, num_frames=25 if "xt" in path.name.lower() else 14)
     vae_cfg = cfgs.get("vae") or dict(SVD_VAE_CONFIG)
     clip_cfg = cfgs.get("clip") or dict(VIT_H_CONFIG)
     for c in (unet_cfg, vae_cfg):
@@ -295,7 +289,7 @@ def load_single_file(path, clip_vision=None):
     bad = [k for k in res.missing_keys if not k.endswith("position_ids")] + list(res.unexpected_keys)
     if bad:
         raise ValueError(f"SVD loader: CLIP image encoder weights do not match ViT config: {bad[:6]}")
-    return unet, vae, image_encoder, None, dict(svdb.SVD_SCHEDULER_DEFAULTS)
+    return unet, vae, image_encoder, None, dict(SVD_SCHEDULER_DEFAULTS)
 
 
 def load_clip_vision_file(path, default_config=None):

@@ -229,7 +229,7 @@ class _FromLatents:
 
 def demo_backbone(cfg: C.DemoConfig, vae, transformer, device=None):
     from ..backbones.cogvideox import assemble_backbone
-    from .tokenizer import build_tokenizer
+    from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     te = new_text_encoder(tok)

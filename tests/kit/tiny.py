@@ -207,9 +207,9 @@ COGVIDEOX_INDEX = {
 def build_t5_tokenizer():
     """``T5TokenizerFast`` over a small local Unigram vocabulary (pad 0, eos 1, unk 2; no download).
 
-    The package's demo tokenizer (interplay.models.demo.tokenizer) is reused so the kit and the demo agree.
+    The package's local tokenizer (interplay.models.tokenizer) is reused so the kit and the demo agree.
     """
-    from interplay.models.demo.tokenizer import build_tokenizer
+    from interplay.models.tokenizer import build_tokenizer
 
     return build_tokenizer()
 
