@@ -39,9 +39,10 @@ class InterplaySVDLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (_svd_choices(), {"tooltip": "checkpoints/<file> (original layout) or diffusers/<folder>.",
-                                       "model_folder": "checkpoints"}),
+                                       "model_folder": "checkpoints", "interplay_path": "model"}),
             "clip_vision": ([FROM_CHECKPOINT] + runtime.list_models("clip_vision"),
-                            {"tooltip": "CLIP ViT-H/14 image encoder for checkpoints that lack one."}),
+                            {"tooltip": "CLIP ViT-H/14 image encoder for checkpoints that lack one.",
+                             "model_folder": "clip_vision", "interplay_path": "model"}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
                                                          "tooltip": "Compute dtype; the VAE stays fp32."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: keep parts on the CPU and move "
@@ -77,7 +78,7 @@ class InterplayInterDynBranchLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "branch": (_branch_choices(), {"tooltip": "A folder or file in controlnet/ (or interplay/).",
-                                           "model_folder": "controlnet"}),
+                                           "model_folder": "controlnet", "interplay_path": "model"}),
             "residual_rule": (["auto", "quirk", "once"], {"default": "auto", "tooltip": "auto: the file's rule; "
                               "the release (no rule recorded) uses 'quirk', new branches 'once'."}),
         }, "optional": {
@@ -310,7 +311,9 @@ class InterplayInterDynCompare:
         return {"required": {
             "video_a": ("IMAGE", {"tooltip": "First video [F,H,W,3]."}),
             "fps": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 60.0, "tooltip": "Playback rate of the file."}),
-            "filename_prefix": ("STRING", {"default": "interdyn/compare", "tooltip": "Output file prefix."}),
+            "filename_prefix": ("STRING", {"default": "interdyn/compare", "interplay_path": "save",
+                                           "tooltip": "Output file prefix (a name or subfolder of the output "
+                                                      "folder)."}),
         }, "optional": {
             "video_b": ("IMAGE", {"tooltip": "Second video, same frames and size."}),
             "preview_a": ("IMAGE", {"tooltip": "Driving-mask preview shown above video_a."}),

@@ -73,17 +73,19 @@ class InterplayLoadSandboxClip:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip_folder": ("STRING", {"default": "", "tooltip": "Path of a clip folder (the one holding clip.json)."}),
+            "clip_folder": ("STRING", {"default": "", "interplay_path": "folder", "tooltip": (
+                "A clip folder (the one holding clip.json): relative to ComfyUI's input (then output) folder, or "
+                "absolute inside its input, output, temp or model folders.")}),
         }}
 
     def load(self, clip_folder):
-        from pathlib import Path
-
+        from ..models import runtime
         from ..models.sandbox.dataset import ClipError, read_clip
 
-        p = Path(str(clip_folder).strip()).expanduser()
+        p = runtime.confined_path(clip_folder, node="InterplayLoadSandboxClip", input_name="clip_folder",
+                                  search=("input", "output"))
         if not (p / "clip.json").is_file():
-            raise FileNotFoundError(f"InterplayLoadSandboxClip: 'clip_folder' has no clip.json; searched {p.resolve()}")
+            raise FileNotFoundError(f"InterplayLoadSandboxClip: 'clip_folder' has no clip.json; searched {p}")
         try:
             clip = read_clip(p)
         except ClipError as ex:

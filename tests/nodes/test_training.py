@@ -15,9 +15,14 @@ TRAIN = dict(steps=2, lr=1e-3, batch_size=1, grad_accum=1, precision="fp32", see
              resume=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def clips(push_clips):
-    return push_clips
+    """The shared clips, linked into this test's input folder (the training nodes read only inside it)."""
+    from kit.tiny import _link_or_copy
+
+    dst = runtime.input_directory() / "push"
+    _link_or_copy(push_clips, dst)
+    return dst
 
 
 @pytest.fixture
@@ -97,7 +102,7 @@ def test_relative_dataset_dir_and_named_errors(bb, clips, models, tmp_path):
     shutil.copytree(clips, runtime.output_directory() / "sandbox" / "push")
     assert N.resolve_dataset("X", "sandbox/push") == runtime.output_directory() / "sandbox" / "push"
     node = N.InterplayTrainControlBranch()
-    with pytest.raises(FileNotFoundError, match="dataset folder 'nope' not found; searched: "):
+    with pytest.raises(FileNotFoundError, match="dataset folder 'nope' not found; searched "):
         node.train(bb, "nope", "x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
     with pytest.raises(ValueError, match="'output_name' '../x' points outside"):
         node.train(bb, str(clips), "../x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
@@ -131,11 +136,11 @@ def test_interdyn_branch_node_writes_a_file_the_interdyn_loader_reads(models, tm
     from interplay.models.sandbox.presets import generate_scene
 
     for s in range(2):
-        write_clip(generate_scene("push", seed=s, size=(64, 64), frames=4), tmp_path / "id" / f"c{s}")
+        write_clip(generate_scene("push", seed=s, size=(64, 64), frames=4), runtime.output_directory() / "id" / f"c{s}")
     sbb = svd.random_backbone("tiny", seed=0)
     before = _state(sbb)
     branch, curve, path = N.InterplayTrainControlBranch().train(
-        sbb, str(tmp_path / "id"), "interdyn", 4, "interdyn_branch", 1, **TRAIN)["result"]
+        sbb, "id", "interdyn", 4, "interdyn_branch", 1, **TRAIN)["result"]
     assert branch.kind == "interdyn" and _same(before, sbb.denoiser.state_dict())
     loaded = load_branch(path)
     assert _same({k: v.float() for k, v in loaded.module.state_dict().items()},

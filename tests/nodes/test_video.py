@@ -41,18 +41,22 @@ def test_load_video_combo_lists_input_folder_and_loads(input_dir):
 
 
 def test_load_video_path_and_errors(input_dir, tmp_path):
-    p = vio.save_video(_clip(), tmp_path / "elsewhere.webp", fps=5)
+    p = vio.save_video(_clip(), runtime.output_directory() / "elsewhere.webp", fps=5)
     frames, fps, _ = nv.InterplayLoadVideo().load("ignored.mp4", path=str(p))
     assert frames.shape == (6, 32, 48, 3) and fps == 5.0
     frames, _, _ = nv.InterplayLoadVideo().load(str(p))  # an absolute path in the combo (API prompts)
     assert frames.shape[0] == 6
+    frames, _, _ = nv.InterplayLoadVideo().load("elsewhere.webp [output]")  # ComfyUI's annotated names
+    assert frames.shape[0] == 6
     with pytest.raises(FileNotFoundError, match="missing.mp4.*searched"):
         nv.InterplayLoadVideo().load("missing.mp4")
     assert nv.InterplayLoadVideo.VALIDATE_INPUTS(video=str(p)) is True
+    outside = vio.save_video(_clip(), tmp_path / "outside.webp", fps=5)
+    assert "INTERPLAY_ALLOW_ANY_PATH" in nv.InterplayLoadVideo.VALIDATE_INPUTS(video=str(outside))
 
 
 def test_load_video_validates_absolute_path_in_graph(input_dir, tmp_path):
-    p = vio.save_video(_clip(), tmp_path / "abs.webp", fps=5)
+    p = vio.save_video(_clip(), input_dir / "sub" / "abs.webp", fps=5)
     prompt = {"1": {"class_type": "InterplayLoadVideo", "inputs": {
         "video": str(p), "frame_cap": 0, "start_frame": 0, "every_nth": 1, "force_width": 0, "force_height": 0}},
         "2": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": ["1", 1]}}}
