@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..weights import read_safetensors
+from ..weights import metadata_json, read_safetensors
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -268,7 +268,7 @@ def load_single_file(path, clip_vision=None):
         raise ValueError(f"SVD loader: {path.name} is not a .safetensors file; only safetensors are read "
                          "(convert .ckpt files first)")
     sd, meta = read_safetensors(path, "SVD loader")
-    cfgs = json.loads(meta["interplay_configs"]) if "interplay_configs" in meta else {}
+    cfgs = metadata_json(meta, "interplay_configs", path, "SVD loader") if "interplay_configs" in meta else {}
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         raise ValueError(f"SVD loader: {path.name} has no '{UNET_PREFIX}*' keys; it is not an original-layout "
                          "SVD checkpoint (a diffusers unet file goes in a diffusers folder)")
@@ -302,7 +302,8 @@ def load_clip_vision_file(path, default_config=None):
     """A clip_vision file in HF layout (vision_model.*, visual_projection.weight) or OpenCLIP layout."""
     path = Path(path)
     sd, meta = read_safetensors(path, "SVD loader (clip_vision)")
-    cfg = (json.loads(meta["interplay_configs"]).get("clip") if "interplay_configs" in meta else None) \
+    cfg = (metadata_json(meta, "interplay_configs", path, "SVD loader (clip_vision)").get("clip")
+           if "interplay_configs" in meta else None) \
         or dict(default_config or VIT_H_CONFIG)
     if any(k.startswith("vision_model.") for k in sd):
         sd = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}

@@ -217,14 +217,39 @@ def save_branch(branch: ControlBranch, path, layout: str = "file") -> Path:
     return path
 
 
+# A file's config is bounded before anything is built from it (weights.check_config); the meta build then
+# compares every key and shape with the header.
+CONFIG_BOUNDS = dict(sample_size=(1, 4096), in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192),
+                     addition_time_embed_dim=(1, 8192), projection_class_embeddings_input_dim=(1, 1 << 16),
+                     layers_per_block=(1, 16), cross_attention_dim=(1, 1 << 16), transformer_layers_per_block=(1, 16),
+                     num_attention_heads=(1, 256), num_frames=(1, 1024), conditioning_channels=(1, 64),
+                     conditioning_embedding_out_channels=(1, 8192))
+BLOCK_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
+_WHAT = "InterDyn branch"
+
+
+def _checked_config(cfg: dict, w_path: Path) -> dict:
+    from ..weights import WeightsFileError, check_config
+
+    cfg = _clean_config(cfg)
+    kinds = cfg.get("down_block_types", BLOCK_TYPES[:1])
+    if not isinstance(kinds, (list, tuple)) or not 1 <= len(kinds) <= 8 or any(k not in BLOCK_TYPES for k in kinds):
+        raise WeightsFileError(f"{_WHAT}: {w_path}: config down_block_types={kinds!r}; expected 1 to 8 of "
+                               f"{', '.join(BLOCK_TYPES)}")
+    cfg.pop("up_block_types", None)  # not part of the branch
+    return check_config(cfg, CONFIG_BOUNDS, w_path, _WHAT)
+
+
 def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = None) -> ControlBranch:
     """Load an InterDyn branch by parameter name: a released-layout folder (config.json +
     diffusion_pytorch_model.safetensors), that safetensors file with its config.json beside it, or a single file
     written by :func:`save_branch`. Raises ValueError listing missing/unexpected keys.
 
-    ``residual_rule``: None keeps the file's rule; folders without one (the release) get "quirk".
+    The config (metadata or config.json) is bounded, the model built on the meta device and every key and shape
+    compared with the file's header before the weights are read: a small file cannot make it allocate a large
+    model. ``residual_rule``: None keeps the file's rule; folders without one (the release) get "quirk".
     """
-    from ..weights import read_metadata, read_safetensors
+    from ..weights import build_checked, metadata_json, read_header, read_json_config, read_safetensors
 
     path = Path(path)
     if path.is_dir():
@@ -232,36 +257,29 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
         if not w_path.is_file():
             cands = sorted(path.glob("*.safetensors"))
             if len(cands) != 1:
-                raise FileNotFoundError(f"InterDyn branch: no {WEIGHTS_NAME} in {path}")
+                raise FileNotFoundError(f"{_WHAT}: no {WEIGHTS_NAME} in {path}")
             w_path = cands[0]
     elif path.is_file():
         w_path, cfg_path = path, path.parent / CONFIG_NAME
     else:
-        raise FileNotFoundError(f"InterDyn branch: {path} does not exist")
-    meta = read_metadata(w_path, "InterDyn branch")
+        raise FileNotFoundError(f"{_WHAT}: {path} does not exist")
+    header, meta = read_header(w_path, _WHAT)
     if "config" in meta:
-        cfg = json.loads(meta["config"])
+        cfg = metadata_json(meta, "config", w_path, _WHAT)
         file_rule = meta.get("residual_rule", "quirk")
     elif cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json_config(cfg_path, _WHAT)
         file_rule = cfg.get("interplay_residual_rule", "quirk")
     else:
-        raise ValueError(f"InterDyn branch: {w_path.name} has no config in its metadata and no {CONFIG_NAME} "
+        raise ValueError(f"{_WHAT}: {w_path.name} has no config in its metadata and no {CONFIG_NAME} "
                          f"beside it ({cfg_path}); put the release's config.json next to the weights")
-    module = InterDynBranch(**_clean_config(cfg))
-    sd = read_safetensors(w_path, "InterDyn branch")[0]
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = [k for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or bad:
-        raise ValueError(f"InterDyn branch {w_path}: weights do not match the config: missing {missing[:8]} "
-                         f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)}), wrong shape "
-                         f"{bad[:8]}")
-    module.load_state_dict(sd, strict=True)
+    args = _checked_config(cfg, w_path)
+    module = build_checked(lambda: InterDynBranch(**args), header, w_path, _WHAT,
+                           fix="Pick the InterDyn branch made for this SVD backbone, or save it again.")
+    sd = read_safetensors(w_path, _WHAT)[0]
+    module.load_state_dict(sd, strict=True, assign=True)
     module.requires_grad_(False).eval()
-    if device is not None or dtype is not None:
-        cast(module, device=device, dtype=dtype)
+    cast(module, device=device, dtype=dtype if dtype is not None else torch.float32)
     rule = residual_rule or file_rule
     return ControlBranch(kind="interdyn", family="svd", module=module,
                          config={"model": dict(module.config), "residual_rule": rule}, source=str(w_path))
