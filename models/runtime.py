@@ -2,7 +2,7 @@
 
 Engine code reports and yields through these calls and nothing else:
 
-- ``compute_device()``, ``offload_device()``, ``default_dtype(device)``, ``empty_cache()``
+- ``compute_device()``, ``offload_device()``, ``default_dtype(device)``, ``empty_cache()``, ``free_memory(device)``
 - ``progress(total, desc)``: a reporter whose every update is also the cancel point. Inside ComfyUI it
   drives ``comfy.utils.ProgressBar`` (with optional JPEG previews); outside it draws a terminal bar.
 - ``check_interrupt()`` and ``Interrupted`` (ComfyUI's own exception class when ComfyUI is present).
@@ -159,6 +159,33 @@ def empty_cache() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def free_memory(device: torch.device | str | None = None, want: int | None = None) -> int:
+    """Bytes free for new tensors on ``device``: inside ComfyUI its model manager's figure (asking it first to
+    unload models until ``want`` bytes are free); standalone torch.cuda.mem_get_info on a GPU (plus what torch's
+    cache holds), MemAvailable from /proc/meminfo (or sysconf) on the CPU."""
+    device = torch.device(device) if device is not None else compute_device()
+    c = _comfy()
+    if c is not None:
+        mm = c[0]
+        if want is not None:
+            mm.free_memory(int(want), device)
+        return int(mm.get_free_memory(device))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # no way to tell: do not block the work
+        return 1 << 62
 
 
 def interrupt_aware_sleep(seconds: float) -> None:  # used by tests of the cancel path

@@ -293,7 +293,7 @@ class InterplayCogVideoXSampler:
         lat = sample_cogvideox(backbone, img, pos, neg, controls=controls,
                                branch=branch if controls else None, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
-                               control_cfg=float(control_guidance))
+                               control_cfg=float(control_guidance), decode=bool(decode))
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]

@@ -292,7 +292,7 @@ class InterplayInterDynSampler:
         lat = sample_svd(backbone, image, control=control, branch=branch if control is not None else None,
                          num_frames=num_frames, steps=steps, min_cfg=min_cfg, max_cfg=max_cfg, fps_id=fps_id,
                          motion_bucket_id=motion_bucket_id, noise_aug=noise_aug, seed=seed,
-                         num_samples=num_samples)
+                         num_samples=num_samples, decode=True)
         frames = decode_latents(backbone, lat)
         return (frames.reshape(-1, *frames.shape[2:]),)
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control.base import ControlBranch, ControlSignal
@@ -228,7 +228,7 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      branch: ControlBranch | None = None, num_frames: int = 49, steps: int = 50, cfg: float = 6.0,
                      dynamic_cfg: bool = False, seed: int = 0, scheduler: str = "ddim", eta: float = 0.0,
                      sample_image_latent: bool = True, preview: bool = False, latents: torch.Tensor | None = None,
-                     desc: str = "CogVideoX", control_cfg: float = 1.0) -> torch.Tensor:
+                     desc: str = "CogVideoX", control_cfg: float = 1.0, decode: bool = False) -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -243,6 +243,8 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
             out = cond + (cfg - 1)(cond - uncond) + (control_cfg - 1)(cond - no_control). 1 = off.
         seed: the CPU generator seed (image-latent sample, initial noise, DPM noise): same result on CPU/GPU.
         sample_image_latent: sample the image latent like the diffusers pipeline (else the posterior mode).
+        decode: the caller decodes the result next; the memory budget (checked before anything is allocated,
+            memory.check) then covers the decode too.
     """
     tr = bb.denoiser
     b, height, width = image.shape[0], image.shape[1], image.shape[2]
@@ -258,6 +260,8 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         if mod.config.downscale_coef != vs:
             raise ValueError(f"CogVideoX sampler: the branch downscales by {mod.config.downscale_coef} but the VAE "
                              f"by {vs}; load a branch made for this backbone")
+    check_budget(bb, num_frames, height, width, batch=b, cfg=cfg, control_cfg=control_cfg if controls else 1.0,
+                 branch=mod if controls else None, decode=decode)
     gen = torch.Generator().manual_seed(int(seed))
     f = cog.latent_frames(bb, num_frames)
     dev = bb.device
@@ -339,6 +343,23 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
     return latents
 
 
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, batch: int = 1, cfg: float = 6.0,
+                 control_cfg: float = 1.0, branch=None, decode: bool = True, what: str = "CogVideoX sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one transformer step at this
+    size over the CFG / control-guidance rows, or the decode, on the device, and the frames in host RAM."""
+    mod = _branch_module(branch)
+    rows = batch * ((2 if cfg > 1.0 else 1) + (1 if control_cfg > 1.0 else 0))
+    layers = len(mod.transformer_blocks) if mod is not None else 0
+    dev_parts, host = memory.cogvideox_sampling(bb, num_frames, height, width, rows=rows, branch_layers=layers,
+                                                decode=decode, modules=(mod,) if mod is not None else ())
+    fix = (f"generate fewer frames or a smaller size than {num_frames} x {height} x {width}, turn vae_tiling on in "
+           "the loader, offload 'model', or cfg <= 1 (half the rows)")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", f"generate fewer frames or a smaller size than {num_frames} x {height} x "
+                     f"{width}")
+
+
 def _multi_control_forward(bb, mod, x_in, tt, emb_in, active, rotary):
     """Several controls through one branch: the weighted residuals are summed (one backbone pass)."""
 
@@ -361,5 +382,5 @@ def _multi_control_forward(bb, mod, x_in, tt, emb_in, active, rotary):
 
 def sample_and_decode(bb: Backbone, image, prompt_embeds, negative_embeds=None, **kw):
     """(latents, frames [B,F,H,W,3] 0..1 CPU)."""
-    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **kw)
+    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **{"decode": True, **kw})
     return lat, cog.decode_latents(bb, lat)

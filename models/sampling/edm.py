@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import svd as svdb
 from ..backbones.base import Backbone
 from ..control.base import ControlBranch, ControlSignal
@@ -100,7 +100,8 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                branch: ControlBranch | None = None, num_frames: int = 14, steps: int = 50,
                min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6, motion_bucket_id: float = 40,
                noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1, image_embeds: torch.Tensor | None = None,
-               image_latent: torch.Tensor | None = None, callback=None, compile: bool = False) -> torch.Tensor:
+               image_latent: torch.Tensor | None = None, callback=None, compile: bool = False,
+               decode: bool = False) -> torch.Tensor:
     """Sample SVD image-to-video with an optional InterDyn branch.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -109,12 +110,15 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     control is doubled only when guidance is on. Noise from a CPU generator seeded with ``seed``.
     ``image_embeds``/``image_latent`` may be passed precomputed ([1,1,D], [1,C,h,w]) to skip the encoders.
     ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
-    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``).
+    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``). The memory
+    budget (memory.check, before anything is allocated) covers the decode too when ``decode`` says it follows.
     """
     if image.ndim == 3:
         image = image[None]
     _, H, W, _ = image.shape
     svdb.check_frames(bb, num_frames, H, W, node="SVD sampler")
+    check_budget(bb, num_frames, H, W, samples=num_samples, cfg=max_cfg, branch=branch if control is not None else None,
+                 decode=decode)
     dev, f = bb.device, bb.extra["vae_scale_factor"]
     gen = torch.Generator("cpu").manual_seed(int(seed))
     if image_embeds is None:
@@ -157,6 +161,22 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                         num_frames, pbar, callback, compile)
     pbar.close()
     return x
+
+
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, samples: int = 1, cfg: float = 3.0,
+                 branch=None, decode: bool = True, what: str = "SVD sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one UNet step (and the
+    branch's residuals) over the CFG rows, or the chunked decode, on the device, and the frames in host RAM."""
+    rows = samples * (2 if cfg > 1.0 else 1)
+    mod = getattr(branch, "module", branch)
+    dev_parts, host = memory.svd_sampling(bb, num_frames, height, width, rows=rows, samples=samples,
+                                          branch=mod is not None, decode=decode,
+                                          modules=(mod,) if mod is not None else ())
+    fix = (f"generate fewer frames, samples or a smaller size than {samples} x {num_frames} x {height} x {width}, "
+           "offload 'model', or lower decode_chunk in the SVD Loader")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", fix)
 
 
 def _euler_loop(bb, x, sigmas, steps, cfg_on, lat_in, emb_in, tids, ctrl, branch, weight, start, end, w,
