@@ -78,7 +78,7 @@ def _train_config(node: str, base: dict, overrides: dict):
 
     try:
         return TrainConfig.from_dict({**base, **overrides}, where=f"{node} 'extra'.train")
-    except ValueError as ex:
+    except (ValueError, TypeError) as ex:
         raise ValueError(f"{node}: {ex}") from ex
 
 
@@ -88,9 +88,10 @@ def _dataset(node: str, root: Path, frames: int, ds_extra: dict):
     bad = sorted(set(ds_extra) - {"frames", "size"})
     if bad:
         raise ValueError(f"{node}: 'extra'.dataset has unknown key(s) {', '.join(bad)}; expected frames, size")
-    size = ds_extra.get("size")
-    return SandboxDataset(root, frames=ds_extra.get("frames", frames or None),
-                          size=tuple(size) if size else None)
+    try:
+        return SandboxDataset(root, frames=ds_extra.get("frames", frames or None), size=ds_extra.get("size"))
+    except ValueError as ex:
+        raise ValueError(f"{node}: {ex} (in 'extra'.dataset or the frames input)") from ex
 
 
 def _check_options(node: str, task: str, opts: dict) -> None:

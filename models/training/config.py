@@ -208,8 +208,7 @@ def load_backbone(bbd: dict):
 def load_dataset(ds: dict):
     from ..sandbox.dataset import SandboxDataset
 
-    size = tuple(int(v) for v in ds["size"]) if ds.get("size") else None
-    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=size)
+    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=ds.get("size"))  # it checks both by name
 
 
 def load_branch_file(task: str, path):

@@ -140,11 +140,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "TrainConfig") -> "TrainConfig":
+        """A config from user data (TOML/JSON, the node's 'extra'): unknown keys and wrongly typed values (a string
+        where a number goes) are refused by name before any check compares them."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        d = dict(d)
+        for f in fields(cls):
+            if f.name in d:
+                _check_type(where, f.name, d[f.name], type(f.default))
+                if isinstance(f.default, int) and not isinstance(f.default, bool):
+                    d[f.name] = int(d[f.name])  # 10.0 from JSON is the whole number 10
         return cls(**d)
+
+
+def _check_type(where: str, name: str, value, kind: type) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float)
+          and value.is_integer(),
+          float: number and math.isfinite(value), bool: isinstance(value, bool), str: isinstance(value, str),
+          tuple: isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value)}.get(kind, True)
+    if not ok:
+        expected = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
+                    tuple: "a list of numbers"}[kind]
+        raise ValueError(f"{where}: '{name}' must be {expected}; got {value!r}")
 
 
 @dataclass

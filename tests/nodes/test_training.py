@@ -189,3 +189,21 @@ def test_queued_graph_trains_then_samples_with_the_new_branch(clips, tmp_path):
     assert tuple(outs["7"][1].shape) == (1, 320, 640, 3)
     video = outs["9"][0]
     assert tuple(video.shape) == (9, 32, 32, 3) and 0 <= float(video.min()) <= float(video.max()) <= 1
+
+
+def test_wrongly_typed_settings_are_named(bb, clips, models):
+    node = N.InterplayTrainControlBranch()
+    for extra, match in (({"train": {"warmup": "10"}}, "'warmup' must be a whole number; got '10'"),
+                         ({"train": {"lr": "fast"}}, "'lr' must be a finite number; got 'fast'"),
+                         ({"train": {"betas": "0.9"}}, "'betas' must be a list of numbers"),
+                         ({"train": {"ema_decay": None}}, "'ema_decay' must be a finite number; got None"),
+                         ({"dataset": {"frames": -1}}, "'frames' must be a whole number >= 1"),
+                         ({"dataset": {"size": [-5, 3]}}, r"'size' must be \[H, W\]")):
+        with pytest.raises(ValueError, match="Train Control Branch: .*" + match):
+            node.train(bb, str(clips), "typed", 9, "kinemask_branch", 1,
+                       extra=json.dumps({"v": 1, "options": {"num_layers": 1}, **extra}), **TRAIN)
+    from interplay.models.training import config as C
+
+    with pytest.raises(ValueError, match=r"\[train\]: 'steps' must be a whole number; got '10'"):
+        C.parse_config({"task": "lora", "out_dir": "x", "backbone": {"random": "tiny"}, "dataset": {"root": "d"},
+                        "train": {"steps": "10"}})
