@@ -203,7 +203,7 @@ class InterplayTrainControlBranch:
         ds = _dataset(node, data, frames, dse)
         if branch is not None:  # never train the input object in place: other nodes may hold it
             branch = dataclasses.replace(branch, module=copy.deepcopy(branch.module), config=dict(branch.config))
-        t = build_task(task, backbone, opts, branch=branch)
+        t = build_task(task, backbone, opts, branch=branch, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, task)
         trained = t.output() if hasattr(t, "output") else t.branch
         cast(trained.module, backbone.device, backbone.dtype).eval().requires_grad_(False)
@@ -251,7 +251,7 @@ class InterplayTrainLora:
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every), tr)
         ds = _dataset(node, data, frames, dse)
-        t = build_task("lora", backbone, opts)
+        t = build_task("lora", backbone, opts, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, "lora")
         from ..models.training.lora import place_adapter
 
@@ -298,7 +298,7 @@ class InterplayTrainBackbone:
                                               checkpoint_every), tr)
         ds = _dataset(node, data, frames, dse)
         bb = backbone.replace(denoiser=copy.deepcopy(backbone.denoiser))
-        t = build_task("cogvideox_backbone", bb, opts)
+        t = build_task("cogvideox_backbone", bb, opts, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, "cogvideox_backbone")
         bb.denoiser.eval().requires_grad_(False)
         return {"ui": {"text": [text]}, "result": (bb, curve, str(res.checkpoint))}

@@ -25,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
 from ..backbones import svd
-from ..backbones.base import cast, plain_state_dict
+from ..backbones.base import cast, init_generator, plain_state_dict, seeded_init
 from .base import ControlBranch
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -122,25 +122,33 @@ class InterDynBranch(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_unet(cls, unet, conditioning_channels: int = 3, conditioning_embedding_out_channels=(16, 32, 96, 256),
-                  copy_add_embedding: bool = True, load_weights_from_unet: bool = True) -> "InterDynBranch":
+                  copy_add_embedding: bool = True, load_weights_from_unet: bool = True,
+                  generator: torch.Generator | None = None) -> "InterDynBranch":
         """A fresh branch copying the UNet's encoder. ``copy_add_embedding=False`` reproduces the release (its
-        fps/motion/aug MLP started random)."""
+        fps/motion/aug MLP started random). What is not copied is drawn from ``generator`` (default:
+        backbones.base.init_generator(0)), never the global RNG; the zero convolutions stay zero."""
         c = unet.config
-        branch = cls(
-            sample_size=c.sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
-            down_block_types=tuple(c.down_block_types), up_block_types=tuple(c.up_block_types),
-            block_out_channels=tuple(c.block_out_channels), addition_time_embed_dim=c.addition_time_embed_dim,
-            projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
-            layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
-            transformer_layers_per_block=c.transformer_layers_per_block,
-            num_attention_heads=c.num_attention_heads, num_frames=c.num_frames,
-            conditioning_channels=conditioning_channels,
-            conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
-        )
+        with torch.random.fork_rng(devices=[]):  # the default init is redrawn below: keep the global RNG unmoved
+            branch = cls(
+                sample_size=c.sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
+                down_block_types=tuple(c.down_block_types), up_block_types=tuple(c.up_block_types),
+                block_out_channels=tuple(c.block_out_channels), addition_time_embed_dim=c.addition_time_embed_dim,
+                projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
+                layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
+                transformer_layers_per_block=c.transformer_layers_per_block,
+                num_attention_heads=c.num_attention_heads, num_frames=c.num_frames,
+                conditioning_channels=conditioning_channels,
+                conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+            )
+        names = ["conv_in", "time_embedding", "down_blocks", "mid_block"] if load_weights_from_unet else []
+        if load_weights_from_unet and copy_add_embedding:
+            names.append("add_embedding")
+        copied = {n for n, _ in branch.named_parameters() if n.split(".")[0] in names}
+        seeded_init(branch, generator if generator is not None else init_generator(0), skip=copied)
+        for zero in (branch.controlnet_cond_embedding.conv_out, branch.controlnet_down_blocks,
+                     branch.controlnet_mid_block):
+            _zero(zero)
         if load_weights_from_unet:
-            names = ["conv_in", "time_embedding", "down_blocks", "mid_block"]
-            if copy_add_embedding:
-                names.append("add_embedding")
             for name in names:
                 getattr(branch, name).load_state_dict(plain_state_dict(getattr(unet, name)))
         p = next(unet.parameters())

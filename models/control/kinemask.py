@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import cast, plain_state_dict
+from ..backbones.base import cast, init_generator, plain_state_dict, seeded_init
 from .base import ControlBranch
 
 KIND = "kinemask"
@@ -131,36 +131,44 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------- building
     @classmethod
     def from_transformer(cls, transformer, num_layers: int = 8, downscale: int = 8, in_channels: int = 3,
-                         out_proj: bool = True, init_blocks: bool = True) -> "KineMaskBranch":
+                         out_proj: bool = True, init_blocks: bool = True,
+                         generator: torch.Generator | None = None) -> "KineMaskBranch":
         """A branch sized like ``transformer`` (a CogVideoXTransformer3DModel): blocks, text projection, time
         embedding (and learned positions) copied from its first ``num_layers`` blocks; the patch-embedding
-        projection is new (more input channels); out projections zero."""
+        projection is new (more input channels); out projections zero. Whatever is not copied (the control
+        encoder) is drawn from ``generator`` (default: backbones.base.init_generator(0)), never the global RNG."""
         c = transformer.config
         if num_layers > c.num_layers:
             raise ValueError(f"KineMask branch: num_layers {num_layers} exceeds the backbone's {c.num_layers} blocks")
         vae_channels = c.out_channels
-        branch = cls(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
-                     vae_channels=vae_channels, in_channels=in_channels, downscale_coef=downscale,
-                     flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, time_embed_dim=c.time_embed_dim,
-                     num_layers=num_layers, attention_bias=c.attention_bias, sample_width=c.sample_width,
-                     sample_height=c.sample_height, sample_frames=c.sample_frames, patch_size=c.patch_size,
-                     temporal_compression_ratio=c.temporal_compression_ratio,
-                     max_text_seq_length=c.max_text_seq_length, activation_fn=c.activation_fn,
-                     timestep_activation_fn=c.timestep_activation_fn,
-                     norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
-                     spatial_interpolation_scale=c.spatial_interpolation_scale,
-                     temporal_interpolation_scale=c.temporal_interpolation_scale,
-                     use_rotary_positional_embeddings=c.use_rotary_positional_embeddings,
-                     use_learned_positional_embeddings=c.use_learned_positional_embeddings,
-                     text_embed_dim=c.text_embed_dim, out_proj=out_proj)
+        with torch.random.fork_rng(devices=[]):  # the default init is redrawn below: keep the global RNG unmoved
+            branch = cls(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+                         vae_channels=vae_channels, in_channels=in_channels, downscale_coef=downscale,
+                         flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, time_embed_dim=c.time_embed_dim,
+                         num_layers=num_layers, attention_bias=c.attention_bias, sample_width=c.sample_width,
+                         sample_height=c.sample_height, sample_frames=c.sample_frames, patch_size=c.patch_size,
+                         temporal_compression_ratio=c.temporal_compression_ratio,
+                         max_text_seq_length=c.max_text_seq_length, activation_fn=c.activation_fn,
+                         timestep_activation_fn=c.timestep_activation_fn,
+                         norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
+                         spatial_interpolation_scale=c.spatial_interpolation_scale,
+                         temporal_interpolation_scale=c.temporal_interpolation_scale,
+                         use_rotary_positional_embeddings=c.use_rotary_positional_embeddings,
+                         use_learned_positional_embeddings=c.use_learned_positional_embeddings,
+                         text_embed_dim=c.text_embed_dim, out_proj=out_proj)
+        src = plain_state_dict(transformer) if init_blocks else {}
+        own = branch.state_dict()
+        copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
+                and not k.startswith("patch_embed.proj.")
+                and (not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < num_layers)}
+        seeded_init(branch, generator if generator is not None else init_generator(0), skip=copy)
+        if branch.out_projs is not None:
+            for lin in branch.out_projs:
+                torch.nn.init.zeros_(lin.weight)
+                torch.nn.init.zeros_(lin.bias)
         p = next(transformer.parameters())
         cast(branch, device=p.device, dtype=p.dtype)
         if init_blocks:
-            src = plain_state_dict(transformer)
-            own = branch.state_dict()
-            copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
-                    and not k.startswith("patch_embed.proj.")
-                    and (not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < num_layers)}
             branch.load_state_dict(copy, strict=False)
             # the latent half of the new patch projection starts as the backbone's noisy-latent filter
             w = transformer.patch_embed.proj.weight
@@ -225,7 +233,8 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
 
 # ------------------------------------------------------------------------------------------------- files
 def new_branch(transformer, *, num_layers: int = 8, downscale: int = 8, **kw) -> ControlBranch:
-    """A fresh trainable branch on ``transformer`` wrapped as a :class:`ControlBranch`."""
+    """A fresh trainable branch on ``transformer`` wrapped as a :class:`ControlBranch` (``generator=``: the run's
+    init generator; the same generator state gives the same branch)."""
     m = KineMaskBranch.from_transformer(transformer, num_layers=num_layers, downscale=downscale, **kw)
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(m.config), source="init")
 

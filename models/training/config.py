@@ -165,7 +165,7 @@ def _task_class(task: str):
 
 def _check_options(task: str, opts: dict, where: str) -> None:
     params = inspect.signature(_task_class(task).__init__).parameters
-    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train"}
+    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train", "generator"}
     if task in ("kinemask_branch", "interdyn_branch"):
         allowed.add("branch")
     if task == "lora":
@@ -219,14 +219,19 @@ def load_branch_file(task: str, path):
     return load_branch(path)
 
 
-def build_task(task: str, backbone, options: dict, branch=None):
-    """A Task for ``task`` on ``backbone``; ``branch`` (a ControlBranch) or options['branch'] (a file) to continue."""
+def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
+    """A Task for ``task`` on ``backbone``; ``branch`` (a ControlBranch) or options['branch'] (a file) to continue.
+    New trainable weights (a new branch, a LoRA) are drawn from the run seed's init generator, so the same seed
+    gives the same run whatever the global RNG went through."""
+    from ..backbones.base import init_generator
+
     opts = dict(options)
     path = opts.pop("branch", None)
+    gen = init_generator(seed)
     if task in ("kinemask_branch", "interdyn_branch"):
         if branch is None and path:
             branch = load_branch_file(task, path)
-        return _task_class(task)(backbone, branch, **opts)
+        return _task_class(task)(backbone, branch, generator=gen, **opts)
     if task == "cogvideox_backbone":
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
@@ -235,7 +240,7 @@ def build_task(task: str, backbone, options: dict, branch=None):
     if "target_modules" in lora:
         lora["target_modules"] = tuple(lora["target_modules"])
     base_cls = _task_class("lora")
-    return LoraTask(backbone, lambda bb: base_cls(bb, train=False, **opts), **lora)
+    return LoraTask(backbone, lambda bb: base_cls(bb, train=False, **opts), generator=gen, **lora)
 
 
 def run(rc: RunConfig, on_step=None):
@@ -244,6 +249,6 @@ def run(rc: RunConfig, on_step=None):
 
     bb = load_backbone(rc.backbone)
     ds = load_dataset(rc.dataset)
-    task = build_task(rc.task, bb, rc.options)
+    task = build_task(rc.task, bb, rc.options, seed=rc.train.seed)
     res = train(task, ds, rc.train, rc.out_dir, on_step=on_step, resume=rc.resume, desc=rc.task)
     return res, task

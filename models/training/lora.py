@@ -84,12 +84,17 @@ def activate_all(module: torch.nn.Module) -> None:
 
 
 def add_lora(module: torch.nn.Module, rank: int = 16, alpha: float | None = None, target_modules=DEFAULT_TARGETS,
-             dropout: float = 0.0, adapter: str = ADAPTER) -> torch.nn.Module:
+             dropout: float = 0.0, adapter: str = ADAPTER, generator: torch.Generator | None = None) -> torch.nn.Module:
     """Inject LoRA layers into ``module`` in place (B zero-initialised: output unchanged); returns it.
-    Adapters already on ``module`` keep running beside the new one."""
+    Adapters already on ``module`` keep running beside the new one. A is drawn from ``generator`` (default:
+    backbones.base.init_generator(0)) with peft's own distribution, not from the global RNG peft uses."""
+    import math
     import warnings
 
     from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from ..backbones.base import init_generator
 
     names = {n.rsplit(".", 1)[-1] for n, _ in module.named_modules()} | {n for n, _ in module.named_modules()}
     if not any(t in names or any(n.endswith("." + t) for n in names) for t in target_modules):
@@ -99,7 +104,16 @@ def add_lora(module: torch.nn.Module, rank: int = 16, alpha: float | None = None
         raise ValueError(f"LoRA: adapter {adapter!r} is already on this model")
     with warnings.catch_warnings():  # "multiple adapters in the model": stacking is intended here
         warnings.filterwarnings("ignore", message=".*peft_config.*")
-        inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=adapter)
+        with torch.random.fork_rng(devices=[]):  # peft's own init draws from the global RNG: keep it unmoved
+            inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=adapter)
+    g = generator if generator is not None else init_generator(0)
+    with torch.no_grad():  # peft's init_lora_weights=True: A kaiming-uniform(a=sqrt(5)), B zero
+        for _, m in sorted((n, m) for n, m in module.named_modules() if isinstance(m, LoraLayer)
+                           and adapter in m.lora_A):
+            a = m.lora_A[adapter].weight
+            fresh = torch.empty(a.shape, dtype=torch.float32)  # drawn in fp32 (A may sit in fp8 storage)
+            a.copy_(torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=g))
+            m.lora_B[adapter].weight.zero_()
     activate_all(module)
     return module
 
@@ -228,12 +242,12 @@ class LoraTask:
 
     def __init__(self, backbone: Backbone, base: Callable[[Backbone], object], *, rank: int = 16,
                  alpha: float | None = None, target_modules=DEFAULT_TARGETS, dropout: float = 0.0,
-                 prefix: str | None = None):
+                 prefix: str | None = None, generator: torch.Generator | None = None):
         self.source_backbone = backbone
         backbone.denoiser.requires_grad_(False)
         den = shared_copy(backbone.denoiser)
         self.adapter = free_adapter_name(den)
-        add_lora(den, rank, alpha, target_modules, dropout, adapter=self.adapter)
+        add_lora(den, rank, alpha, target_modules, dropout, adapter=self.adapter, generator=generator)
         place_adapter(den, self.adapter, torch.float32)
         self.lora_params = adapter_parameters(den, self.adapter)
         for p in self.lora_params:

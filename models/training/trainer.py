@@ -466,7 +466,27 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
     ``on_step(step, loss, lr)`` is called after each optimizer step (1-based step). With ``resume`` and a
     state file in ``out_dir``, training continues from it. Raises runtime.Interrupted after saving when
     cancelled.
+
+    Whatever draws from the global torch RNG inside the loop (dropout, a LoRA's dropout) starts from the run's
+    seed (the saved state on resume) in a forked RNG, so the same seed gives the same run whatever the process
+    did before, and the caller's RNG is left as it was.
     """
+    params = list(task.trainable_parameters())
+    device = params[0].device if params else torch.device("cpu")
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(global_seed(cfg.seed))
+        if cuda:
+            torch.cuda.manual_seed(global_seed(cfg.seed))  # this device only: the others stay untouched
+        return _train(task, dataset, cfg, out_dir, on_step, resume, desc)
+
+
+def global_seed(seed: int) -> int:
+    """The global torch RNG's seed inside a fresh run with seed ``seed`` (apart from the data and loss streams)."""
+    return (int(seed) * 1_000_003 + 977) % (2 ** 63)
+
+
+def _train(task, dataset, cfg: TrainConfig, out_dir, on_step, resume: bool, desc: str) -> TrainResult:
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

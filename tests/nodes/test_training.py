@@ -207,3 +207,56 @@ def test_wrongly_typed_settings_are_named(bb, clips, models):
     with pytest.raises(ValueError, match=r"\[train\]: 'steps' must be a whole number; got '10'"):
         C.parse_config({"task": "lora", "out_dir": "x", "backbone": {"random": "tiny"}, "dataset": {"root": "d"},
                         "train": {"steps": "10"}})
+
+
+def _moved_global_rng(seed):
+    torch.manual_seed(seed)
+    torch.rand(1000)
+
+
+def test_one_seed_gives_one_run_whatever_the_global_rng_did(bb, clips, models):
+    """Two fresh runs with one seed, the global RNG deliberately moved in between, end with bitwise-identical
+    weights: Train LoRA (its A drawn from the run's generator; with LoRA dropout, which draws from the global
+    RNG inside the trainer) and Train Control Branch with a new KineMask branch. Another seed gives another run,
+    and the caller's global RNG is left where it was."""
+    def lora(name, seed):
+        extra = json.dumps({"v": 1, "options": {"max_text_length": 8, "dropout": 0.1}})
+        out = N.InterplayTrainLora().train(bb, str(clips), name, 9, 2, 4.0, "to_q,to_v", extra=extra,
+                                           **{**TRAIN, "steps": 3, "seed": seed})
+        return load_file(out["result"][2])
+
+    def branch(name, seed):
+        out = N.InterplayTrainControlBranch().train(bb, str(clips), name, 9, "kinemask_branch", 1, extra=EXTRA,
+                                                    **{**TRAIN, "steps": 3, "seed": seed})
+        return load_file(out["result"][2])
+
+    for run in (lora, branch):
+        _moved_global_rng(123)
+        a = run(f"{run.__name__}_a", 7)
+        _moved_global_rng(999)
+        state = torch.get_rng_state()
+        b = run(f"{run.__name__}_b", 7)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run.__name__
+        assert torch.equal(torch.get_rng_state(), state), "the trainer moved the caller's global RNG"
+        c = run(f"{run.__name__}_c", 8)
+        assert any(not torch.equal(a[k], c[k]) for k in a), f"{run.__name__}: seed 8 gave seed 7's weights"
+
+
+def test_new_branches_do_not_depend_on_the_global_rng():
+    from interplay.models.backbones import svd
+    from interplay.models.backbones.base import init_generator
+    from interplay.models.control import interdyn, kinemask
+
+    cbb, sbb = cvx.random_backbone("tiny", seed=0), svd.random_backbone("tiny", seed=0)
+    for make in (lambda g: kinemask.new_branch(cbb.denoiser, num_layers=1, downscale=4, generator=g),
+                 lambda g: interdyn.new_branch(sbb.denoiser, generator=g)):
+        _moved_global_rng(1)
+        a = make(init_generator(3)).module.state_dict()
+        _moved_global_rng(2)
+        b = make(init_generator(3)).module.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        c = make(init_generator(4)).module.state_dict()
+        assert any(not torch.equal(a[k], c[k]) for k in a)
+        assert all(float(v.abs().sum()) == 0 for k, v in a.items()  # zero convs / out projections stay zero
+                   if k.startswith(("out_projs.", "controlnet_down_blocks.", "controlnet_mid_block.",
+                                    "controlnet_cond_embedding.conv_out.")))
