@@ -1016,6 +1016,9 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
     if args.out is not None:
         runtime.set_output_directory(args.out)
     runtime.clear_interrupt()
+    from .video import clear_previews
+
+    clear_previews()  # as ComfyUI clears its temp folder when it starts: earlier runs' previews go
     node_classes = _default_classes() if node_classes is None else node_classes
     try:
         data = _read_json(args.workflow)

@@ -8,6 +8,20 @@ from ..models import runtime
 from ..models import video_io as vio
 
 _PREVIEW_FPS_DEFAULT = 8.0
+PREVIEW_PREFIX = "interplay_preview"
+
+
+def clear_previews() -> int:
+    """Delete Preview Frames' files from the temp folder (what ComfyUI does to its whole temp folder when it
+    starts); the headless runner calls it at the start of each run so previews do not pile up. Returns the count."""
+    folder = runtime.temp_directory()
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.glob(f"{PREVIEW_PREFIX}_*_.webp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def _input_videos() -> list[str]:
@@ -214,7 +228,7 @@ class InterplayPreviewFrames:
 
     def preview(self, images, fps=_PREVIEW_FPS_DEFAULT):
         _check_images("InterplayPreviewFrames", images)
-        path, filename, subfolder = vio.counter_path(runtime.temp_directory(), "interplay_preview", "webp")
+        path, filename, subfolder = vio.counter_path(runtime.temp_directory(), PREVIEW_PREFIX, "webp")
         vio.save_video(images, path, fps, format="webp", lossless=False, quality=85)
         return {"ui": {"images": [{"filename": filename, "subfolder": subfolder, "type": "temp"}],
                        "animated": (True,)}}

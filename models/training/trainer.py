@@ -264,6 +264,32 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: keep its files
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files (``_tmp``: ``.<name>.tmp<pid>``) that a run killed mid-write left in ``folder``,
+    only those whose process is gone (a live run may still be writing its own). Returns what was removed."""
+    import re
+
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = _tmp(path)
     with open(tmp, "wb") as f:
@@ -490,6 +516,7 @@ def _train(task, dataset, cfg: TrainConfig, out_dir, on_step, resume: bool, desc
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
     n = len(dataset)
     if n < 1:
         raise ValueError("train: the dataset is empty")

@@ -117,3 +117,23 @@ def test_node_metadata_complete():
         for cat in cls.INPUT_TYPES().values():
             for inp, spec in cat.items():
                 assert "tooltip" in spec[1], f"{name}.{inp} has no tooltip"
+
+
+def test_headless_previews_do_not_pile_up(tmp_path):
+    """Each `interplay run` starts by clearing Preview Frames' files from the temp folder, as ComfyUI clears its
+    temp folder at start: after three runs only the last run's previews are there; other files stay."""
+    import json
+
+    prompt = {"1": {"class_type": "InterplaySandboxScene",
+                    "inputs": {"preset": "push", "seed": 0, "width": 32, "height": 32, "frames": 2, "fps": 8.0}},
+              "2": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": 8.0}},
+              "3": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": 4.0}}}
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(prompt))
+    out = tmp_path / "out"
+    (out / "temp").mkdir(parents=True)
+    (out / "temp" / "mine.webp").write_bytes(b"x")
+    for _ in range(3):
+        assert graph.cli_main([str(wf), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "temp").iterdir()) == [
+        "interplay_preview_00001_.webp", "interplay_preview_00002_.webp", "mine.webp"]

@@ -250,3 +250,25 @@ def test_loss_curve_image():
     assert (img != 255).any(axis=-1).sum() > 200  # frame, lines and labels drawn
     t = T.curve_image([1.0, 0.5])
     assert t.shape == (1, 320, 640, 3) and float(t.max()) <= 1.0
+
+
+def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
+    """A run killed mid-write leaves ``.<name>.tmp<pid>``; the next run in that folder removes those of processes
+    that are gone and keeps those of live ones (a run still writing)."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / f".checkpoint.safetensors.tmp{dead.pid}", out / f".losses.csv.tmp{dead.pid}"]
+    live = [out / f".scratch.bin.tmp{os.getpid()}", out / ".scratch.bin.tmp1"]  # this process, and init
+    other = [out / ".notes.txt", out / f"x.tmp{dead.pid}"]  # not the trainer's pattern
+    for p in stale + live + other:
+        p.write_bytes(b"half a file")
+    T.train(ToyTask(), ToyDataset(), cfg(), out)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in live + other)
+    assert (out / T.CHECKPOINT).is_file()
