@@ -220,9 +220,10 @@ def _check_ui_structure(ui: dict) -> None:
         id_types.add(type(node["id"]))
         if not isinstance(node.get("type"), str):
             raise bad(f"{w}.type", "a node type name", node.get("type"))
-        for key in ("order", "mode"):
-            if not isinstance(node.get(key, 0), (int, float)) or isinstance(node.get(key, 0), bool):
-                raise bad(f"{w}.{key}", "a number", node[key])
+        for key, default in (("order", 0), ("mode", None)):  # order sorts the nodes; a null mode means 0
+            v = node.get(key, default)
+            if v is not default and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise bad(f"{w}.{key}", "a number", v)
         if not isinstance(node.get("inputs") or [], list):
             raise bad(f"{w}.inputs", "a list of input sockets", node["inputs"])
         for k, inp in enumerate(node.get("inputs") or []):
