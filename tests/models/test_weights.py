@@ -321,3 +321,19 @@ def test_branch_loads_with_or_without_its_frozen_position_table(tmp_path):
     a, b = km.load_branch(full).module, km.load_branch(tmp_path / "lean.safetensors").module
     for name, t in m.state_dict().items():  # loaders hand out float32 unless asked otherwise
         assert torch.equal(a.state_dict()[name], t.float()) and torch.equal(b.state_dict()[name], t.float()), name
+
+
+def test_svd_single_file_configs_are_checked_before_building(tmp_path):
+    """An original-layout SVD file (10 MB) whose interplay_configs claim a UNet 40x as wide (the same keys,
+    ~1600x the parameters) is refused before anything is read or built, as is a block count that would drive
+    the converter's loops."""
+    src = tiny.tiny_models_root() / tiny.SVD_CHECKPOINT
+    cfgs = json.loads(W.read_metadata(src)["interplay_configs"])
+    wide = dict(cfgs["unet"], block_out_channels=[40 * c for c in cfgs["unet"]["block_out_channels"]])
+    big = _with_meta(src, tmp_path / "svd_wide.safetensors", interplay_configs=json.dumps({**cfgs, "unet": wide}))
+    msg = _refused_at_once(lambda: sbb.load_svd(big, dtype="fp32", device="cpu"),
+                           r"SVD loader \(unet\): .*svd_wide.safetensors does not match")
+    assert "shapes (key: file -> config)" in msg
+    loops = _with_meta(src, tmp_path / "svd_loops.safetensors",
+                       interplay_configs=json.dumps({**cfgs, "unet": dict(cfgs["unet"], layers_per_block=100000)}))
+    _refused_at_once(lambda: sbb.load_svd(loops, dtype="fp32", device="cpu"), "layers_per_block=100000 is outside")
