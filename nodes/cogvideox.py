@@ -51,15 +51,15 @@ class InterplayCogVideoXLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (_cogvideox_choices(), {"tooltip": "diffusers/<folder>, or the single files below.",
-                                             "model_folder": "diffusers"}),
+                                             "model_folder": "diffusers", "interplay_path": "model"}),
             "transformer": ([NONE] + runtime.list_models("diffusion_models"),
                             {"tooltip": "Single-files mode: the CogVideoX transformer (diffusers key names).",
-                             "model_folder": "diffusion_models"}),
+                             "model_folder": "diffusion_models", "interplay_path": "model"}),
             "vae": ([NONE] + runtime.list_models("vae"), {"tooltip": "Single-files mode: the CogVideoX VAE.",
-                                                          "model_folder": "vae"}),
+                                                          "model_folder": "vae", "interplay_path": "model"}),
             "text_encoder": ([NONE] + runtime.list_models("text_encoders"),
                              {"tooltip": "Single-files mode: T5-v1.1-XXL encoder (t5xxl_fp16.safetensors).",
-                              "model_folder": "text_encoders"}),
+                              "model_folder": "text_encoders", "interplay_path": "model"}),
             "weight_dtype": (WEIGHT_DTYPES, {"default": "auto", "tooltip": "auto: bf16 on recent GPUs. fp8_e4m3fn: "
                                              "fp8 storage, bf16 compute."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: park each part on the CPU while "
@@ -72,6 +72,11 @@ class InterplayCogVideoXLoader:
         from ..models.backbones.cogvideox import load_cogvideox
 
         node = "CogVideoX Loader"
+        singles = (("transformer", "diffusion_models", transformer), ("vae", "vae", vae),
+                   ("text_encoder", "text_encoders", text_encoder))
+        for _, kind, name in singles:  # the path rule holds for every name given, used or not
+            if name != NONE:
+                runtime.model_path(kind, name, must_exist=False)
         if model == SINGLE_FILES:
             missing = [n for n, v in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder))
                        if v == NONE]
@@ -105,7 +110,7 @@ class InterplayKineMaskBranchLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "branch": (_branch_choices(), {"tooltip": "A file or folder in controlnet/ (or interplay/), or new.",
-                                           "model_folder": ["controlnet", "interplay"]}),
+                                           "model_folder": ["controlnet", "interplay"], "interplay_path": "model"}),
             "num_layers": ("INT", {"default": 8, "min": 1, "max": 42, "tooltip": "New branch only: backbone blocks "
                                    "it drives (KineMask: the first 8)."}),
         }, "optional": {
@@ -264,7 +269,7 @@ class InterplayCogVideoXSampler:
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
         lat = sample_cogvideox(backbone, img, pos, neg, controls=bound, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
-                               control_cfg=float(control_guidance))
+                               control_cfg=float(control_guidance), decode=bool(decode))
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]

@@ -40,10 +40,10 @@ class InterplaySVDLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (_svd_choices(), {"tooltip": "checkpoints/<file> (original layout) or diffusers/<folder>.",
-                                       "model_folder": ["checkpoints", "diffusers"]}),
+                                       "model_folder": ["checkpoints", "diffusers"], "interplay_path": "model"}),
             "clip_vision": ([FROM_CHECKPOINT] + runtime.list_models("clip_vision"),
                             {"tooltip": "CLIP ViT-H/14 image encoder for checkpoints that lack one.",
-                             "model_folder": "clip_vision"}),
+                             "model_folder": "clip_vision", "interplay_path": "model"}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
                                                          "tooltip": "Compute dtype; the VAE stays fp32."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: keep parts on the CPU and move "
@@ -79,7 +79,7 @@ class InterplayInterDynBranchLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "branch": (_branch_choices(), {"tooltip": "A folder or file in controlnet/ (or interplay/).",
-                                           "model_folder": ["controlnet", "interplay"]}),
+                                           "model_folder": ["controlnet", "interplay"], "interplay_path": "model"}),
             "residual_rule": (["auto", "quirk", "once"], {"default": "auto", "tooltip": "auto: the file's rule; "
                               "the release (no rule recorded) uses 'quirk', new branches 'once'."}),
         }, "optional": {
@@ -283,7 +283,7 @@ class InterplayInterDynSampler:
         bound = gather_controls(node, "svd", control, branch, controls, control_weight, control_start, control_end)
         lat = sample_svd(backbone, image, controls=bound, num_frames=num_frames, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, fps_id=fps_id, motion_bucket_id=motion_bucket_id, noise_aug=noise_aug,
-                         seed=seed, num_samples=num_samples)
+                         seed=seed, num_samples=num_samples, decode=True)
         frames = decode_latents(backbone, lat)
         return (frames.reshape(-1, *frames.shape[2:]),)
 
@@ -302,7 +302,9 @@ class InterplayInterDynCompare:
         return {"required": {
             "video_a": ("IMAGE", {"tooltip": "First video [F,H,W,3]."}),
             "fps": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 60.0, "tooltip": "Playback rate of the file."}),
-            "filename_prefix": ("STRING", {"default": "interdyn/compare", "tooltip": "Output file prefix."}),
+            "filename_prefix": ("STRING", {"default": "interdyn/compare", "interplay_path": "save",
+                                           "tooltip": "Output file prefix (a name or subfolder of the output "
+                                                      "folder)."}),
         }, "optional": {
             "video_b": ("IMAGE", {"tooltip": "Second video, same frames and size."}),
             "preview_a": ("IMAGE", {"tooltip": "Driving-mask preview shown above video_a."}),

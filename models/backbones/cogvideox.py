@@ -147,23 +147,69 @@ def _load_diffusers_folder(path: Path):
 
 
 # ----------------------------------------------------------------------------------------- single files
-def _read_file(path, role: str):
-    from ..weights import read_safetensors
+_KINDS = {"transformer": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}
+# Per part: config keys the weights' shapes pin down (a file's config must agree with them) and bounds for the
+# rest, so a single file's metadata or sidecar cannot size a model (or a loop) the file does not hold.
+SHAPE_KEYS = {
+    "transformer": ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "time_embed_dim",
+                    "text_embed_dim", "num_layers", "patch_size", "patch_size_t", "use_learned_positional_embeddings"),
+    "vae": ("block_out_channels", "latent_channels", "layers_per_block"),
+    "text_encoder": ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                     "relative_attention_num_buckets", "feed_forward_proj"),
+}
+CONFIG_BOUNDS = {
+    "transformer": dict(num_attention_heads=(1, 256), attention_head_dim=(1, 1024), in_channels=(1, 1024),
+                        out_channels=(1, 1024), time_embed_dim=(1, 1 << 16), text_embed_dim=(1, 1 << 16),
+                        num_layers=(1, 256), patch_size=(1, 64), patch_size_t=(1, 64), ofs_embed_dim=(1, 1 << 16),
+                        sample_width=(1, 4096), sample_height=(1, 4096), sample_frames=(1, 4096),
+                        temporal_compression_ratio=(1, 16), max_text_seq_length=(1, 4096), dropout=(0, 1),
+                        norm_eps=(0, 1), spatial_interpolation_scale=(0, 1e4), temporal_interpolation_scale=(0, 1e4),
+                        freq_shift=(-1e4, 1e4)),
+    "vae": dict(in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192), latent_channels=(1, 1024),
+                layers_per_block=(1, 16), norm_num_groups=(1, 1024), temporal_compression_ratio=(1, 16),
+                sample_height=(1, 8192), sample_width=(1, 8192), norm_eps=(0, 1), scaling_factor=(0, 1e3)),
+    "text_encoder": dict(vocab_size=(1, 1 << 20), d_model=(1, 1 << 16), d_kv=(1, 4096), d_ff=(1, 1 << 18),
+                         num_layers=(1, 256), num_heads=(1, 256), relative_attention_num_buckets=(1, 4096),
+                         relative_attention_max_distance=(1, 1 << 16), dropout_rate=(0, 1)),
+}
+
+
+def _read_config(path, role: str):
+    """(header as meta tensors, config or None) of a single file: only its header is read. The config comes from
+    the ``config`` metadata, else a sidecar ``<stem>.json``; a bad one is named with the file."""
+    from ..weights import metadata_json, read_header, read_json_config
 
     path = Path(path)
     if not path.is_file():
-        kind = {"transformer": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}[role]
+        kind = _KINDS[role]
         raise FileNotFoundError(f"CogVideoX loader: {role} file {str(path)!r} not found; searched "
                                 f"{[str(p) for p in runtime.model_folders(kind)]}. Put it in models/{kind}/.")
-    sd, meta = read_safetensors(path, f"CogVideoX loader ({role})")
+    what = f"CogVideoX loader ({role})"
+    header, meta = read_header(path, what)
     cfg = None
     if "config" in meta:
-        cfg = json.loads(meta["config"])
+        cfg = metadata_json(meta, "config", path, what)
     else:
         side = path.with_suffix(".json")
         if side.is_file():
-            cfg = json.loads(side.read_text())
-    return sd, cfg
+            cfg = read_json_config(side, what)
+    return header, cfg
+
+
+def _file_config(role: str, path, inferred: dict, cfg: dict | None) -> dict:
+    """The inferred config with the file's own config over it: the file's may fill in what shapes cannot tell
+    (within CONFIG_BOUNDS) but never contradict a shape (SHAPE_KEYS)."""
+    from ..weights import check_config
+
+    pinned = {k: inferred[k] for k in SHAPE_KEYS[role] if k in inferred}
+    return check_config({**inferred, **(cfg or {})}, CONFIG_BOUNDS[role], path, f"CogVideoX loader ({role})",
+                        inferred=pinned)
+
+
+def _read_weights(path, role: str) -> dict:
+    from ..weights import read_safetensors
+
+    return read_safetensors(path, f"CogVideoX loader ({role})")[0]
 
 
 def _strip_prefix(sd: dict, prefixes) -> dict:
@@ -298,35 +344,52 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
 
 
 def _load_single_files(files: dict):
+    """Each part: header first, config checked against the shapes and bounds, model built on the meta device and
+    compared key by key (weights.build_checked), and only then the weights read and put in place."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
+
+    from ..weights import build_checked
 
     for role in ("transformer", "vae", "text_encoder"):
         if not files.get(role):
             raise ValueError(f"CogVideoX loader: single-files mode needs a {role} file; got none")
-    sd, cfg = _read_file(files["transformer"], "transformer")
-    sd = _strip_prefix(sd, ("model.diffusion_model.", "transformer."))
-    cfg = {**infer_transformer_config(sd, files["transformer"]), **(cfg or {})}
-    with torch.device("meta"):  # no throw-away random init of billions of weights
-        transformer = CogVideoXTransformer3DModel(**cfg)
-    _load_checked(transformer, sd, files["transformer"],
-                  "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32).")
-    _fix_buffers(transformer, cfg)
-    sd, vcfg = _read_file(files["vae"], "vae")
-    sd = _strip_prefix(sd, ("vae.", "first_stage_model."))
-    vcfg = {**infer_vae_config(sd, files["vae"]), **(vcfg or {})}
-    with torch.device("meta"):
-        vae = AutoencoderKLCogVideoX(**vcfg)
-    _load_checked(vae, sd, files["vae"], "Fix: use the CogVideoX VAE (16 latent channels, 4x time).")
-    sd, tcfg = _read_file(files["text_encoder"], "text_encoder")
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
-    tcfg = {**infer_t5_config(sd, files["text_encoder"]), **(tcfg or {})}
-    with torch.device("meta"):
-        te = T5EncoderModel(T5Config(**tcfg))
-    sd.setdefault("shared.weight", sd.get("encoder.embed_tokens.weight"))
-    sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
-    _load_checked(te, sd, files["text_encoder"],
-                  "Fix: use a T5-v1.1-XXL encoder (t5xxl_fp16.safetensors), 24 blocks of width 4096.")
+    t_pre, v_pre = ("model.diffusion_model.", "transformer."), ("vae.", "first_stage_model.")
+
+    path = files["transformer"]
+    header, cfg = _read_config(path, "transformer")
+    header = _strip_prefix(header, t_pre)
+    cfg = _file_config("transformer", path, infer_transformer_config(header, path), cfg)
+    fix = "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32)."
+    transformer = build_checked(lambda: CogVideoXTransformer3DModel(**cfg), header, path,
+                                "CogVideoX loader (transformer)", optional=("pos_embedding",), fix=fix)
+    _load_checked(transformer, _strip_prefix(_read_weights(path, "transformer"), t_pre), path, fix)
+    _fix_buffers(transformer)
+
+    path = files["vae"]
+    header, vcfg = _read_config(path, "vae")
+    header = _strip_prefix(header, v_pre)
+    vcfg = _file_config("vae", path, infer_vae_config(header, path), vcfg)
+    fix = "Fix: use the CogVideoX VAE (16 latent channels, 4x time)."
+    vae = build_checked(lambda: AutoencoderKLCogVideoX(**vcfg), header, path, "CogVideoX loader (vae)", fix=fix)
+    _load_checked(vae, _strip_prefix(_read_weights(path, "vae"), v_pre), path, fix)
+
+    path = files["text_encoder"]
+    header, tcfg = _read_config(path, "text_encoder")
+
+    def t5_keys(sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+        sd.setdefault("shared.weight", sd.get("encoder.embed_tokens.weight"))
+        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+        return sd
+
+    header = {k: v for k, v in header.items() if not k.startswith("decoder.")}
+    tcfg = _file_config("text_encoder", path, infer_t5_config(header, path), tcfg)
+    header = t5_keys(header)
+    fix = "Fix: use a T5-v1.1-XXL encoder (t5xxl_fp16.safetensors), 24 blocks of width 4096."
+    te = build_checked(lambda: T5EncoderModel(T5Config(**tcfg)), header, path, "CogVideoX loader (text_encoder)",
+                       fix=fix)
+    _load_checked(te, t5_keys(_read_weights(path, "text_encoder")), path, fix)
     tok = _find_tokenizer(Path(files["text_encoder"]), files.get("tokenizer"))
     sched = dict(SCHEDULER_DEFAULTS)
     if cfg["num_attention_heads"] * cfg["attention_head_dim"] == 1920:
@@ -334,11 +397,12 @@ def _load_single_files(files: dict):
     return transformer, vae, te, tok, sched
 
 
-def _fix_buffers(transformer, cfg):
-    """Non-persistent buffers (sin-cos positions of 2B) are not in files; rebuild them after meta init."""
+def _fix_buffers(transformer, cfg=None):
+    """Positional tables left on the meta device (2B's non-persistent sin-cos positions, or a file saved without
+    its frozen table) are not in files; rebuild them, as at init, after a meta build."""
     pe = transformer.patch_embed
-    if getattr(pe, "use_positional_embeddings", False) and not getattr(pe, "use_learned_positional_embeddings",
-                                                                       False):
+    b = getattr(pe, "pos_embedding", None)
+    if isinstance(b, torch.Tensor) and b.is_meta:
         pe.pos_embedding = pe._get_positional_embeddings(pe.sample_height, pe.sample_width, pe.sample_frames)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control import registry
@@ -160,7 +160,8 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      steps: int = 50, cfg: float = 6.0, dynamic_cfg: bool = False, seed: int = 0,
                      scheduler: str = "ddim", eta: float = 0.0, sample_image_latent: bool = True,
                      preview: bool = False, latents: torch.Tensor | None = None, desc: str = "CogVideoX",
-                     control_cfg: float = 1.0, inputs: dict | None = None) -> torch.Tensor:
+                     control_cfg: float = 1.0, inputs: dict | None = None,
+                     decode: bool = False) -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -178,12 +179,20 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         seed: the CPU generator seed (image-latent sample, initial noise, DPM noise): same result on CPU/GPU.
         sample_image_latent: sample the image latent like the diffusers pipeline (else the posterior mode).
         inputs: extra input-layout parts by name ([B,f,C,h,w] latents, e.g. "id_map"), same for every row.
+        decode: the caller decodes the result next; the memory budget (checked before anything is allocated,
+            memory.check) then covers the decode too.
     """
     tr = bb.denoiser
     where = "CogVideoX sampler"
     b, height, width = image.shape[0], image.shape[1], image.shape[2]
     cog.check_frames(bb, num_frames, height, width, node=where)
     bound = fit_controls(bound_controls(controls, branch, "cogvideox", where), num_frames, height, width, where)
+    atts = registry.attachments(bound, bb) + list(attachments)
+    controls_of = atts[:len(atts) - len(attachments)]
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0).with_rows(extra_rows)
+    like = rows_like(guidance, extra_rows)
+    check_budget(bb, num_frames, height, width, rows=b * len(guidance.rows), attachments=atts, decode=decode)
     gen = torch.Generator().manual_seed(int(seed))
     f = cog.latent_frames(bb, num_frames)
     dev = bb.device
@@ -199,11 +208,6 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         latents = torch.randn(shape, generator=gen, dtype=dtype).to(dev)
     latents = (latents * sched.init_noise_sigma).to(dev, dtype)
 
-    atts = registry.attachments(bound, bb) + list(attachments)
-    controls_of = atts[:len(atts) - len(attachments)]
-    extra_rows = [r for a in atts for r in a.guidance_rows()]
-    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0).with_rows(extra_rows)
-    like = rows_like(guidance, extra_rows)
     pos = prompt_embeds.to(dev, dtype)
     if pos.shape[0] != b:
         pos = pos.expand(b, *pos.shape[1:])
@@ -255,7 +259,26 @@ def _runs(att, step: int, num_steps: int) -> bool:
     return bool(active((step, num_steps))) if callable(active) else True
 
 
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, rows: int, attachments=(),
+                 decode: bool = True, what: str = "CogVideoX sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one transformer step at this
+    size over the guided step's batch rows with the attachments' modules (their transformer blocks hold
+    residuals), or the decode, on the device, and the frames in host RAM."""
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+    mods = [m for a in attachments for m in a.modules()]
+    layers = sum(isinstance(b, CogVideoXBlock) for m in mods for b in m.modules())
+    dev_parts, host = memory.cogvideox_sampling(bb, num_frames, height, width, rows=rows, branch_layers=layers,
+                                                decode=decode, modules=tuple(mods))
+    fix = (f"generate fewer frames or a smaller size than {num_frames} x {height} x {width}, turn vae_tiling on in "
+           "the loader, offload 'model', or cfg <= 1 (half the rows)")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", f"generate fewer frames or a smaller size than {num_frames} x {height} x "
+                     f"{width}")
+
+
 def sample_and_decode(bb: Backbone, image, prompt_embeds, negative_embeds=None, **kw):
     """(latents, frames [B,F,H,W,3] 0..1 CPU)."""
-    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **kw)
+    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **{"decode": True, **kw})
     return lat, cog.decode_latents(bb, lat)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import svd as svdb
 from ..backbones.base import Backbone
 from ..control import registry
@@ -90,7 +90,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                steps: int = 50, min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6,
                motion_bucket_id: float = 40, noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1,
                image_embeds: torch.Tensor | None = None, image_latent: torch.Tensor | None = None, callback=None,
-               compile: bool = False) -> torch.Tensor:
+               compile: bool = False, decode: bool = False) -> torch.Tensor:
     """Sample SVD image-to-video with optional control branches.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -100,7 +100,8 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     cond/uncond run as one batch. Noise from a CPU generator seeded with ``seed``.
     ``image_embeds``/``image_latent`` may be passed precomputed ([1,1,D], [1,C,h,w]) to skip the encoders.
     ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
-    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``).
+    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``). The memory
+    budget (memory.check, before anything is allocated) covers the decode too when ``decode`` says it follows.
     """
     where = "SVD sampler"
     if image.ndim == 3:
@@ -119,14 +120,6 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
         if bc.signal is not None:
             bound[k] = bc.replace(signal=bc.signal.replace(video=check_control(bc.signal.video, num_frames, H, W)))
     dev, f = bb.device, bb.extra["vae_scale_factor"]
-    gen = torch.Generator("cpu").manual_seed(int(seed))
-    if image_embeds is None:
-        image_embeds = svdb.encode_image_embeds(bb, image[:1])
-    if image_latent is None:
-        image_latent = svdb.encode_image_latent(bb, image[:1], noise_aug, gen)
-    cond_lat = image_latent[:, None].expand(num_samples, num_frames, *image_latent.shape[1:]).to(dev)
-    cond_emb = image_embeds.expand(num_samples, *image_embeds.shape[1:]).to(dev, bb.dtype)
-
     cfg_on = max_cfg > 1.0
     w = guidance_ramp(num_frames, min_cfg, max_cfg).to(dev, torch.float32).view(1, num_frames, 1, 1, 1)
     guidance = Guidance(("uncond", "cond"), "uncond", ((w, "cond", "uncond"),)) if cfg_on else Guidance(("cond",),
@@ -135,6 +128,16 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     extra_rows = [r for a in atts for r in a.guidance_rows()]
     guidance = guidance.with_rows(extra_rows)
     like = rows_like(guidance, extra_rows)
+    check_budget(bb, num_frames, H, W, samples=num_samples, rows=num_samples * len(guidance.rows), attachments=atts,
+                 decode=decode)
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    if image_embeds is None:
+        image_embeds = svdb.encode_image_embeds(bb, image[:1])
+    if image_latent is None:
+        image_latent = svdb.encode_image_latent(bb, image[:1], noise_aug, gen)
+    cond_lat = image_latent[:, None].expand(num_samples, num_frames, *image_latent.shape[1:]).to(dev)
+    cond_emb = image_embeds.expand(num_samples, *image_embeds.shape[1:]).to(dev, bb.dtype)
+
     per_row = {"uncond": (torch.zeros_like(cond_lat), torch.zeros_like(cond_emb)), "cond": (cond_lat, cond_emb)}
     lat_in = torch.cat([per_row[like[r]][0] for r in guidance.rows])
     emb_in = torch.cat([per_row[like[r]][1] for r in guidance.rows])
@@ -165,6 +168,21 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                         text=f"sigma {s_next:.3f}")
     pbar.close()
     return x
+
+
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, samples: int = 1, rows: int = 2,
+                 attachments=(), decode: bool = True, what: str = "SVD sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one UNet step (and the
+    attachments' residual branches) over the guided step's batch rows, or the chunked decode, on the device, and
+    the frames in host RAM."""
+    mods = [m for a in attachments for m in a.modules()]
+    dev_parts, host = memory.svd_sampling(bb, num_frames, height, width, rows=rows, samples=samples,
+                                          branch=bool(mods), decode=decode, modules=tuple(mods))
+    fix = (f"generate fewer frames, samples or a smaller size than {samples} x {num_frames} x {height} x {width}, "
+           "offload 'model', or lower decode_chunk in the SVD Loader")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", fix)
 
 
 def check_control(video: torch.Tensor, num_frames: int, height: int, width: int,

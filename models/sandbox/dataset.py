@@ -190,6 +190,28 @@ def read_clip(folder, max_frames: int | None = None) -> SceneClip:
                      events=list(meta.get("events", [])), meta=dict(meta.get("meta", {})))
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+
+
+def check_frames(frames, where: str = "SandboxDataset") -> int | None:
+    """``frames``: None or 0 (every frame) or a whole number >= 1; anything else is refused by name."""
+    if frames is None or (_whole(frames) and int(frames) == 0):
+        return None
+    if not _whole(frames) or int(frames) < 1:
+        raise ValueError(f"{where}: 'frames' must be a whole number >= 1 (0 or none: all frames); got {frames!r}")
+    return int(frames)
+
+
+def check_size(size, where: str = "SandboxDataset") -> tuple[int, int] | None:
+    """``size``: None, or [H, W] of whole numbers from 8 to 4096 (the sizes the sandbox renders)."""
+    if size is None:
+        return None
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_whole(v) and 8 <= v <= 4096 for v in size):
+        raise ValueError(f"{where}: 'size' must be [H, W], two whole numbers from 8 to 4096; got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 def list_clips(root) -> list[Path]:
     """Clip folders under root (those holding clip.json), in natural name order."""
     root = Path(root)
@@ -216,8 +238,8 @@ class SandboxDataset(Dataset):
     def __init__(self, root, frames: int | None = None, size: tuple[int, int] | None = None, transform=None,
                  validate: bool = True):
         self.root = Path(root)
-        self.frames = frames
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.frames = check_frames(frames)
+        self.size = check_size(size)
         self.transform = transform
         self.skipped: list[tuple[str, str]] = []
         clips = list_clips(self.root)

@@ -142,11 +142,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "TrainConfig") -> "TrainConfig":
+        """A config from user data (TOML/JSON, the node's 'extra'): unknown keys and wrongly typed values (a string
+        where a number goes) are refused by name before any check compares them."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        d = dict(d)
+        for f in fields(cls):
+            if f.name in d:
+                _check_type(where, f.name, d[f.name], type(f.default))
+                if isinstance(f.default, int) and not isinstance(f.default, bool):
+                    d[f.name] = int(d[f.name])  # 10.0 from JSON is the whole number 10
         return cls(**d)
+
+
+def _check_type(where: str, name: str, value, kind: type) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float)
+          and value.is_integer(),
+          float: number and math.isfinite(value), bool: isinstance(value, bool), str: isinstance(value, str),
+          tuple: isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value)}.get(kind, True)
+    if not ok:
+        expected = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
+                    tuple: "a list of numbers"}[kind]
+        raise ValueError(f"{where}: '{name}' must be {expected}; got {value!r}")
 
 
 @dataclass
@@ -243,6 +264,32 @@ def _replace_atomic(tmp: Path, final: Path) -> None:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: keep its files
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files (``_tmp``: ``.<name>.tmp<pid>``) that a run killed mid-write left in ``folder``,
+    only those whose process is gone (a live run may still be writing its own). Returns what was removed."""
+    import re
+
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -466,10 +513,31 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
     ``on_step(step, loss, lr)`` is called after each optimizer step (1-based step). With ``resume`` and a
     state file in ``out_dir``, training continues from it. Raises runtime.Interrupted after saving when
     cancelled.
+
+    Whatever draws from the global torch RNG inside the loop (dropout, a LoRA's dropout) starts from the run's
+    seed (the saved state on resume) in a forked RNG, so the same seed gives the same run whatever the process
+    did before, and the caller's RNG is left as it was.
     """
+    params = list(task.trainable_parameters())
+    device = params[0].device if params else torch.device("cpu")
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(global_seed(cfg.seed))
+        if cuda:
+            torch.cuda.manual_seed(global_seed(cfg.seed))  # this device only: the others stay untouched
+        return _train(task, dataset, cfg, out_dir, on_step, resume, desc)
+
+
+def global_seed(seed: int) -> int:
+    """The global torch RNG's seed inside a fresh run with seed ``seed`` (apart from the data and loss streams)."""
+    return (int(seed) * 1_000_003 + 977) % (2 ** 63)
+
+
+def _train(task, dataset, cfg: TrainConfig, out_dir, on_step, resume: bool, desc: str) -> TrainResult:
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
     n = len(dataset)
     if n < 1:
         raise ValueError("train: the dataset is empty")

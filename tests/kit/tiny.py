@@ -689,8 +689,9 @@ def tiny_models_root(seed: int = 0) -> Path:
 
 
 def models_root(dest: Path, seed: int = 0) -> Path:
-    """Lay out a private, writable models root at ``dest``: real kind folders whose entries are symlinks to
-    :func:`tiny_models_root` (so files a test adds never reach the shared cache). Returns ``dest``."""
+    """Lay out a private, writable models root at ``dest``: real kind folders whose entries are hard links to
+    :func:`tiny_models_root` (so files a test adds never reach the shared cache; not symlinks, which the path rule
+    refuses when they lead out of the folder). Returns ``dest``."""
     src = tiny_models_root(seed)
     dest = Path(dest)
     for kind in src.iterdir():
@@ -700,8 +701,5 @@ def models_root(dest: Path, seed: int = 0) -> Path:
         for entry in kind.iterdir():
             target = dest / kind.name / entry.name
             if not target.exists():
-                try:
-                    target.symlink_to(entry, target_is_directory=entry.is_dir())
-                except OSError:
-                    _link_or_copy(entry, target)
+                _link_or_copy(entry, target)
     return dest
