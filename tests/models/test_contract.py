@@ -192,7 +192,7 @@ def test_protocol_branch_works_through_the_unchanged_sampler_nodes(cbb):
     """The CogVideoX and InterDyn sampler nodes run a branch kind they have never heard of."""
     from interplay.nodes.cogvideox import InterplayCogVideoXSampler
     from interplay.nodes.controls import InterplayApplyControl
-    from interplay.nodes.interdyn import InterplayInterDynSampler
+    from interplay.nodes.svd import InterplayInterDynSampler
 
     img = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     kw = dict(prompt="a cube", negative="", width=32, height=32, num_frames=9, steps=2, cfg=1.0, dynamic_cfg=False,
@@ -274,7 +274,7 @@ FAMILY_FILES = ["models/sampling/cogvideox.py", "models/sampling/edm.py", "model
                 "models/backbones/base.py", "models/backbones/cogvideox.py", "models/backbones/svd.py",
                 "models/training/trainer.py", "models/training/config.py", "models/training/cogvideox.py",
                 "models/training/svd.py", "nodes/_choices.py", "nodes/_controls.py", "nodes/controls.py",
-                "nodes/training.py"]
+                "nodes/training.py", "nodes/cogvideox.py", "nodes/svd.py", "nodes/graph.py"]
 
 
 def test_no_family_sampler_or_node_file_compares_branch_kinds():
