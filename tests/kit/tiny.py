@@ -11,7 +11,10 @@ Builders (all return paths; fixtures of the same names live in tests/conftest.py
 - :func:`tiny_cogvideox_dir` -> diffusers ``CogVideoXImageToVideoPipeline`` folder.
 - :func:`tiny_cogvideox_files` -> ``dict(transformer=, vae=, text_encoder=, tokenizer=)`` single files.
 - :func:`tiny_svd_dir` -> diffusers ``StableVideoDiffusionPipeline`` folder.
-- :func:`tiny_wan_dir` -> diffusers ``WanImageToVideoPipeline`` folder (two experts: transformer + transformer_2).
+- :func:`tiny_wan_dir` -> diffusers ``WanImageToVideoPipeline`` folder (variant "2.2": two experts, "2.1": CLIP
+  branch, "2.1-t2v", "2.2-ti2v": 48-channel VAE).
+- :func:`tiny_wan_comfy_files` -> the same weights as ComfyUI-native single files (+ fp8 copies);
+  :func:`tiny_wan_files` -> the "2.2" model as diffusers-named single files.
 - :func:`tiny_sam2` -> ``(yaml_path, weights_safetensors)``.
 - :func:`tiny_models_root` / :func:`models_root` -> a ComfyUI-style models root holding all of the above.
 
