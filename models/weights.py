@@ -99,3 +99,27 @@ def from_pretrained(cls, folder, what: str, **kwargs):
         raise WeightsFileError(f"{what}: the weights in {folder} could not be read ({type(ex).__name__}: {ex}). A "
                                "file is corrupt or incomplete, e.g. an interrupted download or copy: copy it again.") \
             from ex
+
+
+_HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                  "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                  "BOOL": "bool"}
+
+
+def read_header(path, what: str = "weights") -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{key: (torch dtype name, shape)} of a safetensors file from its header alone: no tensor data is read, so a
+    loader can check every key and shape against the model it builds (on the meta device) before materialising."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_file(what, path)
+    try:
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dt = sl.get_dtype()
+                out[k] = (_HEADER_DTYPES.get(dt, dt.lower()), tuple(int(n) for n in sl.get_shape()))
+    except Exception as ex:
+        raise _unreadable(what, path, ex) from ex
+    return out
