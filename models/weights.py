@@ -40,22 +40,6 @@ def read_metadata(path, what: str = "weights") -> dict:
         raise _unreadable(what, path, ex) from ex
 
 
-def read_header(path, what: str = "weights") -> tuple[dict, dict]:
-    """({name: shape tuple}, metadata) from the safetensors header alone: no tensor is read, so a loader can
-    check a file's shapes against the module it would build before allocating anything."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    _check_file(what, path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as ex:
-        raise _unreadable(what, path, ex) from ex
-    return shapes, meta
-
-
 def read_safetensors(path, what: str = "weights") -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file, on the CPU."""
     from safetensors import safe_open
@@ -106,9 +90,10 @@ _HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": 
                   "BOOL": "bool"}
 
 
-def read_header(path, what: str = "weights") -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{key: (torch dtype name, shape)} of a safetensors file from its header alone: no tensor data is read, so a
-    loader can check every key and shape against the model it builds (on the meta device) before materialising."""
+def read_header(path, what: str = "weights") -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict]:
+    """({key: (torch dtype name, shape)}, metadata) of a safetensors file from its header alone: no tensor data is
+    read, so a loader can check every key and shape against the model it builds (on the meta device) before
+    materialising anything."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -116,10 +101,16 @@ def read_header(path, what: str = "weights") -> dict[str, tuple[str, tuple[int, 
     try:
         out = {}
         with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
             for k in f.keys():
                 sl = f.get_slice(k)
                 dt = sl.get_dtype()
                 out[k] = (_HEADER_DTYPES.get(dt, dt.lower()), tuple(int(n) for n in sl.get_shape()))
     except Exception as ex:
         raise _unreadable(what, path, ex) from ex
-    return out
+    return out, meta
+
+
+def header_shapes(info: dict) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of :func:`read_header`'s first value."""
+    return {k: s for k, (_, s) in info.items()}

@@ -464,7 +464,7 @@ def read_file_info(role: str, path) -> FileInfo:
         kind = _ROLE_FOLDERS[role]
         raise FileNotFoundError(f"{NODE}: {role} file {str(path)!r} not found; searched "
                                 f"{[str(p) for p in runtime.model_folders(kind)]}. Put it in models/{kind}/.")
-    header = read_header(path, f"{NODE} ({role})")
+    header = read_header(path, f"{NODE} ({role})")[0]
     meta = read_metadata(path, f"{NODE} ({role})")
     kind = check_role(role, path, header)
     weights, scales, _ignored = wc.split_scaled_fp8(header)
@@ -519,11 +519,11 @@ class LoadPlan:
 
 def _folder_shapes(folder: Path) -> dict:
     """{key: shape} of every safetensors file in a model folder (headers only)."""
-    from ..weights import read_header
+    from ..weights import header_shapes, read_header
 
     out = {}
     for f in sorted(folder.glob("*.safetensors")):
-        out.update({k: s for k, (_, s) in read_header(f, f"{NODE} ({folder.name})").items()})
+        out.update(header_shapes(read_header(f, f"{NODE} ({folder.name})")[0]))
     return out
 
 
