@@ -1,6 +1,7 @@
 """Wan backbones (Wan2.1 T2V/I2V, Wan2.2 I2V-A14B with two experts, Wan2.2 TI2V-5B) on diffusers' Wan classes:
-loading and detection, encoders, the I2V conditioning, memory modes and their estimate. The denoiser forward, the
-sampler loop and the sampler node are written on the model-forward contract (issue 15) and live elsewhere.
+loading and detection, encoders, the I2V conditioning, memory modes and their estimate, and the family's denoiser
+forward on the model-forward contract (:func:`forward`, doors as ``base`` documents; the sampler loop is
+``sampling/wan.py``).
 
 Sources accepted by :func:`load_wan` (one code path for every size):
 - a diffusers folder (``transformer/`` [+ ``transformer_2/`` for two experts], ``vae/``, ``text_encoder/``,
@@ -27,12 +28,13 @@ h, w = H/8, W/8 (VAE 2.1) or H/16, W/16 (VAE 2.2); the transformer patchifies (1
 f * (h/2) * (w/2), frame-major. Text: umT5 embeddings [B, 512, 4096] padded with zeros after each prompt (Wan2.1
 I2V's cross-attention relies on exactly 512 text tokens). CLIP: [B, 257, 1280] penultimate hidden states.
 
+``Backbone.layout`` (the contract's InputLayout along C): I2V (("noise", C), ("mask", 4), ("image", C)); T2V and
+TI2V (("noise", C),).
+
 ``Backbone.extra`` (family "wan") - what the sampler and branches read:
     kind: "wan2.1-t2v" | "wan2.1-i2v" | "wan2.2-i2v-a14b" | "wan2.2-t2v-a14b" | "wan2.2-ti2v"
     version: "2.1" | "2.2";  i2v: 36-channel input (noisy ++ 4 mask ++ image latent);  ti2v: image latent replaces
     latent frame 0, whose tokens get timestep 0;  clip: the model has the CLIP image branch (Wan2.1 I2V)
-    input_layout: ((name, channels), ...) of the transformer input along C, e.g. (("noise", 16), ("mask", 4),
-        ("image_latent", 16))
     boundary: switch ratio (timestep >= boundary * num_train_timesteps -> high-noise expert) or None
     expert_cfg: {"high_noise": cfg, "low_noise": cfg} (the release's guidance per expert; one entry if one model)
     flow_shift: the release's sampling shift;  num_train_timesteps: 1000;  steps, frames, height, width, fps:
@@ -53,7 +55,7 @@ from pathlib import Path
 import torch
 
 from .. import runtime
-from .base import Backbone, on_device
+from .base import Backbone, InputLayout, on_device
 from .wan_files import (  # noqa: F401  (re-exported: the family's public names live here)
     CLIP_MEAN, CLIP_STD, EXPERT_NAMES, HEAD_DIM, KINDS, LOOKS_LIKE, NODE, RELEASE_TRANSFORMERS, TEXT_LENGTH,
     UNIPC_DEFAULTS, VAE21, VAE22, WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD,
@@ -283,11 +285,11 @@ def assemble_backbone(plan: LoadPlan, parts: dict, *, compute, storage, device, 
     vcfg = vae.config
     z = int(vcfg.z_dim)
     guidance = dict(zip(EXPERT_NAMES, kind.guidance)) if len(experts) == 2 else {"high_noise": kind.guidance[-1]}
-    layout = ((("noise", z), ("mask", int(vcfg.scale_factor_temporal)), ("image_latent", z)) if kind.i2v else
-              (("noise", z),))
+    layout = InputLayout((("noise", z), ("mask", int(vcfg.scale_factor_temporal)), ("image", z)) if kind.i2v else
+                         (("noise", z),))
     extra = {
         "kind": plan.kind, "version": kind.version, "i2v": kind.i2v, "ti2v": kind.ti2v,
-        "clip": enc is not None, "input_layout": layout,
+        "clip": enc is not None,
         "boundary": boundary if len(experts) == 2 else None, "expert_cfg": guidance,
         "flow_shift": float(plan.scheduler_config.get("flow_shift", kind.flow_shift)),
         "num_train_timesteps": int(plan.scheduler_config.get("num_train_timesteps", 1000)),
@@ -308,7 +310,7 @@ def assemble_backbone(plan: LoadPlan, parts: dict, *, compute, storage, device, 
         experts={"low_noise": experts["low_noise"]} if "low_noise" in experts else {},
         scheduler_config=dict(plan.scheduler_config), dtype=compute, storage_dtype=storage, device=device,
         offload_device=offdev, offload="model" if offload == "blocks" else offload, vae_tiling=bool(vae_tiling),
-        source=dict(source or {}), extra=extra)
+        source=dict(source or {}), extra=extra, layout=layout)
 
 
 class WanBackbone(Backbone):
@@ -538,3 +540,293 @@ def ti2v_input(cond: WanCondition, latents: torch.Tensor) -> torch.Tensor:
     """TI2V's model input (and final latents): latent frame 0 replaced by the image latent."""
     m = cond.first_frame_mask.to(latents.device, latents.dtype)
     return (1 - m) * cond.first_frame_latent.to(latents.device, latents.dtype) + m * latents
+
+
+# ------------------------------------------------------------------------------------- the family forward
+# Cross-attention context: diffusers' Wan processor takes everything before the last 512 tokens as the CLIP image
+# context (Wan2.1 I2V); the text is always exactly 512 tokens.
+def expert_module(bb: Backbone, expert=None) -> torch.nn.Module:
+    """The denoiser to run: ``expert`` None (the high-noise expert, or the only model), a name ("high_noise",
+    "low_noise") or a module (returned as is)."""
+    if expert is None:
+        return bb.denoiser
+    if isinstance(expert, torch.nn.Module):
+        return expert
+    experts = expert_modules(bb)
+    if expert not in experts:
+        raise ValueError(f"Wan forward: no expert {expert!r}; this bundle has {list(experts)}")
+    return experts[expert]
+
+
+def attention_layers(bb_or_transformer, expert=None) -> dict:
+    """Attention layer name -> module: ``blocks.<i>.attn1`` (self-attention over the video tokens, RoPE) and
+    ``blocks.<i>.attn2`` (cross-attention to the text, plus the CLIP image context on Wan2.1 I2V)."""
+    tr = bb_or_transformer if isinstance(bb_or_transformer, torch.nn.Module) else expert_module(bb_or_transformer,
+                                                                                                expert)
+    out = {}
+    for i, b in enumerate(tr.blocks):
+        out[f"blocks.{i}.attn1"] = b.attn1
+        out[f"blocks.{i}.attn2"] = b.attn2
+    return out
+
+
+def attention_layer(i: int, kind: str = "self") -> str:
+    """The name of block ``i``'s self- ("self") or cross-attention ("cross") layer."""
+    if kind not in ("self", "cross"):
+        raise ValueError(f"Wan attention layer kind must be 'self' or 'cross'; got {kind!r}")
+    return f"blocks.{i}.attn{1 if kind == 'self' else 2}"
+
+
+def rotary(transformer, num_frames: int, height: int, width: int, offset: int = 0):
+    """The 3-D RoPE (cos, sin) [1, N, 1, head_dim] of a latent grid f x h x w (before patching), the time axis
+    starting at latent frame ``offset``: diffusers' ``WanRotaryPosEmbed.forward`` (same buffers and ops, so
+    offset 0 is its output exactly) with the frame rows ``offset .. offset + f/p_t`` instead of ``0 .. f/p_t``.
+    A block at absolute latent frame k of a longer clip thus gets exactly the rows that clip's RoPE gives it."""
+    rope = transformer.rope
+    p_t, p_h, p_w = rope.patch_size
+    ppf, pph, ppw = num_frames // p_t, height // p_h, width // p_w
+    offset = int(offset)
+    if offset < 0 or offset + ppf > rope.max_seq_len:
+        raise ValueError(f"Wan forward: rope_offset {offset} + {ppf} frames leaves the model's rotary table "
+                         f"(rope_max_seq_len {rope.max_seq_len}); use 0 <= rope_offset <= {rope.max_seq_len - ppf}")
+    split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    cos = rope.freqs_cos.split(split, dim=1)
+    sin = rope.freqs_sin.split(split, dim=1)
+
+    def grid(parts):
+        f_ = parts[0][offset:offset + ppf].view(ppf, 1, 1, -1).expand(ppf, pph, ppw, -1)
+        h_ = parts[1][:pph].view(1, pph, 1, -1).expand(ppf, pph, ppw, -1)
+        w_ = parts[2][:ppw].view(1, 1, ppw, -1).expand(ppf, pph, ppw, -1)
+        return torch.cat([f_, h_, w_], dim=-1).reshape(1, ppf * pph * ppw, 1, -1)
+
+    return grid(cos), grid(sin)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan RoPE on [B, N, heads, d] (interleaved pairs), op for op."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = cos[..., 0::2]
+    sin = sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class SlotProcessor:
+    """diffusers' ``WanAttnProcessor`` with the attention call handed to a chain (the contract's slot).
+
+    q, k, v are projected, RMS-normed across heads and (self-attention) rotated exactly as diffusers does, then
+    passed down the chain as [B, heads, N, d] (diffusers' Wan processor holds [B, N, heads, d]; the transpose is
+    the one its native SDPA backend makes, so the numbers are the same). ``chain(mask)`` returns call(q, k, v) ->
+    [B, heads, N, d]. Wan2.1 I2V's image branch of cross-attention (q against the CLIP context's own k/v) runs
+    beside the chain exactly as diffusers runs it; the chain sees the text attention only.
+
+    ``cross_kv``: a callable () -> (k, v) [B, heads, M, d] or None, asked before the k/v projections of a
+    cross-attention layer; when it returns tensors the text k/v are not projected (a text KV cache)."""
+
+    def __init__(self, chain, cross_kv=None):
+        self.chain = chain
+        self.cross_kv = cross_kv
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        enc_img = None
+        if attn.add_k_proj is not None:
+            n_img = encoder_hidden_states.shape[1] - TEXT_LENGTH
+            enc_img = encoder_hidden_states[:, :n_img]
+            encoder_hidden_states = encoder_hidden_states[:, n_img:]
+        cross = encoder_hidden_states is not None
+        fused = getattr(attn, "fused_projections", False)
+        cached = self.cross_kv() if (cross and self.cross_kv is not None) else None
+        if cached is not None:
+            q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+            k, v = cached
+        else:
+            ctx_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            if fused and not attn.is_cross_attention:
+                q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            elif fused:
+                q = attn.to_q(hidden_states)
+                k, v = attn.to_kv(ctx_states).chunk(2, dim=-1)
+            else:
+                q, k, v = attn.to_q(hidden_states), attn.to_k(ctx_states), attn.to_v(ctx_states)
+            q, k = attn.norm_q(q), attn.norm_k(k)
+            q, k, v = (z.unflatten(2, (attn.heads, -1)) for z in (q, k, v))  # [B, N, heads, d] as diffusers
+            if rotary_emb is not None:
+                k = _apply_rotary(k, *rotary_emb)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if rotary_emb is not None:
+            q = _apply_rotary(q, *rotary_emb)
+        img = None
+        if enc_img is not None:
+            if fused:
+                k_img, v_img = attn.to_added_kv(enc_img).chunk(2, dim=-1)
+            else:
+                k_img, v_img = attn.add_k_proj(enc_img), attn.add_v_proj(enc_img)
+            k_img = attn.norm_added_k(k_img).unflatten(2, (attn.heads, -1))
+            v_img = v_img.unflatten(2, (attn.heads, -1))
+            img = dispatch_attention_fn(q, k_img, v_img, attn_mask=None, dropout_p=0.0, is_causal=False)
+            img = img.flatten(2, 3).type_as(q)
+        out = self.chain(attention_mask)(q.transpose(1, 2), k, v)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        if img is not None:
+            out = out + img
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _timesteps(timestep, b: int, n_tokens: int, device) -> torch.Tensor:
+    t = torch.as_tensor(timestep, device=device)
+    if t.ndim == 0:
+        t = t.expand(b)
+    if t.ndim == 1 and t.shape[0] == 1 and b > 1:
+        t = t.expand(b)
+    if t.ndim == 2 and t.shape[0] == 1 and b > 1:
+        t = t.expand(b, -1)
+    if t.ndim > 2 or t.shape[0] != b or (t.ndim == 2 and t.shape[1] != n_tokens):
+        raise ValueError(f"Wan forward: timestep must be [B] or per-token [B, N] with B={b}, N={n_tokens} video "
+                         f"tokens (frame-major); got shape {tuple(t.shape)}")
+    return t
+
+
+def forward(bb: Backbone, latent_in: torch.Tensor, timestep, text: torch.Tensor, *,
+            image_embeds: torch.Tensor | None = None, attachments=(), rows: dict | None = None,
+            step: tuple[int, int] | None = None, expert=None, rope_offset: int = 0) -> torch.Tensor:
+    """The Wan denoiser forward with the contract's doors -> the velocity [B, C_out, f, h, w].
+
+    Runs the diffusers ``WanTransformer3DModel`` submodules in the order and with the ops of its own ``forward``
+    (equal to it, bitwise, with no attachments and ``rope_offset`` 0). Doors: ``begin``; ``after_embed`` on the
+    video tokens [B, N, D] right after the patch embedding (``ctx.temb``, ``ctx.text`` already set; the token count
+    must stay N); ``after_block`` i after each ``blocks[i]``; attention slots on ``blocks.<i>.attn1`` (self) and
+    ``blocks.<i>.attn2`` (cross: text, and the CLIP image branch beside the chain), q/k/v [B, heads, N, d] after
+    the projections, the RMS norms and (self) RoPE; ``end``.
+
+    Wan extension of the attention door: an attachment listing a cross-attention layer may define
+    ``cross_kv(ctx, layer) -> (k, v) | None`` ([B, heads, M, d], normed); when it returns tensors the slot uses
+    them instead of projecting the text (a text KV cache; the attachment fills it from the k, v its
+    ``attention`` receives on a first call).
+
+    Args:
+        latent_in: [B, C_in, f, h, w] assembled by ``bb.layout`` (I2V: noisy latent ++ mask ++ image latent).
+        timestep: [B] (or a scalar, or [1]) in 0..1000, or per-token [B, N] (N = f/p_t * h/p_h * w/p_w video
+            tokens, frame-major: Wan2.2 TI2V's first-frame tokens at 0, a causal sampler's clean context at 0).
+        text: [B|1, 512, D_text] umT5 embeddings (``encode_prompt``).
+        image_embeds: [B|1, 257, 1280] CLIP features, for the Wan2.1 I2V image branch only.
+        attachments: :class:`Attachment` objects, applied in order at every door.
+        rows: batch row name -> slice (from the guided step) for attachments that act on some rows.
+        step: (i, num_steps) of the sampler, for attachments with a step range.
+        expert: None (the high-noise expert or the only model), an expert name or the module itself. A name is
+            made resident through :func:`use_expert` (a no-op when it already is).
+        rope_offset: latent frame index of the first frame (RoPE rows ``offset ..``), so a causal sampler places
+            a block at its absolute position; RoPE is relative, so alone it changes the output only by rounding.
+    Returns the output in the compute dtype.
+    """
+    name = expert if isinstance(expert, str) else None
+    with (use_expert(bb, name) if name is not None and "placement" in bb.extra else contextlib.nullcontext()):
+        return _forward(bb, expert_module(bb, expert), latent_in, timestep, text, image_embeds, list(attachments),
+                        rows, step, name, rope_offset)
+
+
+def _forward(bb, tr, latent_in, timestep, text, image_embeds, atts, rows, step, name, rope_offset):
+    from .base import (ForwardContext, attention_slots, run_after_block, run_after_embed, run_begin, run_end)
+
+    cfg = tr.config
+    b, c, f, h, w = latent_in.shape
+    if c != cfg.in_channels:
+        lay = bb.layout.names if bb.layout is not None else "?"
+        raise ValueError(f"Wan forward: latent_in has {c} channels but the transformer takes {cfg.in_channels} "
+                         f"(input layout {lay}); assemble the input with bb.layout")
+    dtype = bb.dtype
+    x = latent_in.to(dtype)
+    enc_in = text.to(dtype)
+    if enc_in.shape[0] != b:
+        enc_in = enc_in.expand(b, *enc_in.shape[1:])
+    img_in = None
+    if image_embeds is not None:
+        if cfg.image_dim is None:
+            raise ValueError(f"Wan forward: image_embeds given but {bb.variant} has no CLIP image branch")
+        img_in = image_embeds.to(dtype)
+        if img_in.shape[0] != b:
+            img_in = img_in.expand(b, *img_in.shape[1:])
+    p_t, p_h, p_w = cfg.patch_size
+    grid = (f // p_t, h // p_h, w // p_w)
+    t = _timesteps(timestep, b, grid[0] * grid[1] * grid[2], x.device)
+    rot = rotary(tr, f, h, w, rope_offset)
+    ctx = ForwardContext(bb=bb, latent_in=x, timestep=t, text_in=enc_in, rotary=rot, grid=grid,
+                         rows=dict(rows) if rows else {"all": slice(None)},
+                         extra={"step": step, "expert": name, "rope_offset": int(rope_offset),
+                                "image_embeds": img_in})
+    run_begin(ctx, atts)
+
+    # 1. condition embeddings: time (per token for [B, N] timesteps), text, CLIP image context
+    ts_len = t.shape[1] if t.ndim == 2 else None
+    temb, tproj, enc, enc_img = tr.condition_embedder(t.flatten() if ts_len else t, enc_in, img_in,
+                                                      timestep_seq_len=ts_len)
+    tproj = tproj.unflatten(2, (6, -1)) if ts_len is not None else tproj.unflatten(1, (6, -1))
+    if enc_img is not None:
+        enc = torch.concat([enc_img, enc], dim=1)
+    ctx.temb, ctx.text = tproj, enc
+    # 2. patch embedding -> video tokens [B, N, D]
+    hs = tr.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
+    if atts:
+        n = hs.shape[1]
+        hs = run_after_embed(ctx, atts, hs)
+        if hs.shape[1] != n:
+            raise ValueError(f"Wan forward: after_embed changed the token count from {n} to {hs.shape[1]}; add to "
+                             "the video tokens (extra tokens go through an attention slot's k/v instead)")
+
+    # 3. blocks, each followed by the after_block door
+    grad_ckpt = torch.is_grad_enabled() and tr.gradient_checkpointing
+
+    def make_slot(layer, chain):
+        srcs = [a for a in atts if callable(getattr(a, "cross_kv", None))
+                and layer in (a.attention_layers(ctx) or ())]
+        if not srcs or not layer.endswith("attn2"):
+            return SlotProcessor(chain)
+
+        def cross_kv():
+            for a in srcs:
+                kv = a.cross_kv(ctx, layer)
+                if kv is not None:
+                    return kv
+            return None
+        return SlotProcessor(chain, cross_kv)
+
+    with attention_slots(ctx, atts, attention_layers(tr) if atts else {}, make_slot):
+        for i, block in enumerate(tr.blocks):
+            if grad_ckpt:
+                hs = tr._gradient_checkpointing_func(block, hs, enc, tproj, rot)
+            else:
+                hs = block(hs, enc, tproj, rot)
+            if atts:
+                hs = run_after_block(ctx, atts, i, hs)
+
+    # 4. output norm (modulated by the time embedding), projection, unpatchify
+    if temb.ndim == 3:  # per-token timesteps: [B, N, D]
+        shift, scale = (tr.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
+        shift, scale = shift.squeeze(2), scale.squeeze(2)
+    else:
+        shift, scale = (tr.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+    shift, scale = shift.to(hs.device), scale.to(hs.device)
+    hs = (tr.norm_out(hs.float()) * (1 + scale) + shift).type_as(hs)
+    hs = tr.proj_out(hs)
+    hs = hs.reshape(b, grid[0], grid[1], grid[2], p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    out = hs.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    return run_end(ctx, atts, out) if atts else out
+
+
+def compile_blocks(bb: Backbone, attachments=(), **kw) -> int:
+    """Regional compile: every ``WanTransformerBlock`` of every expert (and of the attachments' modules) compiled
+    in place (``nn.Module.compile``; one graph reused by all blocks of a shape). ``kw`` go to torch.compile.
+    Returns how many blocks were compiled."""
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    kw.setdefault("dynamic", False)
+    mods = [blk for m in expert_modules(bb).values() for blk in m.blocks]
+    for att in attachments:
+        for m in att.modules():
+            mods += [b for b in m.modules() if isinstance(b, WanTransformerBlock)]
+    for m in mods:
+        m.compile(**kw)
+    return len(mods)

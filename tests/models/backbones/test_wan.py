@@ -85,8 +85,8 @@ def test_bundle_declares_what_the_sampler_needs(loaded):
     assert [x["i2v"] for x in e.values()] == [True, True, False, False]
     assert [x["ti2v"] for x in e.values()] == [False, False, False, True]
     assert [x["clip"] for x in e.values()] == [False, True, False, False]
-    assert e["2.2"]["input_layout"] == (("noise", 16), ("mask", 4), ("image_latent", 16))
-    assert e["2.2-ti2v"]["input_layout"] == (("noise", 48),)
+    assert loaded["2.2"][1].layout.parts == (("noise", 16), ("mask", 4), ("image", 16))
+    assert loaded["2.2-ti2v"][1].layout.parts == (("noise", 48),)
     assert (e["2.2-ti2v"]["latent_channels"], e["2.2-ti2v"]["vae_scale_factor_spatial"]) == (48, 16)
     assert (e["2.1"]["latent_channels"], e["2.1"]["vae_scale_factor_spatial"], e["2.1"]["vae_scale_factor_temporal"]) \
         == (16, 8, 4)
