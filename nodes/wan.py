@@ -1,9 +1,12 @@
-"""The Wan family's loader node (Wan2.1 T2V/I2V, Wan2.2 I2V-A14B two experts, Wan2.2 TI2V-5B). The sampler node
-is written on the model-forward contract and comes later."""
+"""The Wan family's nodes (Wan2.1 T2V/I2V, Wan2.2 I2V-A14B two experts, Wan2.2 TI2V-5B): the loader, and the one
+sampler every Wan-based method reuses (its controls come from any branch made for the family)."""
 from __future__ import annotations
+
+import torch
 
 from ..models import runtime
 from . import _choices
+from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
@@ -99,5 +102,118 @@ class InterplayWanLoader:
         return {"ui": {"text": [bb.describe()]}, "result": (bb,)}
 
 
-NODE_CLASS_MAPPINGS = {"InterplayWanLoader": InterplayWanLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"InterplayWanLoader": "Wan Loader (Interplay)"}
+SCHEDULERS = ["unipc", "euler"]
+
+
+class InterplayWanSampler:
+    DESCRIPTION = ("Generate a video with a Wan model from the Wan Loader: image-to-video (Wan2.2 I2V-A14B, Wan2.1 "
+                   "I2V), text+image (Wan2.2 TI2V-5B) or text-to-video (Wan2.1 T2V: leave 'image' unconnected). "
+                   "Flow matching with UniPC (the releases') or Euler and the variant's shift; two-expert models run "
+                   "the high-noise expert while t >= boundary x 1000 and the low-noise one after, each with its own "
+                   "CFG. Cond and uncond run as one batch (batched_cfg off: one after the other, less memory). The "
+                   "image is resized and center-cropped to width x height. Controls from any branch made for Wan "
+                   "(and chained Apply Control nodes) run in the same steps. A request too large for the GPU in the "
+                   "loader's memory mode is refused before it starts, naming the mode that fits. Outputs the frames "
+                   "and the LATENT in the VAE's own space (ComfyUI's VAE Decode with the Wan VAE reads it too).")
+    CATEGORY = "Interplay/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("frames", "latent")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "From the Wan Loader."}),
+            "prompt": ("STRING", {"default": "", "multiline": True, "tooltip": "What happens in the video."}),
+            "negative": ("STRING", {"default": "", "multiline": True, "tooltip": "Negative prompt (used when CFG > "
+                                    "1)."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16, "tooltip": "Video width: a "
+                              "multiple of 16 (Wan2.2 TI2V: 32). 832 for 480p, 1280 for 720p."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Video height: a "
+                               "multiple of 16 (Wan2.2 TI2V: 32). 480 for 480p, 720 for 720p."}),
+            "num_frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4k+1 frames (81 = "
+                                   "5 s at 16 fps; TI2V: 121 at 24 fps)."}),
+            "steps": ("INT", {"default": 40, "min": 1, "max": 500, "tooltip": "Denoising steps (the releases: 40 "
+                              "for I2V, 50 for T2V and TI2V)."}),
+            "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the "
+                              "high-noise expert (or the only model); <= 1 turns it off (half the compute). Wan2.2 "
+                              "I2V: 3.5, Wan2.1 and TI2V: 5.0."}),
+            "cfg_low_noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Two "
+                                        "experts: guidance of the low-noise expert; 0 = the same as cfg."}),
+            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Flow shift (> 1 "
+                                "spends more steps at high noise); 0 = the release's for the model and size (5.0 "
+                                "for Wan2.2 I2V, 3.0 for Wan2.1 I2V at 480p)."}),
+            "scheduler": (SCHEDULERS, {"default": "unipc", "tooltip": "unipc: the releases' UniPC multistep; euler: "
+                                       "flow-matching Euler."}),
+            "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip": "Two experts: "
+                                   "switch to the low-noise expert below boundary x 1000; 0 = the loader's (0.9 for "
+                                   "Wan2.2 I2V)."}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": 2 ** 63 - 1, "tooltip": "Noise seed (CPU generator: "
+                             "the same video on any device)."}),
+            "decode": ("BOOLEAN", {"default": True, "tooltip": "Decode to frames here (off: only the latent)."}),
+        }, "optional": {
+            "image": ("IMAGE", {"tooltip": "The first frame (the first image of a batch). Needed by I2V and TI2V "
+                                "models; leave unconnected for text-to-video."}),
+            "control": ("INTERPLAY_CONTROL", {"tooltip": "A control signal for 'branch'."}),
+            "branch": ("INTERPLAY_BRANCH", {"tooltip": "A control branch made for Wan."}),
+            "control_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Scales "
+                                         "the controls. " + CONTROL_RULE}),
+            "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
+                                        "of the steps before the controls start. " + CONTROL_RULE}),
+            "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of "
+                                      "the steps after which the controls stop. " + CONTROL_RULE}),
+            "controls": CONTROLS_INPUT,
+            "batched_cfg": ("BOOLEAN", {"default": True, "tooltip": "Run cond and uncond as one batch (fastest); off: "
+                                        "one after the other (half the activation memory)."}),
+        }}
+
+    def sample(self, backbone, prompt, negative, width, height, num_frames, steps, cfg, cfg_low_noise, shift,
+               scheduler, boundary, seed, decode, image=None, control=None, branch=None, control_weight=1.0,
+               control_start=0.0, control_end=1.0, controls=None, batched_cfg=True):
+        from ..models.backbones import wan
+        from ..models.sampling.wan import sample_wan
+        from ..models.video_io import fit_frames
+
+        node = "Wan Sampler"
+        if getattr(backbone, "family", None) != "wan":
+            raise ValueError(f"{node}: 'backbone' is {getattr(backbone, 'family', type(backbone).__name__)}; load a "
+                             "Wan model with the Wan Loader")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"{node}: 'scheduler' must be one of {SCHEDULERS}; got {scheduler!r}")
+        if not 0.0 <= boundary < 1.0:
+            raise ValueError(f"{node}: 'boundary' must be in [0, 1) (0 = the loader's); got {boundary}")
+        if not prompt or not prompt.strip():
+            raise ValueError(f"{node}: 'prompt' is empty; describe what should happen")
+        e = backbone.extra
+        if (e["i2v"] or e["ti2v"]) and image is None:
+            raise ValueError(f"{node}: {backbone.variant} generates from an image; connect 'image' (the first frame)")
+        if not (e["i2v"] or e["ti2v"]) and image is not None:
+            raise ValueError(f"{node}: {backbone.variant} is text-to-video; disconnect 'image' or load an I2V model")
+        if image is not None and (image.ndim != 4 or image.shape[-1] != 3):
+            raise ValueError(f"{node}: 'image' must be IMAGE [B,H,W,3]; got {tuple(image.shape)}")
+        try:
+            wan.check_frames(backbone, num_frames, height, width, node=node)
+        except ValueError as ex:
+            raise ValueError(str(ex).replace("num_frames", "'num_frames'").replace("height and width",
+                                                                                   "'height' and 'width'")) from None
+        img = fit_frames(image[:1].float(), height, width) if image is not None else None
+        bound = gather_controls(node, "wan", control, branch, controls, control_weight, control_start, control_end)
+        two = bool(backbone.experts)
+        guided = cfg > 1 or (two and (cfg_low_noise or cfg) > 1)
+        pos = wan.encode_prompt(backbone, [prompt])
+        neg = wan.encode_prompt(backbone, [negative or ""]) if guided else None
+        lat = sample_wan(backbone, img, pos, neg, controls=bound, num_frames=num_frames, height=height, width=width,
+                         steps=steps, cfg=cfg, cfg_low_noise=(cfg_low_noise or None) if two else None,
+                         shift=shift or None, scheduler=scheduler, boundary=boundary or None, seed=seed,
+                         preview=True, batched_cfg=batched_cfg, desc=node)
+        latent = {"samples": wan.raw_latents(backbone, lat).float().cpu(), "interplay_family": "wan"}
+        if decode:
+            frames = wan.decode_latents(backbone, lat)[0]
+        else:
+            frames = torch.zeros(1, height, width, 3)
+        return (frames, latent)
+
+
+NODE_CLASS_MAPPINGS = {"InterplayWanLoader": InterplayWanLoader, "InterplayWanSampler": InterplayWanSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"InterplayWanLoader": "Wan Loader (Interplay)",
+                              "InterplayWanSampler": "Wan Sampler (Interplay)"}

@@ -434,6 +434,14 @@ def encode_video(bb: Backbone, frames: torch.Tensor, generator: torch.Generator 
     return ((z - mean) * (1.0 / std)).to(bb.device)  # the pipeline's arithmetic, bit for bit
 
 
+def raw_latents(bb: Backbone, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents -> the VAE's own latent space (``latents / (1 / std) + mean``, the pipeline's arithmetic):
+    what the VAE decodes and what ComfyUI's LATENT holds for Wan (its Wan21/Wan22 latent formats normalise inside
+    the model)."""
+    mean, std = _latent_stats(bb, latents.device, latents.dtype)
+    return latents / (1.0 / std) + mean
+
+
 @torch.no_grad()
 def decode_latents(bb: Backbone, latents: torch.Tensor) -> torch.Tensor:
     """Normalised latents [B,C,f,h,w] -> frames [B,F,H,W,3] float32 0..1 on the CPU (tiled when bb.vae_tiling:
@@ -442,9 +450,8 @@ def decode_latents(bb: Backbone, latents: torch.Tensor) -> torch.Tensor:
     outs = []
     with on_device(bb, vae):
         p = next(vae.parameters())
-        mean, std = _latent_stats(bb, p.device, torch.float32)
         for i in range(latents.shape[0]):
-            z = latents[i:i + 1].to(p.device, torch.float32) / (1.0 / std) + mean  # as the pipeline
+            z = raw_latents(bb, latents[i:i + 1].to(p.device, torch.float32))
             outs.append(vae.decode(z.to(p.dtype)).sample.float().cpu())
     x = torch.cat(outs)  # [B,3,F,H,W]
     return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).contiguous()

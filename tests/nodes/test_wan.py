@@ -56,3 +56,63 @@ def _refuse_svd(root):
                vae=root / "vae" / "tiny_wan_2.1_vae.safetensors",
                text_encoder=root / "text_encoders" / "tiny_umt5_xxl.safetensors")
     wan.load_wan(src, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ sampler
+SAMPLER = dict(prompt="a red box slides right", negative="", width=32, height=32, num_frames=5, steps=3, cfg=3.5,
+               cfg_low_noise=2.0, shift=0.0, scheduler="unipc", boundary=0.0, seed=5, decode=True)
+
+
+@pytest.fixture(scope="module")
+def wan_bb(tiny_wan):
+    from interplay.models.backbones import wan
+
+    return wan.load_wan(tiny_wan, dtype="fp32", device="cpu")
+
+
+def test_sampler_widgets_are_the_release_defaults():
+    spec = nd.InterplayWanSampler.INPUT_TYPES()
+    req, opt = spec["required"], spec["optional"]
+    got = {k: req[k][1]["default"] for k in ("width", "height", "num_frames", "steps", "cfg", "scheduler")}
+    assert got == dict(width=832, height=480, num_frames=81, steps=40, cfg=3.5, scheduler="unipc")
+    assert {"image", "control", "branch", "controls"} <= set(opt)
+    assert all("tooltip" in v[1] for v in list(req.values()) + list(opt.values()))
+    assert nd.InterplayWanSampler.DESCRIPTION and nd.NODE_DISPLAY_NAME_MAPPINGS["InterplayWanSampler"] \
+        == "Wan Sampler (Interplay)"
+
+
+def test_sampler_node_is_the_engine_and_its_latent_is_the_vaes(wan_bb):
+    from interplay.models.backbones import wan
+    from interplay.models.sampling.wan import sample_wan
+
+    img = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(2))  # fitted to 32x32 like the engine's
+    frames, latent = nd.InterplayWanSampler().sample(wan_bb, image=img, **SAMPLER)
+    from interplay.models.video_io import fit_frames
+
+    pos, neg = wan.encode_prompt(wan_bb, [SAMPLER["prompt"]]), wan.encode_prompt(wan_bb, [""])
+    lat = sample_wan(wan_bb, fit_frames(img, 32, 32), pos, neg, num_frames=5, steps=3, cfg=3.5, cfg_low_noise=2.0,
+                     seed=5)
+    assert latent["interplay_family"] == "wan" and latent["samples"].shape == (1, 16, 2, 4, 4)
+    mean = torch.tensor(wan.WAN21_LATENTS_MEAN).view(1, 16, 1, 1, 1)
+    std = torch.tensor(wan.WAN21_LATENTS_STD).view(1, 16, 1, 1, 1)
+    assert torch.equal(latent["samples"], lat / (1.0 / std) + mean)  # the VAE's space, as ComfyUI keeps Wan latents
+    with torch.no_grad():
+        ref = (wan_bb.vae.decode(latent["samples"]).sample / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0)
+    assert frames.shape == (5, 32, 32, 3) and torch.equal(frames, ref)
+    off = nd.InterplayWanSampler().sample(wan_bb, image=img, **(SAMPLER | dict(decode=False)))
+    assert off[0].shape == (1, 32, 32, 3) and torch.equal(off[1]["samples"], latent["samples"])
+
+
+def test_sampler_errors_name_the_input(wan_bb):
+    s = nd.InterplayWanSampler()
+    img = torch.rand(1, 32, 32, 3)
+    with pytest.raises(ValueError, match="Wan Sampler: wan2.2-i2v-a14b-d32x2 generates from an image; connect 'image'"):
+        s.sample(wan_bb, **SAMPLER)
+    with pytest.raises(ValueError, match=r"Wan Sampler: 'num_frames' must be 4k\+1 .*got 6. Use 5"):
+        s.sample(wan_bb, image=img, **(SAMPLER | dict(num_frames=6)))
+    with pytest.raises(ValueError, match="Wan Sampler: 'height' and 'width' must be multiples of 16"):
+        s.sample(wan_bb, image=img, **(SAMPLER | dict(width=40)))
+    with pytest.raises(ValueError, match="Wan Sampler: 'prompt' is empty"):
+        s.sample(wan_bb, image=img, **(SAMPLER | dict(prompt=" ")))
+    with pytest.raises(ValueError, match="Wan Sampler: 'backbone' is cogvideox"):
+        s.sample(wan_bb.replace(family="cogvideox"), image=img, **SAMPLER)
