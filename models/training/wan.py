@@ -102,7 +102,7 @@ class WanTaskBase:
         frames = batch.get("frames")
         who = type(self).__name__
         if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[-1] != 3:
-            got = None if frames is None else (tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames))
+            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
             raise ValueError(f"{who}: batch 'frames' must be [B,F,H,W,3] float 0..1; got {got}")
         wan.check_frames(self.bb, frames.shape[1], frames.shape[2], frames.shape[3], node=who)
         return frames.float()
