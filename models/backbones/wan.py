@@ -313,6 +313,69 @@ def assemble_backbone(plan: LoadPlan, parts: dict, *, compute, storage, device, 
         source=dict(source or {}), extra=extra, layout=layout)
 
 
+# ------------------------------------------------------------------------------------ random bundles
+TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=256,
+                        ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                        rope_max_seq_len=1024)
+"""A tiny transformer of the real class (benchmarks' CPU size); channels come from the kind's release config."""
+
+
+def random_backbone(kind: str = "wan2.2-i2v-a14b", size: str = "tiny", *, dtype=torch.float32, device="cpu",
+                    seed: int = 0, offload: str = "none", storage: torch.dtype | None = None,
+                    blocks_on_gpu: int | None = None) -> Backbone:
+    """Random-weight Wan of the real classes, for step benchmarks: the release transformer(s) of ``kind``
+    ("full": ``RELEASE_TRANSFORMERS``, built on ``device`` directly; "tiny": :data:`TINY_TRANSFORMER` with the
+    release's channels), a tiny VAE with the release's latent format and a one-block umT5 (random embeddings in
+    the benchmarks). Placed through :func:`assemble_backbone`, so ``offload`` / ``storage`` (fp8) /
+    ``blocks_on_gpu`` are the loader's memory modes. Kinds with a CLIP branch are not built here (use the kit)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from ..demo.tokenizer import build_tokenizer
+    from .wan_files import _Part, _stats
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"random_backbone: size must be tiny or full; got {size!r}")
+    k = KINDS.get(kind)
+    rel = next((v for n, v in RELEASE_TRANSFORMERS.items() if n.startswith(kind)), None)
+    if k is None or rel is None or k.clip:
+        raise ValueError(f"random_backbone: kind must be one of the Wan kinds without CLIP; got {kind!r}")
+    device = torch.device(device)
+    tcfg = dict(rel) if size == "full" else dict(TINY_TRANSFORMER, in_channels=rel["in_channels"],
+                                                 out_channels=rel["out_channels"])
+    vcfg = dict(VAE22 if k.vae == "2.2" else VAE21, base_dim=4)
+    vcfg.pop("decoder_base_dim", None)
+    names = EXPERT_NAMES[:k.experts]
+    experts = {}
+    low = dtype in (torch.float16, torch.bfloat16)
+    for i, n in enumerate(names):
+        torch.manual_seed(seed + i)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype if low else torch.float32)  # a 14B expert never exists in fp32 on the GPU
+        try:
+            with torch.device(device):
+                experts[n] = WanTransformer3DModel(**tcfg)
+        finally:
+            torch.set_default_dtype(old)
+    torch.manual_seed(seed + 10)
+    vae = AutoencoderKLWan(**vcfg)
+    tok = build_tokenizer()
+    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=tcfg["text_dim"], d_kv=16, d_ff=64, num_layers=1,
+                                     num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0,
+                                     feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    shapes = {n: {key: tuple(v.shape) for key, v in m.state_dict().items()} for n, m in experts.items()}
+    stats = _stats(kind, {n: tcfg for n in names}, shapes, sum(p.numel() for p in te.parameters()), 0,
+                   sum(p.numel() for p in vae.parameters()), vcfg)
+    plan = LoadPlan(kind=kind, variant=f"random-{size}-{kind}", experts={n: _Part(tcfg) for n in names},
+                    vae=_Part(vcfg), text_encoder=_Part(None), tokenizer=None, clip=None, image_processor=None,
+                    scheduler_config=dict(UNIPC_DEFAULTS, flow_shift=k.flow_shift), boundary=k.boundary,
+                    stats=stats, file_fp8=False)
+    parts = dict(experts=experts, scales={n: {} for n in names}, vae=vae, text_encoder=te, tokenizer=tok,
+                 image_encoder=None, image_processor=None, te_scales={})
+    return assemble_backbone(plan, parts, compute=dtype, storage=storage, device=device, offload=offload,
+                             blocks_on_gpu=blocks_on_gpu, source={"kind": "random"}, boundary=k.boundary)
+
+
 class WanBackbone(Backbone):
     """A :class:`Backbone` whose ``describe()`` reads the Wan facts (kind, experts, switch, memory mode). The
     ``offload`` field is "model" for both "model" and "blocks" (encoders and VAE move per stage in both); the
