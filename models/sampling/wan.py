@@ -262,7 +262,8 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
         prompt_embeds / negative_embeds: [B|1, 512, D] from ``wan.encode_prompt``; the negative is needed when
             some expert's CFG scale is > 1.
         controls: BoundControl(s), or ControlSignal(s) bound to ``branch``; each branch kind's attachment comes
-            from the registry (family "wan"), with its weight and step range. attachments: more, run after them.
+            from the registry (family "wan"), with its weight and step range; control videos [F, H, W, C] (any C,
+            e.g. 6-channel Plücker rays) are fitted to height x width. attachments: more, run after them.
         steps: default the release's (40 for I2V-A14B). cfg / cfg_low_noise: the high- and low-noise experts'
             guidance (:func:`expert_guidance`; <= 1 runs one row). shift: default ``wan.default_shift`` of the
             variant and size. scheduler: "unipc" (the releases') or "euler". boundary: the two-expert switch
@@ -294,7 +295,7 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
         raise ValueError(f"{WHERE}: a two-expert model needs a boundary (the release's is 0.9)")
     if not bb.experts:
         boundary = None
-    bound = fit_controls(bound_controls(controls, branch, "wan", WHERE), num_frames, height, width, WHERE)
+    bound = fit_controls(bound_controls(controls, branch, "wan", WHERE), num_frames, height, width, WHERE, rgb=False)
     guid = expert_guidance(bb, cfg, cfg_low_noise, control_cfg, has_control=len(bound) > 0)
     rows = sorted({r for g in guid.values() for r in g.rows}, key=("uncond", "cond", "no_control").index)
     b = image.shape[0] if image is not None else prompt_embeds.shape[0]

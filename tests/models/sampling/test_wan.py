@@ -11,7 +11,7 @@ from interplay.models import runtime
 from interplay.models.backbones import base as B
 from interplay.models.backbones import wan
 from interplay.models.control import registry
-from interplay.models.control.base import BoundControl, ControlBranch
+from interplay.models.control.base import BoundControl, ControlBranch, ControlSignal
 from interplay.models.sampling import flow
 from interplay.models.sampling import wan as S
 
@@ -265,6 +265,16 @@ def test_controls_attach_through_the_registry_with_weight_range_and_guidance(bbs
     S.sample_wan(bb, img, pos, neg, controls=[BoundControl(br, None, 0.5, 0.0, 0.5)], control_cfg=2.0,
                  attachments=[log], **kw)
     assert [n for _, _, n in log.calls] == [3, 3, 2, 2]  # the "no_control" row only where the control runs
+    # a control of any channel count (a camera branch's 6-channel Plücker rays) reaches its branch fitted
+    seen = []
+    if "test_wan_cam" not in {k.kind for k in registry.kinds()}:
+        registry.register(registry.BranchKind(kind="test_wan_cam", family="wan", label="test camera branch",
+                                              signals=("test_plucker",),
+                                              attach=lambda b, bound, bb: seen.append(bound) or B.Attachment()))
+    cam = ControlBranch(kind="test_wan_cam", family="wan", module=torch.nn.Module())
+    rays = ControlSignal(torch.rand(5, 40, 48, 6), "test_plucker")
+    assert torch.equal(S.sample_wan(bb, img, pos, neg, controls=[rays], branch=cam, **kw), plain)
+    assert seen[0][0].signal.video.shape == (5, 32, 32, 6)
     cog = ControlBranch(kind="kinemask", family="cogvideox", module=torch.nn.Module())
     with pytest.raises(ValueError, match="works on cogvideox backbones; this sampler runs wan"):
         S.sample_wan(bb, img, pos, neg, controls=[BoundControl(cog, None, 1.0)], **kw)
