@@ -116,6 +116,11 @@ def header_shapes(tensors: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
+def header_info(tensors: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{key: (torch dtype name, shape tuple)} of :func:`read_header`'s meta tensors."""
+    return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in tensors.items()}
+
+
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}

@@ -274,7 +274,8 @@ FAMILY_FILES = ["models/sampling/cogvideox.py", "models/sampling/edm.py", "model
                 "models/backbones/base.py", "models/backbones/cogvideox.py", "models/backbones/svd.py",
                 "models/training/trainer.py", "models/training/config.py", "models/training/cogvideox.py",
                 "models/training/svd.py", "nodes/_choices.py", "nodes/_controls.py", "nodes/controls.py",
-                "nodes/training.py", "nodes/cogvideox.py", "nodes/svd.py", "nodes/graph.py"]
+                "nodes/training.py", "nodes/cogvideox.py", "nodes/svd.py", "nodes/graph.py", "models/backbones/wan.py",
+                "models/sampling/wan.py", "nodes/wan.py"]
 
 
 def test_no_family_sampler_or_node_file_compares_branch_kinds():

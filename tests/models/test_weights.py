@@ -49,8 +49,16 @@ def test_read_valid_file(tmp_path):
     assert W.read_metadata(tmp_path / "ok.safetensors") == {"k": "v"}
 
 
+def test_read_header_gives_dtypes_and_shapes_without_data(tmp_path):
+    path = tmp_path / "h.safetensors"
+    save_file({"w": torch.zeros(3, 4, dtype=torch.bfloat16), "q": torch.zeros(2, dtype=torch.float8_e4m3fn),
+               "s": torch.ones((), dtype=torch.float32)}, str(path))
+    assert W.header_info(W.read_header(path)[0]) == {"w": ("bfloat16", (3, 4)), "q": ("float8_e4m3fn", (2,)),
+                                                      "s": ("float32", ())}
+
+
 @pytest.mark.parametrize("kind", sorted(BROKEN))
-@pytest.mark.parametrize("reader", [W.read_safetensors, W.read_metadata])
+@pytest.mark.parametrize("reader", [W.read_safetensors, W.read_metadata, W.read_header])
 def test_broken_file_named_with_fix(tmp_path, kind, reader):
     path = BROKEN[kind](tmp_path / "w.safetensors")
     with pytest.raises(W.WeightsFileError) as ei:

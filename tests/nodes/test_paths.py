@@ -54,10 +54,10 @@ def world(tmp_path):
     (inp / "ok" / "sub").mkdir()
     for kind in runtime.MODEL_FOLDERS:
         d = models / kind
-        (d / "probe_svd_video_cog").mkdir(parents=True)
-        save_file({"x": torch.zeros(1)}, str(d / "probe_svd_video_cog.safetensors"))
-        (d / "evil_svd_video_cog.safetensors").symlink_to(out / "secret.safetensors")
-        (d / "evil_svd_video_cog").symlink_to(out / "secret", target_is_directory=True)
+        (d / "probe_svd_video_cog_wan").mkdir(parents=True)
+        save_file({"x": torch.zeros(1)}, str(d / "probe_svd_video_cog_wan.safetensors"))
+        (d / "evil_svd_video_cog_wan.safetensors").symlink_to(out / "secret.safetensors")
+        (d / "evil_svd_video_cog_wan").symlink_to(out / "secret", target_is_directory=True)
     save_file({"x": torch.zeros(1)}, str(models / "sam2" / "sam2.1_hiera_tiny_probe.safetensors"))
     (models / "sam2" / "probe.yaml").write_text("model: {}\n")
     (models / "sam2" / "probe.pt").write_bytes(b"x")
