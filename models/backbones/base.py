@@ -201,6 +201,18 @@ class Attachment:
         return []
 
 
+def heads_qkv(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """[B, N, heads*d] projections of a diffusers ``Attention`` -> [B, heads, N, d] each, with its per-head QK norm
+    (the step the CogVideoX and SVD slot processors share with diffusers' own processors)."""
+    b, d = q.shape[0], k.shape[-1] // attn.heads
+    q, k, v = (t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The end of every attention chain: diffusers' call, exactly."""
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)

@@ -23,11 +23,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import runtime
-from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device, run_after_block,
-                   run_after_embed, run_begin, run_end)
+from .base import (Backbone, ForwardContext, InputLayout, attention_slots, cast, heads_qkv, on_device,
+                   run_after_block, run_after_embed, run_begin, run_end)
 
 # The release configs (diffusers CogVideoXTransformer3DModel / AutoencoderKLCogVideoX of THUDM/CogVideoX-5b-I2V).
 # The I2V release uses rotary AND learned positional embeddings (patch_embed.pos_embedding is in its weights),
@@ -630,21 +629,13 @@ class SlotProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
             attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = k.shape[-1] // attn.heads
-        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
-        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
-        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = heads_qkv(attn, attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states))
         if image_rotary_emb is not None:
             q[:, :, n_text:] = apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)
             if not attn.is_cross_attention:
                 k[:, :, n_text:] = apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)
         out = self.chain(attention_mask)(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d)
+        out = out.transpose(1, 2).flatten(2)
         out = attn.to_out[1](attn.to_out[0](out))
         enc, out = out.split([n_text, out.size(1) - n_text], dim=1)
         return out, enc

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device,
+from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, heads_qkv, on_device,
                    run_after_block, run_after_embed, run_begin, run_end)
 
 from .svd_configs import SVD_SCHEDULER_DEFAULTS, SVD_UNET_CONFIG, SVD_VAE_CONFIG, VIT_H_CONFIG  # noqa: F401
@@ -377,17 +377,9 @@ class SlotProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        d = k.shape[-1] // attn.heads
-        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
-        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
-        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = heads_qkv(attn, q, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states))
         out = self.chain(attention_mask)(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d).to(q.dtype)
+        out = out.transpose(1, 2).flatten(2).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
