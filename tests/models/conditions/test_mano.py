@@ -10,28 +10,7 @@ import torch
 
 from interplay.models.conditions import mano as M
 from interplay.models.conditions.rotations import axis_angle_to_matrix
-
-PARENTS = [0, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]  # MANO's tree (entry 0 is unused)
-
-
-def synthetic_mano(seed=0, posedirs=False):
-    """A MANO-shaped model: 778 vertices, vertex i skinned only to joint i % 16, joint k at the mean of its
-    vertices, random shape blend shapes, orthonormal PCA components."""
-    rng = np.random.default_rng(seed)
-    V = 778
-    v = rng.normal(size=(V, 3)) * 0.05
-    owner = np.arange(V) % 16
-    weights = np.eye(16)[owner]
-    J = np.zeros((16, V))
-    for k in range(16):
-        J[k, owner == k] = 1.0 / (owner == k).sum()
-    comps, _ = np.linalg.qr(rng.normal(size=(45, 45)))
-    return dict(v_template=v, shapedirs=rng.normal(size=(V, 3, 10)) * 1e-3,
-                posedirs=(rng.normal(size=(V, 3, 135)) * 1e-3) if posedirs else np.zeros((V, 3, 135)),
-                J_regressor=J, weights=weights, f=rng.integers(0, V, size=(1538, 3)),
-                kintree_table=np.stack([[2 ** 32 - 1] + PARENTS[1:], list(range(16))]).astype(np.int64),
-                hands_components=comps, hands_mean=rng.normal(size=45) * 0.1)
-
+from kit.hoi_data import synthetic_mano
 
 def test_rest_pose_gives_template_joints_in_drawing_order():
     a = synthetic_mano()
