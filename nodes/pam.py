@@ -263,7 +263,8 @@ class InterplayHOIRenderConditions:
                                                                                      "samples."}),
         }, "optional": {
             "background_depth": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01, "tooltip": (
-                "Metres; the far end of the depth range (0: 1.5 x the farthest foreground point).")}),
+                "Metres; the far end of the depth range (0: auto, the farthest foreground point at 35% "
+                "brightness, as in PAM's training depth).")}),
             "near": ("FLOAT", {"default": 0.3, "min": 0.001, "max": 100.0, "step": 0.01,
                                "tooltip": "Metres; the bright end for depth_range 'fixed'."}),
             "points": ("INT", {"default": 25000, "min": 100, "max": 1000000, "tooltip": (

@@ -105,6 +105,10 @@ _KP_AXES = {"dexycb": (6, 3), "oakink2": (4, 2)}
 DEPTH_KINDS = ("metric_depth", "disparity", "relative_depth")
 DEPTH_RANGES = ("background_plane", "foreground", "frame", "fixed")
 DEFAULT_SIZE = (480, 720)  # PAM's motion model, H x W
+# Where the farthest foreground pixel sits in a rendered depth video by default: PAM's own validation depth video
+# (DepthCrafter, whole frames normalised, then masked) has its foreground between inferno index 96 (5th
+# percentile; 96 / 255 = 0.38) and 237 (95th), so rendered depth is spread over the same upper part.
+FOREGROUND_FLOOR = 0.35
 
 
 def _check_style(style: str) -> None:
@@ -204,7 +208,8 @@ def colorize_depth(values, mask=None, *, kind: str = "metric_depth", range_mode:
                         masked the background, so the foreground sits in the bright part)
       foreground        min/max over the foreground pixels
       background_plane  metric only: max over the foreground, min = a background plane at ``far`` metres
-                        (0: 1.5 x the farthest foreground depth), the rendered stand-in for 'frame'
+                        (0: placed so the farthest foreground point maps to FOREGROUND_FLOOR), the
+                        rendered stand-in for 'frame'
       fixed             metric only: inverse depth between 1/far (dark) and 1/near (bright)"""
     if kind not in DEPTH_KINDS:
         raise ValueError(f"kind must be one of {', '.join(DEPTH_KINDS)}, got {kind!r}")
@@ -239,7 +244,8 @@ def colorize_depth(values, mask=None, *, kind: str = "metric_depth", range_mode:
             lo, hi = 1.0 / far, 1.0 / near
         elif range_mode == "background_plane":
             hi = float(s_fg.max())
-            lo = 1.0 / far if far > 0 else 1.0 / (1.5 * float(d[fg].max()))
+            # auto: the plane where the farthest foreground point lands at FOREGROUND_FLOOR
+            lo = 1.0 / far if far > 0 else (float(s_fg.min()) - FOREGROUND_FLOOR * hi) / (1 - FOREGROUND_FLOOR)
         elif range_mode == "foreground":
             lo, hi = float(s_fg.min()), float(s_fg.max())
         else:
@@ -438,10 +444,12 @@ def hand_geometry(seq: HOISequence, mano=None) -> list[dict]:
     return out
 
 
-def project_joints(seq: HOISequence, mano=None) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-    """Per hand: (pixels [F,21,2], camera depth [F,21]) of its joints; annotated joints_2d win for pixels."""
+def project_joints(seq: HOISequence, mano=None, geometry: list | None = None
+                   ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """Per hand: (pixels [F,21,2], camera depth [F,21]) of its joints; annotated joints_2d win for pixels.
+    ``geometry``: hand_geometry's result when already computed."""
     out = []
-    for h, g in zip(seq.hands, hand_geometry(seq, mano)):
+    for h, g in zip(seq.hands, geometry if geometry is not None else hand_geometry(seq, mano)):
         uv = z = None
         if g["joints"] is not None:
             cam = np.stack([seq.camera.to_camera(g["joints"][f], f) for f in range(seq.num_frames)])
@@ -507,7 +515,7 @@ def render_hoi_conditions(seq: HOISequence, *, size: tuple[int, int] = DEFAULT_S
                     for o in seq.objects]
     annotated_seg = use_annotations and seq.seg is not None
     annotated_depth = use_annotations and seq.depth is not None
-    kp_2d = project_joints(seq, mano)
+    kp_2d = project_joints(seq, geometry=geo)
     labels = np.zeros((F, H, W), np.uint8)
     depth = np.zeros((F, H, W), np.float32)
     hand_img = np.zeros((F, H, W, 3), np.uint8)

@@ -130,9 +130,8 @@ def test_depth_normalisation_of_a_hand_made_video():
     assert tuple(both[1, 3, 3]) == tuple(R.INFERNO_U8[0])         # the farthest foreground pixel -> index 0
     fixed = (R.colorize_depth(d, fg, range_mode="fixed", near=0.5, far=2.0).numpy() * 255).round().astype(int)
     assert np.array_equal(fixed, img)
-    auto = (R.colorize_depth(d, fg).numpy() * 255).round().astype(int)  # far = 1.5 * 0.8 = 1.2 m
-    v = (1.25 - 1 / 1.2) / (2 - 1 / 1.2)
-    assert tuple(auto[1, 3, 3]) == tuple(R.INFERNO_U8[int(np.floor(v * 255))])
+    auto = (R.colorize_depth(d, fg).numpy() * 255).round().astype(int)  # the farthest point at 0.35: 89.25
+    assert tuple(auto[1, 3, 3]) == tuple(R.INFERNO_U8[89]) and tuple(auto[0, 0, 0]) == (252, 254, 164)
 
 
 def test_depth_of_an_estimator_uses_the_whole_frame_and_is_monotonic():
