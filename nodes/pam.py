@@ -422,7 +422,8 @@ class InterplayHOIMetrics:
         if not 0 <= hand < len(seq.hands):
             raise ValueError(f"{node}: 'hand' {hand}: the sequence has {len(seq.hands)} hand(s)")
         if pred.ndim != 3 or pred.shape[1:] not in ((21, 3), (21, 2)):
-            raise ValueError(f"{node}: 'keypoints_json' joints must be [F][21][3] or [F][21][2], got {list(pred.shape)}")
+            raise ValueError(f"{node}: 'keypoints_json' joints must be [F][21][3] or [F][21][2], "
+                             f"got {list(pred.shape)}")
         if pred.shape[0] != seq.num_frames:
             raise ValueError(f"{node}: 'keypoints_json' has {pred.shape[0]} frames, the sequence {seq.num_frames}; "
                              "expected equal counts. Fix: resample the sequence to the video's frames.")

@@ -123,7 +123,8 @@ class ManoParams:
         from .mano import POSE_SPACES
 
         if self.pose_space not in POSE_SPACES:
-            raise HOIFormatError(f"{name}.pose_space: expected one of {', '.join(POSE_SPACES)}, got {self.pose_space!r}")
+            raise HOIFormatError(f"{name}.pose_space: expected one of {', '.join(POSE_SPACES)}, "
+                                 f"got {self.pose_space!r}")
         shape = {"axis_angle": (None, 48), "quat": (None, 16, 4), "pca": (None, None)}[self.pose_space]
         pose = _per_frame(_arr(self.pose, f"{name}.pose", np.float64, shape, False), f"{name}.pose", F)
         if self.pose_space == "pca" and not 3 <= pose.shape[1] <= 48:

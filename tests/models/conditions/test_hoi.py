@@ -26,7 +26,8 @@ def test_fields_and_named_errors():
     with pytest.raises(hoi.HOIFormatError, match=r"hands\[0\].joints: expected shape \[\*,21,3\], got \[5, 20, 3\]"):
         hoi.HOISequence(15, cam, [hoi.HandTrack(joints=np.zeros((5, 20, 3)))])
     with pytest.raises(hoi.HOIFormatError, match=r"objects\[0\].pose: 4 frames, the sequence has 5"):
-        hoi.HOISequence(15, cam, [hoi.HandTrack(joints=np.zeros((5, 21, 3)))], [hoi.ObjectTrack(3, np.zeros((4, 4, 4)))])
+        hoi.HOISequence(15, cam, [hoi.HandTrack(joints=np.zeros((5, 21, 3)))],
+                        [hoi.ObjectTrack(3, np.zeros((4, 4, 4)))])
     with pytest.raises(hoi.HOIFormatError, match=r"side: expected 'right' or 'left'"):
         hoi.HOISequence(15, cam, [hoi.HandTrack("up", joints=np.zeros((5, 21, 3)))])
     with pytest.raises(hoi.HOIFormatError, match="label: expected 1..254"):
