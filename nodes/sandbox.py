@@ -32,7 +32,7 @@ class InterplaySandboxScene:
             "preset": (list(PRESETS), {"default": "push", "tooltip": (
                 "push: 1-2 objects start moving and hit others (KineMask); pusher: a hand pushes an object "
                 "(InterDyn); multi: several interacting objects (MATRIX); camera: static scene, moving camera "
-                "(GameCraft).")}),
+                "(GameCraft); hoi: a hand pushes or carries an object, its joints kept for PAM's conditions.")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1, "control_after_generate": True,
                              "tooltip": "Scene seed: layout, colours, speeds, camera. Same seed, same scene."}),
             # maxima a large workstation can hold (~56 GB at 1536 x 1536 x 512); the memory check refuses more
