@@ -90,7 +90,7 @@ def _dtype_of(dtype, device):
 
 
 def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", vae_tiling: bool = False,
-                   variant: str | None = None) -> Backbone:
+                   variant: str | None = None, transformer=None) -> Backbone:
     """Load CogVideoX as a frozen :class:`Backbone` (family "cogvideox").
 
     Args:
@@ -101,13 +101,16 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
         offload: "none" keeps everything on ``device``; "model" parks T5, transformer and VAE on the offload
             device and moves each in only for its stage (text encoding, denoising, decoding).
         vae_tiling: tile VAE encode/decode (bounded memory for 480x720 and up).
+        transformer: a CogVideoXTransformer3DModel already built (e.g. the main weights of a released whole
+            transformer folder that also holds a branch); the source's own transformer is then never read, and
+            in single-files mode the transformer file may be omitted.
     """
     if offload not in ("none", "model"):
         raise ValueError(f"CogVideoX loader: offload must be 'none' or 'model'; got {offload!r}")
     device = torch.device(device) if device is not None else runtime.compute_device()
     compute, storage = _dtype_of(dtype, device)
     if isinstance(source, dict):
-        parts = _load_single_files(source)
+        parts = _load_single_files(source, transformer=transformer)
         src = {"kind": "single_files", **{k: str(v) for k, v in source.items() if v is not None}}
     else:
         path = Path(source)
@@ -116,17 +119,19 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
                 f"CogVideoX loader: {str(path)!r} is not a diffusers folder. Put the model under "
                 f"{[str(p) for p in runtime.model_folders('diffusers')]} (folder with transformer/, vae/, "
                 "text_encoder/, tokenizer/, scheduler/) or use the single-files mode.")
-        parts = _load_diffusers_folder(path)
+        parts = _load_diffusers_folder(path, transformer=transformer)
         src = {"kind": "diffusers", "path": str(path)}
     return assemble_backbone(*parts, dtype=compute, storage_dtype=storage, device=device, offload=offload,
                              vae_tiling=vae_tiling, variant=variant, source=src)
 
 
-def _load_diffusers_folder(path: Path):
+def _load_diffusers_folder(path: Path, transformer=None):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    missing = [p for p in ("transformer", "vae", "text_encoder", "tokenizer") if not (path / p).is_dir()]
+    need = ("vae", "text_encoder", "tokenizer") if transformer is not None else (
+        "transformer", "vae", "text_encoder", "tokenizer")
+    missing = [p for p in need if not (path / p).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"CogVideoX loader: diffusers folder {path} lacks {', '.join(p + '/' for p in missing)} (expected "
@@ -134,7 +139,9 @@ def _load_diffusers_folder(path: Path):
             "whole release folder, or use the single-files mode.")
     from ..weights import from_pretrained
 
-    transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer", "CogVideoX loader (transformer)")
+    if transformer is None:
+        transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer",
+                                      "CogVideoX loader (transformer)")
     vae = from_pretrained(AutoencoderKLCogVideoX, path / "vae", "CogVideoX loader (vae)")
     text_encoder = from_pretrained(T5EncoderModel, path / "text_encoder", "CogVideoX loader (text_encoder)")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -300,21 +307,23 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
                             f"beside the text encoder as {te.stem}_tokenizer/.")
 
 
-def _load_single_files(files: dict):
+def _load_single_files(files: dict, transformer=None):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    for role in ("transformer", "vae", "text_encoder"):
+    for role in ("vae", "text_encoder") if transformer is not None else ("transformer", "vae", "text_encoder"):
         if not files.get(role):
             raise ValueError(f"CogVideoX loader: single-files mode needs a {role} file; got none")
-    sd, cfg = _read_file(files["transformer"], "transformer")
-    sd = _strip_prefix(sd, ("model.diffusion_model.", "transformer."))
-    cfg = {**infer_transformer_config(sd, files["transformer"]), **(cfg or {})}
-    with torch.device("meta"):  # no throw-away random init of billions of weights
-        transformer = CogVideoXTransformer3DModel(**cfg)
-    _load_checked(transformer, sd, files["transformer"],
-                  "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32).")
-    _fix_buffers(transformer, cfg)
+    if transformer is None:
+        sd, cfg = _read_file(files["transformer"], "transformer")
+        sd = _strip_prefix(sd, ("model.diffusion_model.", "transformer."))
+        cfg = {**infer_transformer_config(sd, files["transformer"]), **(cfg or {})}
+        with torch.device("meta"):  # no throw-away random init of billions of weights
+            transformer = CogVideoXTransformer3DModel(**cfg)
+        _load_checked(transformer, sd, files["transformer"],
+                      "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32).")
+        _fix_buffers(transformer, cfg)
+    cfg = dict(transformer.config)
     sd, vcfg = _read_file(files["vae"], "vae")
     sd = _strip_prefix(sd, ("vae.", "first_stage_model."))
     vcfg = {**infer_vae_config(sd, files["vae"]), **(vcfg or {})}
