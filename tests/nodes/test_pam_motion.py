@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 from interplay.models import runtime
 from interplay.models.backbones import cogvideox as cog
 from interplay.models.control import pam as P
-from interplay.models.sampling.cogvideox import sample_cogvideox
 from interplay.nodes import pam as nd
 from interplay.nodes.cogvideox import InterplayCogVideoXSampler
 from interplay.nodes.controls import InterplayApplyControl
@@ -117,10 +116,6 @@ def test_the_unchanged_sampler_node_runs_pam(root, bb):
     assert (got - plain).abs().max() > 1e-3
     chain = InterplayApplyControl().apply(br, 1.0, 0.0, 1.0, control=sig)[0]
     assert torch.equal(sampler.sample(bb, img, **kw, controls=chain, control_weight=1.0)[1]["samples"], got)
-    pos, neg = cog.encode_prompt(bb, [kw["prompt"]]), cog.encode_prompt(bb, [kw["negative"]])
-    ref = sample_cogvideox(bb, img, pos, neg, controls=[sig], branch=br, num_frames=F, steps=2, cfg=6.0,
-                           dynamic_cfg=True, seed=42, scheduler="dpm")
-    assert torch.equal(got, ref.permute(0, 2, 1, 3, 4).float())
     with pytest.raises(ValueError, match="'control' has 17 frames but num_frames is 9"):
         (long,) = nd.InterplayPAMControl().build(1.0, 0.0, 1.0, 0, **_conditions(17))
         sampler.sample(bb, img, **kw, control=long, branch=br)

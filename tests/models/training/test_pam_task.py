@@ -13,7 +13,7 @@ from interplay.models.training import pam as PT
 from interplay.models.training import trainer as T
 from interplay.models.training.config import _check_options, build_task
 
-F, H, W = 9, 32, 32
+F, H, W = 9, 16, 16  # the smallest the tiny VAE and patching take: the CPU VAE dominates a step
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_training_moves_the_branch_and_lowers_the_loss_while_the_backbone_stays(
     res = T.train(task, DS(), cfg, tmp_path)
     l1 = fixed_noise_loss()
     assert all(np.isfinite(res.losses)) and len(res.losses) == 8
-    assert l1 < 0.85 * l0, (l0, l1)  # overfits the one clip (0.75x measured)
+    assert l1 < 0.85 * l0, (l0, l1)  # overfits the one clip (0.79x measured)
     after = task.trainable_state_dict()
     for name in ("initial_combine_linear.weight", "combine_linears.0.weight", "combine_linears.1.weight",
                  "transformer_blocks_copy.0.attn1.to_q.weight", "transformer_blocks_copy.1.ff.net.2.weight"):
@@ -79,8 +79,8 @@ def test_training_moves_the_branch_and_lowers_the_loss_while_the_backbone_stays(
 
 
 def test_zero_init_task_loss_equals_the_loss_without_the_branch(bb):
-    task = PT.PAMTask(bb, num_blocks=1, max_text_length=8)
-    b = T.collate([_item(0), _item(1)])
+    task = PT.PAMTask(bb, num_blocks=1, max_text_length=8, conditions="hand")
+    b = T.collate([_item(0, slots=("hand",))])
     with torch.no_grad():
         with_branch = task.loss(b, torch.Generator().manual_seed(3))
         task.hp["weight"] = 0.0  # the same draws (conditions still encoded), the branch not run
@@ -95,9 +95,9 @@ def test_dropout_zeroes_maps_and_first_frames_as_the_released_trainer(bb):
     videos = task.condition_videos(b, b["frames"].shape)
     assert videos["hand"] is None and videos["tracking"] is None  # not trained: always zero
     keep_img = torch.tensor([True, False])
-    like = torch.zeros(2, 3, 4, 8, 8)
+    like = torch.zeros(2, 3, 4, 4, 4)
     lat = task.condition_latents(videos, keep_img, torch.Generator().manual_seed(0), like=like)
-    assert lat.shape == (2, 5, 3, 8, 8, 8)
+    assert lat.shape == (2, 5, 3, 8, 4, 4)
     assert float(lat[:, [0, 1, 2, 4]].abs().max()) == 0  # tracking, normal, depth (dropped), hand (unused)
     # seg kept: its map on both samples; its first frame only where the image was kept (noised-image dropout)
     g = torch.Generator().manual_seed(0)
@@ -116,7 +116,7 @@ def test_batch_contract_errors_and_registry_wiring(bb):
         task.loss(b, torch.Generator().manual_seed(0))
     bad = T.collate([_item(0)])
     bad["hoi_seg"] = bad["hoi_seg"][:, :5]
-    with pytest.raises(ValueError, match=r"'hoi_seg' must be \[B,F,H,W,3\] = \[1, 9, 32, 32, 3\]"):
+    with pytest.raises(ValueError, match=r"'hoi_seg' must be \[B,F,H,W,3\] = \[1, 9, 16, 16, 3\]"):
         task.loss(bad, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="'conditions' must name some of"):
         PT.PAMTask(bb, conditions="depth,keypoints")
