@@ -40,8 +40,12 @@ def read_metadata(path, what: str = "weights") -> dict:
         raise _unreadable(what, path, ex) from ex
 
 
-def read_safetensors(path, what: str = "weights") -> tuple[dict, dict]:
-    """(tensors, metadata) of a safetensors file, on the CPU."""
+def read_safetensors(path, what: str = "weights", keys=None, convert=None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file, on the CPU.
+
+    ``keys``: a collection of names to read (the others are never read from disk: a branch inside a whole
+    transformer file costs only its own bytes); names the file lacks are left out. ``convert(tensor)`` is applied
+    to each tensor as it is read (e.g. a cast or a move), so a large file never sits in memory in two forms."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -50,11 +54,25 @@ def read_safetensors(path, what: str = "weights") -> tuple[dict, dict]:
         sd = {}
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            for k in f.keys():
-                sd[k] = f.get_tensor(k)
+            wanted = None if keys is None else set(keys)
+            names = f.keys() if wanted is None else [k for k in f.keys() if k in wanted]
+            for k in names:
+                t = f.get_tensor(k)
+                if convert is not None:
+                    try:
+                        t = convert(t)
+                    except Exception as ex:  # the caller's own error (e.g. out of memory), not the file's
+                        raise _ConvertError() from ex
+                sd[k] = t
+    except _ConvertError as ex:
+        raise ex.__cause__
     except Exception as ex:
         raise _unreadable(what, path, ex) from ex
     return sd, meta
+
+
+class _ConvertError(Exception):
+    pass
 
 
 def from_pretrained(cls, folder, what: str, **kwargs):

@@ -89,7 +89,7 @@ def _dtype_of(dtype, device):
 
 
 def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", vae_tiling: bool = False,
-                   variant: str | None = None) -> Backbone:
+                   variant: str | None = None, transformer=None) -> Backbone:
     """Load CogVideoX as a frozen :class:`Backbone` (family "cogvideox").
 
     Args:
@@ -100,13 +100,16 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
         offload: "none" keeps everything on ``device``; "model" parks T5, transformer and VAE on the offload
             device and moves each in only for its stage (text encoding, denoising, decoding).
         vae_tiling: tile VAE encode/decode (bounded memory for 480x720 and up).
+        transformer: a CogVideoXTransformer3DModel already built (e.g. the main weights of a released whole
+            transformer folder that also holds a branch); the source's own transformer is then never read, and
+            in single-files mode the transformer file may be omitted.
     """
     if offload not in ("none", "model"):
         raise ValueError(f"CogVideoX loader: offload must be 'none' or 'model'; got {offload!r}")
     device = torch.device(device) if device is not None else runtime.compute_device()
     compute, storage = _dtype_of(dtype, device)
     if isinstance(source, dict):
-        parts = _load_single_files(source)
+        parts = _load_single_files(source, transformer=transformer)
         src = {"kind": "single_files", **{k: str(v) for k, v in source.items() if v is not None}}
     else:
         path = Path(source)
@@ -115,17 +118,19 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
                 f"CogVideoX loader: {str(path)!r} is not a diffusers folder. Put the model under "
                 f"{[str(p) for p in runtime.model_folders('diffusers')]} (folder with transformer/, vae/, "
                 "text_encoder/, tokenizer/, scheduler/) or use the single-files mode.")
-        parts = _load_diffusers_folder(path)
+        parts = _load_diffusers_folder(path, transformer=transformer)
         src = {"kind": "diffusers", "path": str(path)}
     return assemble_backbone(*parts, dtype=compute, storage_dtype=storage, device=device, offload=offload,
                              vae_tiling=vae_tiling, variant=variant, source=src)
 
 
-def _load_diffusers_folder(path: Path):
+def _load_diffusers_folder(path: Path, transformer=None):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    missing = [p for p in ("transformer", "vae", "text_encoder", "tokenizer") if not (path / p).is_dir()]
+    need = ("vae", "text_encoder", "tokenizer") if transformer is not None else (
+        "transformer", "vae", "text_encoder", "tokenizer")
+    missing = [p for p in need if not (path / p).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"CogVideoX loader: diffusers folder {path} lacks {', '.join(p + '/' for p in missing)} (expected "
@@ -133,7 +138,9 @@ def _load_diffusers_folder(path: Path):
             "whole release folder, or use the single-files mode.")
     from ..weights import from_pretrained
 
-    transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer", "CogVideoX loader (transformer)")
+    if transformer is None:
+        transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer",
+                                      "CogVideoX loader (transformer)")
     vae = from_pretrained(AutoencoderKLCogVideoX, path / "vae", "CogVideoX loader (vae)")
     text_encoder = from_pretrained(T5EncoderModel, path / "text_encoder", "CogVideoX loader (text_encoder)")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -342,7 +349,7 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
                             f"beside the text encoder as {te.stem}_tokenizer/.")
 
 
-def _load_single_files(files: dict):
+def _load_single_files(files: dict, transformer=None):
     """Each part: header first, config checked against the shapes and bounds, model built on the meta device and
     compared key by key (weights.build_checked), and only then the weights read and put in place."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
@@ -350,20 +357,21 @@ def _load_single_files(files: dict):
 
     from ..weights import build_checked
 
-    for role in ("transformer", "vae", "text_encoder"):
+    for role in ("vae", "text_encoder") if transformer is not None else ("transformer", "vae", "text_encoder"):
         if not files.get(role):
             raise ValueError(f"CogVideoX loader: single-files mode needs a {role} file; got none")
     t_pre, v_pre = ("model.diffusion_model.", "transformer."), ("vae.", "first_stage_model.")
 
-    path = files["transformer"]
-    header, cfg = _read_config(path, "transformer")
-    header = _strip_prefix(header, t_pre)
-    cfg = _file_config("transformer", path, infer_transformer_config(header, path), cfg)
-    fix = "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32)."
-    transformer = build_checked(lambda: CogVideoXTransformer3DModel(**cfg), header, path,
-                                "CogVideoX loader (transformer)", optional=("pos_embedding",), fix=fix)
-    _load_checked(transformer, _strip_prefix(_read_weights(path, "transformer"), t_pre), path, fix)
-    _fix_buffers(transformer)
+    if transformer is None:  # else a prebuilt one (e.g. from a released PAM folder)
+        path = files["transformer"]
+        header, cfg = _read_config(path, "transformer")
+        header = _strip_prefix(header, t_pre)
+        cfg = _file_config("transformer", path, infer_transformer_config(header, path), cfg)
+        fix = "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32)."
+        transformer = build_checked(lambda: CogVideoXTransformer3DModel(**cfg), header, path,
+                                    "CogVideoX loader (transformer)", optional=("pos_embedding",), fix=fix)
+        _load_checked(transformer, _strip_prefix(_read_weights(path, "transformer"), t_pre), path, fix)
+        _fix_buffers(transformer)
 
     path = files["vae"]
     header, vcfg = _read_config(path, "vae")
@@ -391,7 +399,8 @@ def _load_single_files(files: dict):
     _load_checked(te, t5_keys(_read_weights(path, "text_encoder")), path, fix)
     tok = _find_tokenizer(Path(files["text_encoder"]), files.get("tokenizer"))
     sched = dict(SCHEDULER_DEFAULTS)
-    if cfg["num_attention_heads"] * cfg["attention_head_dim"] == 1920:
+    tc = transformer.config
+    if tc.num_attention_heads * tc.attention_head_dim == 1920:
         sched["snr_shift_scale"] = 3.0
     return transformer, vae, te, tok, sched
 

@@ -109,9 +109,11 @@ def dynamic_guidance(cfg: float, t: float, steps: int) -> float:
 
 
 def check_control(video: torch.Tensor, num_frames: int, height: int, width: int, node: str = "CogVideoX sampler"):
-    """Control video [F,H,W,3] must match the generation (F frames at the image's size)."""
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{node}: control video must be [F,H,W,3]; got {tuple(video.shape)}")
+    """Control video [F,H,W,C] must match the generation (F frames at the image's size). C is 3 per video;
+    a branch that reads several videos gets them stacked on channels (multiples of 3)."""
+    if video.ndim != 4 or video.shape[-1] == 0 or video.shape[-1] % 3:
+        raise ValueError(f"{node}: control video must be [F,H,W,3] (or several stacked on channels); got "
+                         f"{tuple(video.shape)}")
     fr, hh, ww = video.shape[:3]
     if fr != num_frames or (hh, ww) != (height, width):
         raise ValueError(f"{node}: control is {fr} frames of {hh}x{ww} but the generation is {num_frames} frames "

@@ -914,3 +914,59 @@ def models_root(dest: Path, seed: int = 0) -> Path:
             if not target.exists():
                 _link_or_copy(entry, target)
     return dest
+
+
+# ================================================================================================== PAM
+PAM_BLOCKS = 2
+PAM_CLASS = "CogVideoXTransformer3DModelTracking"
+
+
+def new_pam_released_state(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> tuple[dict, dict]:
+    """(state dict, config) of a tiny released PAM transformer: the tiny CogVideoX transformer (the weights of
+    :func:`tiny_cogvideox_dir` for the same seed) plus a trained-looking branch under the release's names:
+    ``transformer_blocks_copy.<i>`` = main block i + noise, ``combine_linears.<i>`` [D, D] and
+    ``initial_combine_linear`` [D, 5D] random (non-zero, so the block order shows in the output)."""
+    tr = new_cogvideox_modules(seed)["transformer"]
+    sd = {k: v.detach().clone() for k, v in tr.state_dict().items()}
+    inner = COGVIDEOX_TRANSFORMER["num_attention_heads"] * COGVIDEOX_TRANSFORMER["attention_head_dim"]
+    g = torch.Generator().manual_seed(seed + 11)
+    for i in range(num_blocks):
+        for k, v in tr.transformer_blocks[i].state_dict().items():
+            sd[f"transformer_blocks_copy.{i}.{k}"] = v + 0.05 * torch.randn(v.shape, generator=g)
+        sd[f"combine_linears.{i}.weight"] = 0.2 * torch.randn(inner, inner, generator=g)
+        sd[f"combine_linears.{i}.bias"] = 0.05 * torch.randn(inner, generator=g)
+    sd["initial_combine_linear.weight"] = 0.1 * torch.randn(inner, 5 * inner, generator=g)
+    sd["initial_combine_linear.bias"] = 0.05 * torch.randn(inner, generator=g)
+    return sd, dict(tr.config)
+
+
+def tiny_pam_released_dir(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> Path:
+    """A tiny PAM checkpoint in the released layout: a WHOLE CogVideoX transformer folder as the release's
+    ``save_pretrained`` writes it (diffusers' own sharded writer: ``diffusion_pytorch_model-0000k-of-0000n
+    .safetensors`` + ``diffusion_pytorch_model.safetensors.index.json``) with the branch keys among the main ones,
+    and a config.json with ``_class_name: CogVideoXTransformer3DModelTracking`` and WITHOUT ``num_tracking_blocks``
+    (the block count must be read from the keys). Main weights = :func:`tiny_cogvideox_dir`'s transformer."""
+
+    def build(tmp: Path):
+        from diffusers import CogVideoXTransformer3DModel
+        from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+        sd, _ = new_pam_released_state(seed, num_blocks)
+        tr = CogVideoXTransformer3DModel(**COGVIDEOX_TRANSFORMER)
+        # the branch modules as the released class has them, so diffusers' writer saves every key
+        inner = tr.config.num_attention_heads * tr.config.attention_head_dim
+        tr.transformer_blocks_copy = torch.nn.ModuleList([
+            CogVideoXBlock(dim=inner, num_attention_heads=tr.config.num_attention_heads,
+                           attention_head_dim=tr.config.attention_head_dim, time_embed_dim=tr.config.time_embed_dim,
+                           attention_bias=tr.config.attention_bias) for _ in range(num_blocks)])
+        tr.combine_linears = torch.nn.ModuleList([torch.nn.Linear(inner, inner) for _ in range(num_blocks)])
+        tr.initial_combine_linear = torch.nn.Linear(5 * inner, inner)
+        tr.load_state_dict(sd, strict=True)
+        tr.save_pretrained(tmp, safe_serialization=True, max_shard_size="100KB")
+        conf = json.loads((tmp / "config.json").read_text())
+        conf["_class_name"] = PAM_CLASS  # what the release's save_pretrained writes over diffusers' config
+        conf.pop("num_tracking_blocks", None)
+        (tmp / "config.json").write_text(json.dumps(conf, indent=2))
+
+    spec = dict(transformer=COGVIDEOX_TRANSFORMER, seed=seed, num_blocks=num_blocks, cls=PAM_CLASS, shard="100KB")
+    return cached("pam_released", spec, build)
