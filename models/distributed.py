@@ -131,11 +131,17 @@ def all_gather_cat(x: torch.Tensor, dim: int, group=None, sizes: Sequence[int] |
 def all_to_all(chunks: Sequence[torch.Tensor], out_shapes: Sequence[Sequence[int]], group=None) -> list[torch.Tensor]:
     """``chunks[j]`` goes to rank j; returns what each rank j sent here (shapes ``out_shapes[j]``, may differ per
     rank). The all-to-all of Ulysses attention when no engine is installed."""
-    dev = chunks[0].device
+    import math
+
+    dev, dtype = chunks[0].device, chunks[0].dtype
     cd = comm_device()
-    outs = [torch.empty(tuple(s), dtype=chunks[0].dtype, device=cd) for s in out_shapes]
-    dist.all_to_all(outs, [c.to(cd).contiguous() for c in chunks], group=group)
-    return [o.to(dev) for o in outs]
+    # one flat all_to_all_single with split sizes: gloo's list all_to_all wants equal shapes, this one does not
+    send = torch.cat([c.reshape(-1) for c in chunks]).to(cd)
+    recv_sizes = [math.prod(s) for s in out_shapes]
+    recv = torch.empty(sum(recv_sizes), dtype=dtype, device=cd)
+    dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=[c.numel() for c in chunks],
+                           group=group)
+    return [r.view(tuple(s)).to(dev) for r, s in zip(recv.split(recv_sizes), out_shapes)]
 
 
 def broadcast_(t: torch.Tensor, src: int = 0, group=None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import BoundControl, ControlBranch, ControlSignal, bind
 from .guidance import classifier_free, guided_step, rows_like
+from .step_cache import active_key
 
 SCHEDULERS = ("ddim", "dpm")
 
@@ -163,7 +164,8 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      scheduler: str = "ddim", eta: float = 0.0, sample_image_latent: bool = True,
                      preview: bool = False, latents: torch.Tensor | None = None, desc: str = "CogVideoX",
                      control_cfg: float = 1.0, inputs: dict | None = None,
-                     decode: bool = False) -> torch.Tensor:
+                     decode: bool = False, step_cache=None, parallel="off",
+                     parallel_engine: str = "auto") -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -183,6 +185,11 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         inputs: extra input-layout parts by name ([B,f,C,h,w] latents, e.g. "id_map"), same for every row.
         decode: the caller decodes the result next; the memory budget (checked before anything is allocated,
             memory.check) then covers the decode too.
+        step_cache: a ``step_cache.StepCache``: steps whose prediction it expects to change little reuse the last
+            one instead of calling the model (None or threshold 0: every step calls it, as without).
+        parallel: in a torchrun launch, "auto" | "cfg" | "sequence" | "off" (``sampling.parallel.plan``): the
+            guidance rows and/or the latent frames split over the processes (every process runs this call and
+            returns the same latents). parallel_engine: "auto" (yunchang when installed) | "yunchang" | "torch".
     """
     tr = bb.denoiser
     where = "CogVideoX sampler"
@@ -221,6 +228,20 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         text["uncond"] = neg if neg.shape[0] == b else neg.expand(b, *neg.shape[1:])
     extra = {k: v.to(dev, dtype) for k, v in (inputs or {}).items()}
     rotary = cog.rotary_for(tr, shape[1], shape[3], shape[4], dev)
+    from .parallel import plan
+
+    par = plan(parallel, rows=len(guidance.rows), engine=parallel_engine, where=where)
+    sp = par is not None and par.sp > 1
+    if sp:
+        par.check_heads(tr.config.num_attention_heads, where)
+        par.check_attachments(atts, where)
+
+    def forward(latent_in, ts, emb, rows, step):
+        if not sp:
+            return cog.forward(bb, latent_in, ts, emb, attachments=atts, rows=rows, image_rotary_emb=rotary,
+                               step=step)
+        return sequence_forward(bb, par, latent_in, ts, emb, attachments=atts, rows=rows, rotary=rotary,
+                                step=step)
 
     def predict(x_rows, rows):
         n = len(rows)
@@ -229,12 +250,13 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         if layout.has("image"):
             parts["image"] = torch.cat([img_lat] * n)
         emb = torch.cat([text[like[r]] for r in rows]) if n > 1 else text[like[next(iter(rows))]]
-        out = cog.forward(bb, layout.assemble(parts, dim=2), t.expand(n * b), emb, attachments=atts, rows=rows,
-                          image_rotary_emb=rotary, step=(i, len(timesteps)))
+        out = forward(layout.assemble(parts, dim=2), t.expand(n * b), emb, rows, (i, len(timesteps)))
         return out.float()
 
     old_x0 = None
     pbar = runtime.progress(len(timesteps), desc)
+    if step_cache is not None:
+        step_cache.start(len(timesteps))
     modules = [tr] + [m for a in atts for m in a.modules()]
     with torch.no_grad(), cog.on_device(bb, *modules), fast_attention(dev):
         for i, t in enumerate(timesteps):
@@ -243,7 +265,11 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                 g = g.without("no_control")  # a step with no control running has nothing to guide
             if dynamic_cfg and "uncond" in g.rows:
                 g = g.with_scale("cond", "uncond", dynamic_guidance(cfg, t.item(), steps))
-            out = guided_step(predict, latents, g)
+            if step_cache is not None:
+                key = (g.rows, active_key(controls_of, i, len(timesteps)))
+                out = step_cache(i, latents, lambda: guided_step(predict, latents, g, parallel=par), key=key)
+            else:
+                out = guided_step(predict, latents, g, parallel=par)
             if scheduler == "dpm":
                 prev_t = timesteps[i - 1] if i > 0 else None
                 latents, old_x0 = sched.step(out, old_x0, t, prev_t, latents, eta=eta, generator=gen,
@@ -254,6 +280,59 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
             pbar.update(1, preview=(lambda z=latents: cog.latent_preview_rgb(z[0, 0])) if preview else None)
     pbar.close()
     return latents
+
+
+def sequence_forward(bb: Backbone, par, latent_in: torch.Tensor, timestep, prompt_embeds: torch.Tensor, *,
+                     attachments=(), rows=None, rotary=None, step=None) -> torch.Tensor:
+    """``cog.forward`` with this process's latent frames only (``par``: a sequence-parallel ``Parallel``) and
+    Ulysses attention in every ``attn1`` slot (the text prefix of the joint attention stays on every process); the
+    other processes' frames gathered after -> the whole output [B,f,C,h,w], as one process computes it.
+
+    Positions: the rotary rows of these frames; models with a positional table (CogVideoX-5B-I2V's learned one,
+    2B's sin-cos) see, for the duration of the call, the whole clip's table cut to the text rows and these frames'
+    rows, so the patch embedding adds exactly what it adds in one process."""
+    from .parallel import SequenceParallel
+
+    tr = bb.denoiser
+    cfg = tr.config
+    f, h, w = latent_in.shape[1], latent_in.shape[3], latent_in.shape[4]
+    p_t = cfg.patch_size_t or 1
+    a, e = par.frame_range(f, p_t)
+    hw = (h // cfg.patch_size) * (w // cfg.patch_size)
+    rot = rotary if rotary is not None else cog.rotary_for(tr, f, h, w, latent_in.device)
+    if rot is not None:
+        rot = tuple(r[a // p_t * hw:e // p_t * hw] for r in rot)
+    names = list(cog.attention_layers(tr))
+    sp_att = SequenceParallel(par, lambda ctx: names, text_prefix=lambda ctx: ctx.text_in.shape[1], frames=(a, e, f))
+    with _frame_positions(tr.patch_embed, f, a, e, h, w, hw, p_t):
+        out = cog.forward(bb, latent_in[:, a:e], timestep, prompt_embeds, attachments=list(attachments) + [sp_att],
+                          rows=rows, image_rotary_emb=rot, step=step)
+    return par.gather_frames(out, 1, f, p_t)
+
+
+@contextlib.contextmanager
+def _frame_positions(pe, f: int, a: int, e: int, h: int, w: int, hw: int, p_t: int):
+    """CogVideoXPatchEmbed with a positional table adds, while this is open, the rows the whole clip of ``f``
+    latent frames gives its frames [a, e) (and the text rows), instead of the table of a clip of e - a frames."""
+    if not (pe.use_positional_embeddings or pe.use_learned_positional_embeddings):
+        yield
+        return
+
+    def pre(frames):  # the pixel-frame count the patch embedding derives from latent frames
+        return (frames - 1) * pe.temporal_compression_ratio + 1
+
+    if (pe.sample_height, pe.sample_width, pe.sample_frames) == (h, w, pre(f)):
+        whole = pe.pos_embedding
+    else:
+        whole = pe._get_positional_embeddings(h, w, pre(f), device=pe.proj.weight.device)
+    n = pe.max_text_seq_length
+    table = torch.cat([whole[:, :n], whole[:, n + a // p_t * hw:n + e // p_t * hw]], dim=1)
+    saved = (pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames)
+    pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames = table, h, w, pre(e - a)
+    try:
+        yield
+    finally:
+        pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames = saved
 
 
 def _runs(att, step: int, num_steps: int) -> bool:

@@ -1,14 +1,10 @@
 """Multi-process training on CPU: 2 gloo processes launched like torchrun (dist_worker.py) train a KineMask branch
 (DDP) and a whole tiny CogVideoX (FSDP2); their weights equal a one-process run with the same global batch, and a
 run cancelled in the launch resumes in one process to the weights of an uninterrupted run."""
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+from kit.launch import launch
 from safetensors.torch import load_file
 
 from interplay.models.training import cli
@@ -50,38 +46,6 @@ BACKBONE = BRANCH.replace('task = "kinemask_branch"', 'task = "cogvideox_backbon
     "ema_decay = 0.9\n", "")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(work: Path, world: int = 2, timeout: float = 240) -> None:
-    """Start ``world`` worker processes with torchrun's environment; fail (never hang) on any error."""
-    port = _free_port()
-    env = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               INTERPLAY_DIST_BACKEND="gloo", INTERPLAY_DIST_TIMEOUT="120", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    worker = Path(__file__).with_name("dist_worker.py")
-    procs = []
-    for r in range(world):
-        e = dict(env, RANK=str(r), LOCAL_RANK=str(r))
-        procs.append(subprocess.Popen([sys.executable, str(worker), str(work)], env=e, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            logs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{log[-3000:]}"
-
-
 def _weights(folder: Path, name=T.CHECKPOINT) -> dict:
     return load_file(str(folder / name))
 
@@ -96,7 +60,7 @@ def launched(tmp_path_factory, push_clips):
     work = tmp_path_factory.mktemp("dist")
     (work / "ddp.toml").write_text(BRANCH.format(out="unused", data=push_clips, steps=3))
     (work / "fsdp.toml").write_text(BACKBONE.format(out="unused", data=push_clips, steps=2))
-    _launch(work)
+    launch(Path(__file__).with_name("dist_worker.py"), [work])
     return work
 
 
