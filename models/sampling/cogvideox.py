@@ -18,7 +18,9 @@ from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import BoundControl, ControlBranch, ControlSignal, bind
+from ..fp8 import FP8Linear  # noqa: F401  (the one fp8 module of every family, importable here as before)
 from .guidance import classifier_free, guided_step, rows_like
+from .speed import running, with_fp8
 from .step_cache import active_key
 
 SCHEDULERS = ("ddim", "dpm")
@@ -40,40 +42,10 @@ def fast_attention(device):
 
 
 # ------------------------------------------------------------------------------------------------ fp8
-class FP8Linear(torch.nn.Module):
-    """W8A8 e4m3 Linear (opt-in speed path): per-output-channel weight scales, dynamic per-row activation scales,
-    ``torch._scaled_mm`` with rowwise scales on CUDA (bias added after); elsewhere the dequantised weight in a
-    plain matmul (same numbers up to the activation rounding). Pays only under torch.compile (which fuses the
-    activation quantisation); eager is slower than bf16 (research/performance.md)."""
-
-    def __init__(self, lin: torch.nn.Linear):
-        super().__init__()
-        w = lin.weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
-        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out] fp32
-        self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-        self.in_features, self.out_features = lin.in_features, lin.out_features
-
-    def forward(self, x):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.is_cuda:
-            xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
-            xq = (x2.float() / xs).to(torch.float8_e4m3fn)
-            out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale,
-                                   out_dtype=x.dtype)
-        else:
-            w = self.weight_fp8.float() * self.weight_scale.t()
-            out = (x2.float() @ w.t()).to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
-
-
 def enable_fp8_linears(blocks) -> int:
     """Swap the token-wise Linears (attention q/k/v/out, feed-forward) of CogVideoXBlocks for :class:`FP8Linear`
-    in place; the adaLN linears (one row per sample) stay. Returns how many were swapped."""
+    in place (benchmarks; the samplers' fp8 option uses ``fp8.convert``, which copies); the adaLN linears (one row
+    per sample) stay. Returns how many were swapped."""
     n = 0
     for block in blocks:
         for parent in (block.attn1, block.ff.net[0], block.ff.net):
@@ -165,7 +137,7 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      preview: bool = False, latents: torch.Tensor | None = None, desc: str = "CogVideoX",
                      control_cfg: float = 1.0, inputs: dict | None = None,
                      decode: bool = False, step_cache=None, parallel="off",
-                     parallel_engine: str = "auto") -> torch.Tensor:
+                     parallel_engine: str = "auto", speed=None) -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -190,9 +162,11 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         parallel: in a torchrun launch, "auto" | "cfg" | "sequence" | "off" (``sampling.parallel.plan``): the
             guidance rows and/or the latent frames split over the processes (every process runs this call and
             returns the same latents). parallel_engine: "auto" (yunchang when installed) | "yunchang" | "torch".
+        speed: a ``speed.Speed`` (regional compile, fp8 compute, the SDPA backend); None: the defaults.
     """
-    tr = bb.denoiser
     where = "CogVideoX sampler"
+    bb = with_fp8(bb, speed, where)
+    tr = bb.denoiser
     b, height, width = image.shape[0], image.shape[1], image.shape[2]
     cog.check_frames(bb, num_frames, height, width, node=where)
     bound = fit_controls(bound_controls(controls, branch, "cogvideox", where), num_frames, height, width, where)
@@ -258,7 +232,9 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
     if step_cache is not None:
         step_cache.start(len(timesteps))
     modules = [tr] + [m for a in atts for m in a.modules()]
-    with torch.no_grad(), cog.on_device(bb, *modules), fast_attention(dev):
+    attention = fast_attention(dev) if speed is None or speed.attention == "auto" else contextlib.nullcontext()
+    with torch.no_grad(), cog.on_device(bb, *modules), attention, \
+            running(bb, atts, speed, where, tr.config.attention_head_dim):
         for i, t in enumerate(timesteps):
             g = guidance
             if "no_control" in g.rows and not any(_runs(a, i, len(timesteps)) for a in controls_of):

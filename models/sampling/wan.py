@@ -33,6 +33,7 @@ from ..control.base import ControlBranch
 from . import flow
 from .cogvideox import _runs, bound_controls, fit_controls
 from .guidance import Guidance, classifier_free, guided_step
+from .speed import running, with_fp8
 from .step_cache import active_key
 
 WHERE = "Wan sampler"
@@ -283,7 +284,7 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
                boundary: float | None = None, seed: int = 0, latents: torch.Tensor | None = None,
                preview: bool = False, desc: str = "Wan", control_cfg: float = 1.0, inputs: dict | None = None,
                memory_budget_gb: float | None = None, batched_cfg: bool = True, callback=None,
-               step_cache=None, parallel="off", parallel_engine: str = "auto") -> torch.Tensor:
+               step_cache=None, parallel="off", parallel_engine: str = "auto", speed=None) -> torch.Tensor:
     """Generate -> normalised latents [B, C, f, h, w] float32 (``wan.decode_latents`` makes frames).
 
     Args:
@@ -310,7 +311,9 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
         parallel: in a torchrun launch, "auto" | "cfg" | "sequence" | "off" (``sampling.parallel.plan``): the
             guidance rows and/or the latent frames split over the processes; every process runs this call and
             returns the same latents. parallel_engine: "auto" (yunchang when installed) | "yunchang" | "torch".
+        speed: a ``speed.Speed`` (regional compile, fp8 compute, the SDPA backend); None: the defaults.
     """
+    bb = with_fp8(bb, speed, WHERE)
     e = bb.extra
     if bb.family != "wan":
         raise ValueError(f"{WHERE}: the backbone is {bb.family}; load a Wan model")
@@ -360,7 +363,8 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
     if step_cache is not None:
         step_cache.start(len(timesteps))
     modules = [m for a in atts for m in a.modules()]
-    with torch.no_grad(), on_device(bb, *modules):
+    head_dim = wan.expert_module(bb).config.attention_head_dim
+    with torch.no_grad(), on_device(bb, *modules), running(bb, atts, speed, WHERE, head_dim):
         for i, t in enumerate(timesteps):
             name = flow.expert_for_timestep(t, boundary, ntt)
             g = guid[name]

@@ -1,6 +1,6 @@
 """The sampler calls the parallel-sampling test runs in one process (the reference) and in each process of a
-2-process gloo launch (tests/models/sampling/parallel_worker.py): tiny Wan2.2 A14B and CogVideoX-I2V bundles from the kit, 9 frames (3
-latent frames: an uneven 2 + 1 split over 2 processes), a few steps with CFG."""
+2-process gloo launch (tests/models/sampling/parallel_worker.py): tiny Wan2.2 A14B and CogVideoX-I2V bundles from
+the kit, 9 frames (3 latent frames: an uneven 2 + 1 split over 2 processes), a few steps with CFG."""
 import torch
 from kit import tiny
 
