@@ -5,6 +5,7 @@ import torch
 from kit import tiny
 
 from interplay.models.backbones import cogvideox as cog
+from interplay.models.backbones.base import Attachment
 from interplay.models.backbones import wan
 from interplay.models.control import kinemask as km
 from interplay.models.control.base import ControlSignal
@@ -53,11 +54,34 @@ def _control():
     return ControlSignal(video=v, kind="velocity", weight=0.5)
 
 
-def run_wan(parallel="off", engine="auto"):
+class MemoryKV(Attachment):
+    """A stand-in for a causal sampler's KV cache: extra keys/values (M tokens of earlier blocks) joined to every
+    self-attention's own, as a cache joins them. Under sequence parallelism each process holds its share of the
+    tokens (``part`` of ``parts``), exactly what a cache storing the k/v its slot receives ends up holding."""
+
+    frame_shards = True
+
+    def __init__(self, part: int = 0, parts: int = 1, tokens: int = 7, heads: int = 2, dim: int = 16):
+        g = torch.Generator().manual_seed(11)
+        k, v = torch.randn(2, 1, heads, tokens, dim, generator=g)
+        sizes = [tokens // parts + (i < tokens % parts) for i in range(parts)]  # uneven: 4 + 3
+        a = sum(sizes[:part])
+        self.k, self.v = k[:, :, a:a + sizes[part]], v[:, :, a:a + sizes[part]]
+
+    def attention_layers(self, ctx):
+        return [n for n in wan.attention_layers(ctx.bb, ctx.extra.get("expert")) if n.endswith(".attn1")]
+
+    def attention(self, ctx, layer, q, k, v, call):
+        b = k.shape[0]
+        return call(q, torch.cat([self.k.expand(b, -1, -1, -1), k], dim=2),
+                    torch.cat([self.v.expand(b, -1, -1, -1), v], dim=2))
+
+
+def run_wan(parallel="off", engine="auto", memory=None):
     bb = wan_bundle()
     pos, neg = wan.encode_prompt(bb, ["a red box"]), wan.encode_prompt(bb, [""])
     return SW.sample_wan(bb, _image(), pos, neg, num_frames=9, steps=3, cfg=3.5, seed=2, parallel=parallel,
-                         parallel_engine=engine)
+                         parallel_engine=engine, attachments=[memory] if memory is not None else ())
 
 
 def run_cog(parallel="off", engine="auto", learned_positions=False, control=False):
@@ -68,10 +92,11 @@ def run_cog(parallel="off", engine="auto", learned_positions=False, control=Fals
                                parallel_engine=engine, **kw)
 
 
-def cases(engines):
-    """name -> a zero-argument call; the same names in the reference and in the launch."""
+def cases(engines, rank: int = 0):
+    """name -> a zero-argument call; the same names in the reference and in the launch (``rank``: this process)."""
     out = {"wan_cfg": lambda: run_wan("cfg"),
-           "cog_cfg_control": lambda: run_cog("cfg", control=True)}
+           "cog_cfg_control": lambda: run_cog("cfg", control=True),
+           "wan_sequence_cache": lambda: run_wan("sequence", memory=MemoryKV(rank, 2))}
     for e in engines:
         out[f"wan_sequence_{e}"] = lambda e=e: run_wan("sequence", e)
         out[f"cog_sequence_{e}"] = lambda e=e: run_cog("sequence", e)
@@ -82,5 +107,5 @@ def cases(engines):
 def reference(name: str):
     """The one-process output a case must equal."""
     if name.startswith("wan"):
-        return run_wan()
+        return run_wan(memory=MemoryKV() if "cache" in name else None)
     return run_cog(learned_positions="positions" in name, control="control" in name)

@@ -14,7 +14,7 @@ def main(work: Path, engines: list[str]) -> int:
     from interplay.models import distributed
 
     assert distributed.init() == 2
-    for name, call in P.cases(engines).items():
+    for name, call in P.cases(engines, distributed.rank()).items():
         out = call()
         save_file({"latents": out.contiguous()}, str(work / f"{name}.rank{distributed.rank()}.safetensors"))
     distributed.barrier()

@@ -1,7 +1,8 @@
 """Multi-GPU sampling maths on CPU: 2 gloo processes (parallel_worker.py) run the Wan and CogVideoX samplers with
 CFG-parallel (rows split, controls included) and sequence-parallel (Ulysses attention over an uneven 2 + 1 frame
-split; CogVideoX also with a positional table) through each engine installed here (torch.distributed's all-to-all
-always; yunchang when importable), and every process's latents equal the one-process sampler's."""
+split; CogVideoX also with a positional table; Wan with a KV-cache-like attachment holding each process's share of
+extra keys) through each engine installed here (torch.distributed's all-to-all always; yunchang when importable),
+and every process's latents equal the one-process sampler's."""
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def launched(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("name", ["wan_cfg", "cog_cfg_control"] + [f"{fam}_sequence{pos}_{e}" for e in ENGINES
+@pytest.mark.parametrize("name", ["wan_cfg", "cog_cfg_control", "wan_sequence_cache"] + [f"{fam}_sequence{pos}_{e}" for e in ENGINES
                                   for fam, pos in (("wan", ""), ("cog", ""), ("cog", "_positions"))])
 def test_parallel_output_equals_one_process(name, launched):
     want = cases.reference(name)
