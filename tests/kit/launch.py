@@ -14,12 +14,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(worker: Path, args=(), world: int = 2, timeout: float = 240) -> list[str]:
+def launch(worker: Path, args=(), world: int = 2, timeout: float = 240, backend: str | None = "gloo") -> list[str]:
     """Run ``python worker *args`` as ``world`` ranks; returns their logs; raises AssertionError naming the rank
-    that failed (or timed out)."""
+    that failed (or timed out). ``backend`` None: the pack's choice (NCCL when CUDA is present)."""
     env = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               INTERPLAY_DIST_BACKEND="gloo", INTERPLAY_DIST_TIMEOUT="120", OMP_NUM_THREADS="1",
+               INTERPLAY_DIST_TIMEOUT="120" if backend == "gloo" else "1800", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env.pop("INTERPLAY_DIST_BACKEND", None)
+    if backend is not None:
+        env["INTERPLAY_DIST_BACKEND"] = backend
     procs = [subprocess.Popen([sys.executable, str(worker), *map(str, args)], env=dict(env, RANK=str(r),
                               LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world)]

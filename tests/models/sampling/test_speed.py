@@ -9,7 +9,6 @@ from interplay.models.backbones import cogvideox as cog
 from interplay.models.backbones import svd as svdb
 from interplay.models.backbones import wan
 from interplay.models.sampling import cogvideox as SC
-from interplay.models.sampling import edm as SE
 from interplay.models.sampling import wan as SW
 from interplay.models.sampling.speed import Speed
 
@@ -83,12 +82,10 @@ def test_regional_compile_runs_every_family_and_is_undone(cogbb, tiny_svd, tiny_
     got = _cog(cogbb, Speed(compile=True, compile_options=opts), steps=2)
     assert torch.equal(got, ref)
     assert all(m._compiled_call_impl is None for m in cogbb.denoiser.modules())  # eager again afterwards
-    sb = svdb.load_svd(tiny_svd, dtype=torch.float32, device="cpu")
-    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
-    a = SE.sample_svd(sb, img, num_frames=4, steps=2, seed=2)
-    b = SE.sample_svd(sb, img, num_frames=4, steps=2, seed=2, speed=Speed(compile=True, compile_options=opts))
-    assert torch.equal(a, b)
-    assert svdb.compile_blocks(sb, backend="eager") > 0
+    sb = svdb.load_svd(tiny_svd, dtype=torch.float32, device="cpu")  # (its compiled step: bench_scale's CPU test)
+    n = svdb.compile_blocks(sb, backend="eager")
+    assert n == sum(type(m).__name__ in ("SpatioTemporalResBlock", "TransformerSpatioTemporalModel")
+                    for m in sb.denoiser.modules()) > 0
     for m in sb.denoiser.modules():
         m._compiled_call_impl = None
     wb = wan.load_wan(tiny_wan, dtype="fp32", device="cpu")
