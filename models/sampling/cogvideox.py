@@ -204,11 +204,9 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
     rotary = cog.rotary_for(tr, shape[1], shape[3], shape[4], dev)
     from .parallel import plan
 
-    par = plan(parallel, rows=len(guidance.rows), engine=parallel_engine, where=where)
+    par = plan(parallel, rows=len(guidance.rows), engine=parallel_engine, where=where, attachments=atts,
+               heads=tr.config.num_attention_heads, frames=f, multiple=tr.config.patch_size_t or 1)
     sp = par is not None and par.sp > 1
-    if sp:
-        par.check_heads(tr.config.num_attention_heads, where)
-        par.check_attachments(atts, where)
 
     def forward(latent_in, ts, emb, rows, step):
         if not sp:

@@ -119,12 +119,16 @@ class Parallel:
                              " processes, or parallel 'cfg'")
 
 
-def plan(mode="off", *, rows: int = 2, engine: str = "auto", where: str = "sampler") -> Parallel | None:
+def plan(mode="off", *, rows: int = 2, engine: str = "auto", where: str = "sampler", attachments=(),
+         heads: int | None = None, frames: int | None = None, multiple: int = 1) -> Parallel | None:
     """A :class:`Parallel` for this launch, or None (one process, or ``mode`` "off").
 
     mode: "off"; "auto" (2 CFG groups when the world size is even and the step has >= 2 rows, the rest sequence
-    parallel); "cfg" (every process a row group: at most ``rows`` processes); "sequence" (every process a frame
-    shard). A :class:`Parallel` passes through. ``rows``: the most guidance rows a step of this request has."""
+    parallel where the request allows it: every attachment ``frame_shards``, the heads and latent ``frames``
+    divide; otherwise those processes compute the same thing, so "auto" never refuses); "cfg" (every process a
+    row group: at most ``rows`` processes); "sequence" (every process a frame shard; refused, by name, where the
+    request does not allow it). A :class:`Parallel` passes through. ``rows``: the most guidance rows a step of
+    this request has; ``multiple``: the latent frames a shard is made of (CogVideoX 1.5's temporal patch)."""
     if isinstance(mode, Parallel) or mode is None:
         return mode
     if mode not in MODES:
@@ -145,12 +149,27 @@ def plan(mode="off", *, rows: int = 2, engine: str = "auto", where: str = "sampl
         cfg = 1
     else:
         cfg = 2 if world % 2 == 0 and rows >= 2 else 1
-    sp = world // cfg
+    span = world // cfg  # the processes of one row group: a frame shard each, or replicas
+    sp = span
+    if span > 1:
+        probe = Parallel(sp=span)
+        try:
+            probe.check_attachments(attachments, where)
+            if heads is not None:
+                probe.check_heads(heads, where)
+            if frames is not None:
+                probe.frame_sizes(frames, multiple)
+        except ValueError:
+            if mode == "sequence":
+                raise
+            sp = 1  # "auto": these processes compute the same rows
+    if cfg == 1 and sp == 1:
+        return None  # nothing to split: every process runs the whole request
     r = distributed.rank()
-    c, s = divmod(r, sp)
-    cfg_group, sp_group = _groups(cfg, sp)
-    return Parallel(cfg=cfg, sp=sp, engine=_engine(engine, where) if sp > 1 else "torch", cfg_rank=c, sp_rank=s,
-                    cfg_group=cfg_group[s], sp_group=sp_group[c])
+    c, s = divmod(r, span)
+    cfg_group, sp_group = _groups(cfg, span)
+    return Parallel(cfg=cfg, sp=sp, engine=_engine(engine, where) if sp > 1 else "torch", cfg_rank=c,
+                    sp_rank=s if sp > 1 else 0, cfg_group=cfg_group[s], sp_group=sp_group[c] if sp > 1 else None)
 
 
 def _groups(cfg: int, sp: int):

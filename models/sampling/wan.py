@@ -341,9 +341,10 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
 
     from .parallel import plan
 
-    par = plan(parallel, rows=max(len(g.rows) for g in guid.values()), engine=parallel_engine, where=WHERE)
-    if par is not None:
-        par.check_heads(wan.expert_module(bb).config.num_attention_heads, WHERE)
+    atts = registry.attachments(bound, bb) + list(attachments)
+    par = plan(parallel, rows=max(len(g.rows) for g in guid.values()), engine=parallel_engine, where=WHERE,
+               attachments=atts, heads=wan.expert_module(bb).config.num_attention_heads,
+               frames=wan.latent_shape(bb, num_frames, height, width)[2])
     dev = bb.device
     gen = torch.Generator().manual_seed(int(seed))
     shape = wan.latent_shape(bb, num_frames, height, width, batch=b)
@@ -356,7 +357,6 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
                           inputs=inputs)
     sched = flow.make_scheduler(scheduler, shift, steps, config=bb.scheduler_config, device=dev)
     timesteps = sched.timesteps
-    atts = registry.attachments(bound, bb) + list(attachments)
     controls_of = atts[:len(atts) - len(attachments)]
     ntt = e.get("num_train_timesteps", 1000)
     pbar = runtime.progress(len(timesteps), desc)

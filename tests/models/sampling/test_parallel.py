@@ -72,3 +72,26 @@ def test_sequence_parallel_refuses_whole_clip_attachments_and_odd_heads():
     assert P.plan("sequence") is None and P.plan("off") is None  # one process: nothing to split
     with pytest.raises(ValueError, match="parallel must be one of off, auto, cfg, sequence"):
         P.plan("tensor")
+
+
+def test_plan_layouts_and_the_auto_fallback(monkeypatch):
+    from interplay.models.backbones.base import Attachment
+
+    class Whole(Attachment):
+        pass
+
+    monkeypatch.setattr(P.distributed, "init", lambda: 4)
+    monkeypatch.setattr(P.distributed, "rank", lambda: 3)
+    monkeypatch.setattr(P, "_groups", lambda cfg, span: ([f"cfg{s}" for s in range(span)],
+                                                         [f"sp{c}" for c in range(cfg)]))
+    p = P.plan("auto", rows=2, heads=40, frames=21)  # rank 3 of cfg 2 x sequence 2
+    assert (p.cfg, p.sp, p.cfg_rank, p.sp_rank, p.cfg_group, p.sp_group) == (2, 2, 1, 1, "cfg1", "sp1")
+    p = P.plan("auto", rows=2, heads=40, frames=21, attachments=[Whole()])  # a whole-clip control: replicas
+    assert (p.cfg, p.sp, p.cfg_rank, p.cfg_group, p.sp_group) == (2, 1, 1, "cfg1", None)
+    assert P.plan("auto", rows=1, heads=5, frames=21) is None  # one row, odd heads: nothing to split
+    with pytest.raises(ValueError, match=r"heads \(5\) to divide evenly"):
+        P.plan("sequence", rows=1, heads=5, frames=21)
+    with pytest.raises(ValueError, match="parallel 'cfg' puts one guidance row per process.*2 row\\(s\\) for 4"):
+        P.plan("cfg", rows=2)
+    p = P.plan("sequence", rows=2, heads=40, frames=21)
+    assert (p.cfg, p.sp, p.sp_rank, p.frame_range(21)) == (1, 4, 3, (16, 21))
