@@ -78,8 +78,9 @@ class Parallel:
 
     # ---------------------------------------------------------------------------------------------- rows
     def row_groups(self, rows: Sequence[str]) -> list[list[str]]:
-        """The guidance rows split into ``cfg`` contiguous groups (the first groups one larger when uneven; a
-        group may be empty when there are fewer rows than groups, e.g. a step without CFG)."""
+        """The guidance rows split into ``cfg`` contiguous groups (the first groups one larger when uneven; with
+        fewer rows than groups, e.g. a step without CFG, the last groups are empty and ``split_rows`` runs every
+        row on every process instead)."""
         q, r = divmod(len(rows), self.cfg)
         out, k = [], 0
         for c in range(self.cfg):
@@ -92,13 +93,13 @@ class Parallel:
         """The guided step's batch computed row group by row group on the CFG processes, then gathered: the same
         [len(rows) * B, ...] output one process would give (rows in order)."""
         b = x.shape[0]
+        if len(rows) < self.cfg:  # e.g. a step without CFG: every process computes the rows itself
+            x_in = torch.cat([x] * len(rows)) if len(rows) > 1 else x
+            return predict(x_in, {r: slice(k * b, (k + 1) * b) for k, r in enumerate(rows)})
         groups = self.row_groups(rows)
         mine = groups[self.cfg_rank]
-        if mine:
-            x_in = torch.cat([x] * len(mine)) if len(mine) > 1 else x
-            out = predict(x_in, {r: slice(k * b, (k + 1) * b) for k, r in enumerate(mine)})
-        else:  # nothing to compute here this step; take part in the gather with an empty block
-            out = torch.zeros((0, *x.shape[1:]), dtype=torch.float32, device=x.device)
+        x_in = torch.cat([x] * len(mine)) if len(mine) > 1 else x
+        out = predict(x_in, {r: slice(k * b, (k + 1) * b) for k, r in enumerate(mine)})
         return distributed.all_gather_cat(out, 0, self.cfg_group, sizes=[len(g) * b for g in groups])
 
     # -------------------------------------------------------------------------------------------- checks

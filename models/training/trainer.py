@@ -16,6 +16,9 @@ Task protocol (duck-typed; ``models/training/interdyn.py``, ``kinemask.py`` and 
     save_weights(path, state_dict)                  write ``checkpoint.safetensors`` in the branch loader's
                                                     format (default: safetensors + {"config": json} metadata)
     enable_gradient_checkpointing()                 called when TrainConfig.grad_checkpointing
+    fsdp_modules() -> (root, [units])               whole-backbone tasks: FSDP2 shards each unit (block) and the
+                                                    root's other weights under a launch; trainable_state_dict()
+                                                    must be root.state_dict()
     train() / eval()                                module modes around the loop
 
 Output folder ``out_dir``:
@@ -36,6 +39,14 @@ weights of an uninterrupted run (tested).
 
 Interrupt (ComfyUI cancel, ``runtime.Interrupted``): the trainer saves a checkpoint at the last completed
 step and re-raises; ComfyUI reports an interrupted prompt, and re-queueing the same graph resumes.
+
+Several processes (torchrun / accelerate launch; ``models/distributed.py``): micro-batch m of a step runs on rank
+m % world (``grad_accum`` a multiple of the world size), so the global batch and its order are the one-process
+run's; the global RNG is reseeded per micro-batch (``micro_seed``) so dropout draws the same wherever it runs.
+Gradients are averaged by DDP (branches, LoRAs) or reduce-scattered by FSDP2 (tasks with ``fsdp_modules``), the
+loss scaled by the world size to keep the one-process sum. Only rank 0 writes; under FSDP every save first gathers
+the weights, Adam moments and EMA whole, so the state file is the one-process format and resumes at any world size.
+A cancel is agreed on by all ranks at the next step boundary.
 """
 from __future__ import annotations
 

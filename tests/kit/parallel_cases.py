@@ -77,11 +77,13 @@ class MemoryKV(Attachment):
                     torch.cat([self.v.expand(b, -1, -1, -1), v], dim=2))
 
 
-def run_wan(parallel="off", engine="auto", memory=None):
+def run_wan(parallel="off", engine="auto", memory=None, cfg_low_noise=None):
     bb = wan_bundle()
     pos, neg = wan.encode_prompt(bb, ["a red box"]), wan.encode_prompt(bb, [""])
-    return SW.sample_wan(bb, _image(), pos, neg, num_frames=9, steps=3, cfg=3.5, seed=2, parallel=parallel,
-                         parallel_engine=engine, attachments=[memory] if memory is not None else ())
+    steps = 3 if cfg_low_noise is None else 4  # 4 steps: 2 on the low-noise expert, one row each without CFG
+    return SW.sample_wan(bb, _image(), pos, neg, num_frames=9, steps=steps, cfg=3.5, seed=2, parallel=parallel,
+                         parallel_engine=engine, attachments=[memory] if memory is not None else (),
+                         cfg_low_noise=cfg_low_noise)
 
 
 def run_cog(parallel="off", engine="auto", learned_positions=False, control=False):
@@ -96,7 +98,8 @@ def cases(engines, rank: int = 0):
     """name -> a zero-argument call; the same names in the reference and in the launch (``rank``: this process)."""
     out = {"wan_cfg": lambda: run_wan("cfg"),
            "cog_cfg_control": lambda: run_cog("cfg", control=True),
-           "wan_sequence_cache": lambda: run_wan("sequence", memory=MemoryKV(rank, 2))}
+           "wan_sequence_cache": lambda: run_wan("sequence", memory=MemoryKV(rank, 2)),
+           "wan_cfg_one_row": lambda: run_wan("cfg", cfg_low_noise=1.0)}
     for e in engines:
         out[f"wan_sequence_{e}"] = lambda e=e: run_wan("sequence", e)
         out[f"cog_sequence_{e}"] = lambda e=e: run_cog("sequence", e)
@@ -107,5 +110,6 @@ def cases(engines, rank: int = 0):
 def reference(name: str):
     """The one-process output a case must equal."""
     if name.startswith("wan"):
-        return run_wan(memory=MemoryKV() if "cache" in name else None)
+        return run_wan(memory=MemoryKV() if "cache" in name else None,
+                       cfg_low_noise=1.0 if "one_row" in name else None)
     return run_cog(learned_positions="positions" in name, control="control" in name)

@@ -29,7 +29,7 @@ def launched(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("name", ["wan_cfg", "cog_cfg_control", "wan_sequence_cache"] + [f"{fam}_sequence{pos}_{e}" for e in ENGINES
+@pytest.mark.parametrize("name", ["wan_cfg", "wan_cfg_one_row", "cog_cfg_control", "wan_sequence_cache"] + [f"{fam}_sequence{pos}_{e}" for e in ENGINES
                                   for fam, pos in (("wan", ""), ("cog", ""), ("cog", "_positions"))])
 def test_parallel_output_equals_one_process(name, launched):
     want = cases.reference(name)
@@ -48,7 +48,7 @@ def test_frame_and_row_splits():
     assert P.Parallel(sp=4).frame_sizes(21) == [6, 5, 5, 5]
     assert P.Parallel(sp=2).frame_sizes(13, multiple=2) == [6, 7]  # groups of the temporal patch; the rest last
     assert par.row_groups(("uncond", "cond", "no_control")) == [["uncond", "cond"], ["no_control"]]
-    assert par.row_groups(("cond",)) == [["cond"], []]
+    assert par.row_groups(("cond",)) == [["cond"], []]  # (split_rows then runs the one row on both)
     with pytest.raises(ValueError, match="3 latent frames cannot be split over 4"):
         P.Parallel(sp=4).frame_sizes(3)
 
