@@ -13,7 +13,7 @@ A CUDA GPU below 8.9 (A100, V100, ...) cannot run fp8 matmuls: the request is re
 ``convert`` never changes the model it is given: it returns a copy sharing every weight except the converted
 Linears (which hold their fp8 weights: about half the bf16 bytes of those layers more). Per-sample Linears (the
 adaLN / time-embedding projections, one row per sample) stay, as do layers whose sizes are not multiples of 16
-(what the fp8 kernels take).
+(what the fp8 kernels take) and a LoRA's own A/B matrices (the layer they wrap converts).
 """
 from __future__ import annotations
 
@@ -113,6 +113,8 @@ def token_linears(module: torch.nn.Module) -> list[str]:
         if not isinstance(m, kinds):
             continue
         for sub, lin in m.named_modules():
+            if "lora_" in sub:  # a LoRA's own small matrices stay in the compute dtype (the layer it wraps converts)
+                continue
             if isinstance(lin, torch.nn.Linear) and lin.in_features % 16 == 0 and lin.out_features % 16 == 0:
                 out.append(f"{name}.{sub}" if name else sub)
     return sorted(set(out))

@@ -70,9 +70,9 @@ def with_fp8(bb: Backbone, speed: Speed | None, where: str) -> Backbone:
     out = {}
     for name, m in _denoisers(bb).items():
         key = (id(m), chosen)
-        if key not in cache:
-            cache[key] = fp8.convert(m, bb.device, chosen, where)[0]
-        out[name] = cache[key]
+        if key not in cache:  # the module is kept with its copy, so its id cannot be reused while cached
+            cache[key] = (m, fp8.convert(m, bb.device, chosen, where)[0])
+        out[name] = cache[key][1]
     experts = {k: v for k, v in out.items() if k != "denoiser"}
     return bb.replace(denoiser=out["denoiser"], experts=experts)
 

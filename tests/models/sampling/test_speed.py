@@ -95,3 +95,17 @@ def test_regional_compile_runs_every_family_and_is_undone(cogbb, tiny_svd, tiny_
     assert torch.equal(SW.sample_wan(wb, image, pos, neg, speed=Speed(compile=True, compile_options=opts), **kw),
                        SW.sample_wan(wb, image, pos, neg, **kw))
     assert all(m._compiled_call_impl is None for e in wan.expert_modules(wb).values() for m in e.modules())
+
+
+def test_fp8_keeps_lora_matrices_and_converts_the_layer_they_wrap(cogbb):
+    from interplay.models.training.lora import add_lora, shared_copy
+
+    den = add_lora(shared_copy(cogbb.denoiser), rank=16)
+    paths = fp8.token_linears(den)
+    assert "transformer_blocks.0.attn1.to_q.base_layer" in paths
+    assert not [p for p in paths if "lora_" in p]
+    twin, _ = fp8.convert(den, "cpu", "pack")
+    x = torch.randn(1, 5, den.transformer_blocks[0].attn1.to_q.in_features)
+    lin = den.transformer_blocks[0].attn1.to_q
+    got = twin.transformer_blocks[0].attn1.to_q(x)
+    assert float((got - lin(x)).abs().max() / lin(x).abs().max()) < 0.05  # LoRA (B = 0) over an fp8 base layer
