@@ -7,6 +7,7 @@ import torch
 from ..models import runtime
 from . import _choices
 from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
+from ._speed import DEFAULT_THRESHOLD, PARALLEL_INPUT, SPEED_INPUTS, speed_settings
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
@@ -130,11 +131,14 @@ class InterplayCogVideoXSampler:
                                            "away from it (follows the arrow more strictly; costs one more forward per "
                                            "step, high values blur the object). 1 = off."}),
             "controls": CONTROLS_INPUT,
+            **SPEED_INPUTS,
+            **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, image, prompt, negative, width, height, num_frames, steps, cfg, dynamic_cfg,
                scheduler, seed, decode, control=None, branch=None, control_weight=0.5, control_start=0.0,
-               control_end=1.0, control_guidance=1.0, controls=None):
+               control_end=1.0, control_guidance=1.0, controls=None, step_cache=False,
+               cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import cogvideox as cog
         from ..models.sampling.cogvideox import sample_cogvideox
         from ..models.video_io import fit_frames
@@ -161,11 +165,13 @@ class InterplayCogVideoXSampler:
             if bc.signal is not None and bc.signal.video.shape[0] != num_frames:
                 raise ValueError(f"{node}: 'control' has {bc.signal.video.shape[0]} frames but num_frames is "
                                  f"{num_frames}; paint the control with num_frames={num_frames}")
+        cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
         pos = cog.encode_prompt(backbone, [prompt])
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
         lat = sample_cogvideox(backbone, img, pos, neg, controls=bound, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
-                               control_cfg=float(control_guidance), decode=bool(decode))
+                               control_cfg=float(control_guidance), decode=bool(decode), step_cache=cache,
+                               speed=speed, parallel=parallel)
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]

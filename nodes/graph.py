@@ -1043,6 +1043,25 @@ def _install_sigint():
     return previous
 
 
+def _join_launch():
+    """Under ``torchrun`` every process runs the whole graph (the samplers and trainers split the work between
+    them); processes other than rank 0 write their outputs to a private temporary folder, removed at the end.
+    Returns that folder, or None on rank 0 / outside a launch."""
+    from ..models import distributed
+
+    distributed.init()
+    if distributed.is_main():
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    spare = Path(tempfile.mkdtemp(prefix=f"interplay-rank{distributed.rank()}-"))
+    atexit.register(shutil.rmtree, spare, True)
+    runtime.set_output_directory(spare)
+    return spare
+
+
 def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | None = None) -> int:
     """`interplay run`: 0 on success, 1 when a node fails or the file cannot be read, 2 on validation errors.
     ``node_classes`` defaults to the pack's NODE_CLASS_MAPPINGS (tests pass their own)."""
@@ -1063,6 +1082,7 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         runtime.set_models_root(args.models_dir)
     if args.out is not None:
         runtime.set_output_directory(args.out)
+    spare = _join_launch()
     if args.input_dir is not None:
         runtime.set_input_directory(args.input_dir)
     runtime.clear_interrupt()
@@ -1109,6 +1129,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
         runtime.clear_interrupt()
+    if spare is not None:  # a launch's other ranks ran the same graph; rank 0 reports and keeps the files
+        return 0
     written = sorted(p for p, m in _snapshot(out_dir).items() if before.get(p) != m)
     print(f"ran {len(outputs)} node(s) in {time.monotonic() - t0:.1f}s")
     for nid, ui in outputs.ui.items():

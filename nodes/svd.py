@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..models import runtime
 from . import _choices
 from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
+from ._speed import DEFAULT_THRESHOLD, SPEED_INPUTS, speed_settings
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 FROM_CHECKPOINT = "(from the checkpoint)"
@@ -97,11 +98,13 @@ class InterplayInterDynSampler:
             "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of "
                                       "the steps after which the branch stops. " + CONTROL_RULE}),
             "controls": CONTROLS_INPUT,
+            **SPEED_INPUTS,
         }}
 
     def sample(self, backbone, image, seed, steps, num_frames, min_cfg, max_cfg, fps_id, motion_bucket_id,
                noise_aug, num_samples, branch=None, control=None, control_weight=1.0, control_start=0.0,
-               control_end=1.0, controls=None):
+               control_end=1.0, controls=None, step_cache=False, cache_threshold=DEFAULT_THRESHOLD, compile=False,
+               fp8="off", attention="auto"):
         from ..models.backbones.svd import decode_latents
         from ..models.sampling.edm import sample_svd
 
@@ -111,9 +114,10 @@ class InterplayInterDynSampler:
         if image.shape[0] != 1:
             image = image[:1]
         bound = gather_controls(node, "svd", control, branch, controls, control_weight, control_start, control_end)
+        cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
         lat = sample_svd(backbone, image, controls=bound, num_frames=num_frames, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, fps_id=fps_id, motion_bucket_id=motion_bucket_id, noise_aug=noise_aug,
-                         seed=seed, num_samples=num_samples, decode=True)
+                         seed=seed, num_samples=num_samples, decode=True, step_cache=cache, speed=speed)
         frames = decode_latents(backbone, lat)
         return (frames.reshape(-1, *frames.shape[2:]),)
 

@@ -7,6 +7,7 @@ import torch
 from ..models import runtime
 from . import _choices
 from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
+from ._speed import DEFAULT_THRESHOLD, PARALLEL_INPUT, SPEED_INPUTS, speed_settings
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
@@ -176,11 +177,14 @@ class InterplayWanSampler:
             "controls": CONTROLS_INPUT,
             "batched_cfg": ("BOOLEAN", {"default": True, "tooltip": "Run cond and uncond as one batch (fastest); off: "
                                         "one after the other (half the activation memory)."}),
+            **SPEED_INPUTS,
+            **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, prompt, negative, width, height, num_frames, steps, cfg, cfg_low_noise, shift,
                scheduler, boundary, seed, decode, image=None, control=None, branch=None, control_weight=1.0,
-               control_start=0.0, control_end=1.0, controls=None, batched_cfg=True):
+               control_start=0.0, control_end=1.0, controls=None, batched_cfg=True, step_cache=False,
+               cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import wan
         from ..models.sampling.wan import sample_wan
         from ..models.video_io import fit_frames
@@ -211,12 +215,14 @@ class InterplayWanSampler:
         bound = gather_controls(node, "wan", control, branch, controls, control_weight, control_start, control_end)
         two = bool(backbone.experts)
         guided = cfg > 1 or (two and (cfg_low_noise or cfg) > 1)
+        cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
         pos = wan.encode_prompt(backbone, [prompt])
         neg = wan.encode_prompt(backbone, [negative or ""]) if guided else None
         lat = sample_wan(backbone, img, pos, neg, controls=bound, num_frames=num_frames, height=height, width=width,
                          steps=steps, cfg=cfg, cfg_low_noise=(cfg_low_noise or None) if two else None,
                          shift=shift or None, scheduler=scheduler, boundary=boundary or None, seed=seed,
-                         preview=True, batched_cfg=batched_cfg, desc=node)
+                         preview=True, batched_cfg=batched_cfg, desc=node, step_cache=cache, speed=speed,
+                         parallel=parallel)
         latent = {"samples": wan.raw_latents(backbone, lat).float().cpu(), "interplay_family": "wan"}
         if decode:
             frames = wan.decode_latents(backbone, lat)[0]

@@ -61,3 +61,12 @@ def test_family_samplers_import_no_method():
     for f in _files("models/sampling"):
         bad = {m for m in _imports(f) if any(m == x or m.startswith(x + ".") for x in methods)}
         assert not bad, f"{f.relative_to(ROOT)} imports {sorted(bad)}; ask the branch registry"
+
+
+def test_torch_distributed_only_through_models_distributed():
+    """Everything multi-process goes through models/distributed.py, so the rest stays single-process code."""
+    own = ROOT / "models" / "distributed.py"
+    bad = [str(p.relative_to(ROOT)) for p in _files("models") + _files("nodes")
+           if p != own and any(m.startswith(("torch.distributed", "torch.nn.parallel")) for m in _imports(p))]
+    assert bad == []
+    assert any(m.startswith("torch.distributed") for m in _imports(own))

@@ -468,6 +468,25 @@ def unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: to
     return run_end(ctx, atts, out) if atts else out
 
 
+def compile_blocks(bb: Backbone, attachments=(), **kw) -> int:
+    """Regional compile: every ``SpatioTemporalResBlock`` and ``TransformerSpatioTemporalModel`` of the UNet (and of
+    the attachments' modules, e.g. the InterDyn encoder copy) compiled in place (``nn.Module.compile``; the repeated
+    blocks of a size share a graph, so the first compile stays short). ``kw`` go to torch.compile. Returns how many
+    blocks were compiled."""
+    from diffusers.models.resnet import SpatioTemporalResBlock
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    kw.setdefault("dynamic", False)
+    kinds = (SpatioTemporalResBlock, TransformerSpatioTemporalModel)
+    mods = [m for m in bb.denoiser.modules() if isinstance(m, kinds)]
+    for att in attachments:
+        for mod in att.modules():
+            mods += [m for m in mod.modules() if isinstance(m, kinds)]
+    for m in mods:
+        m.compile(**kw)
+    return len(mods)
+
+
 def _bare(unet) -> Backbone:
     """A minimal bundle for a UNet called without one (tests, the branch's own checks)."""
     return Backbone(family="svd", variant="unet", denoiser=unet)

@@ -16,6 +16,8 @@ from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import ControlBranch, ControlSignal, bind
 from .guidance import Guidance, guided_step, rows_like
+from .speed import running, with_fp8
+from .step_cache import active_key
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
@@ -90,7 +92,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                steps: int = 50, min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6,
                motion_bucket_id: float = 40, noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1,
                image_embeds: torch.Tensor | None = None, image_latent: torch.Tensor | None = None, callback=None,
-               compile: bool = False, decode: bool = False) -> torch.Tensor:
+               compile: bool = False, decode: bool = False, step_cache=None, speed=None) -> torch.Tensor:
     """Sample SVD image-to-video with optional control branches.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -102,8 +104,12 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
     Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``). The memory
     budget (memory.check, before anything is allocated) covers the decode too when ``decode`` says it follows.
+    ``step_cache``: a ``step_cache.StepCache`` reusing the last denoised estimate on steps it expects to change
+    little (None or threshold 0: every step calls the model). ``speed``: a ``speed.Speed`` (regional compile of the
+    UNet's blocks, fp8 compute, the SDPA backend); None: the defaults.
     """
     where = "SVD sampler"
+    bb = with_fp8(bb, speed, where)
     if image.ndim == 3:
         image = image[None]
     _, H, W, _ = image.shape
@@ -151,7 +157,9 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
 
     pbar = runtime.progress(steps, "InterDyn sampling" if bound else "SVD sampling")
     modules = [bb.denoiser] + [m for a in atts for m in a.modules()]
-    with svdb.on_device(bb, *modules):
+    if step_cache is not None:
+        step_cache.start(steps)
+    with svdb.on_device(bb, *modules), running(bb, atts, speed, where, head_dim=64):
         denoised = x
         for i in range(steps):
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -160,7 +168,10 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                 return denoise(bb, x_rows, s, lat_in, emb_in, tids, attachments=atts, rows=rows, step=(i, steps),
                                compile=compile)
 
-            denoised = guided_step(predict, x, guidance)
+            if step_cache is not None:
+                denoised = step_cache(i, x, lambda: guided_step(predict, x, guidance), key=active_key(atts, i, steps))
+            else:
+                denoised = guided_step(predict, x, guidance)
             x = x + (x - denoised) / s * (s_next - s)
             if callback is not None:
                 callback(i, x, denoised)

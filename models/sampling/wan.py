@@ -33,6 +33,8 @@ from ..control.base import ControlBranch
 from . import flow
 from .cogvideox import _runs, bound_controls, fit_controls
 from .guidance import Guidance, classifier_free, guided_step
+from .speed import running, with_fp8
+from .step_cache import active_key
 
 WHERE = "Wan sampler"
 
@@ -148,7 +150,7 @@ def model_timestep(t, conds: WanConds, batch: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- the one step
 def predict_step(bb: Backbone, x: torch.Tensor, t, conds: WanConds, guidance: Guidance, *, attachments=(),
                  expert=None, step: tuple[int, int] | None = None, rope_offset: int = 0,
-                 timestep: torch.Tensor | None = None, batched: bool = True) -> torch.Tensor:
+                 timestep: torch.Tensor | None = None, batched: bool = True, parallel=None) -> torch.Tensor:
     """One guided velocity prediction -> [B, C, f, h, w] float32 (what the scheduler steps with).
 
     Args:
@@ -164,6 +166,11 @@ def predict_step(bb: Backbone, x: torch.Tensor, t, conds: WanConds, guidance: Gu
             block with clean context tokens); default :func:`model_timestep`.
         batched: the guidance rows in one forward (fastest); False: one forward per row (the pipeline's way,
             bitwise its numbers on the CPU, where kernels round differently at another batch size; less memory).
+        parallel: a ``sampling.parallel.Parallel`` of a torchrun launch (``parallel.plan``): the rows split over
+            its CFG processes and x's latent frames over its sequence processes (Ulysses attention; every
+            attachment must work on a frame shard, ``frame_shards = True``, and sits before the exchange in the
+            chain: a KV cache then holds this process's shard). Every process calls this with the same arguments
+            and gets the whole prediction. A causal block loop passes its block and ``rope_offset`` as usual.
     """
     if expert is None:
         expert = flow.expert_for_timestep(t, bb.extra.get("boundary"), bb.extra.get("num_train_timesteps", 1000))
@@ -172,6 +179,10 @@ def predict_step(bb: Backbone, x: torch.Tensor, t, conds: WanConds, guidance: Gu
     tt = model_timestep(t, conds, b) if timestep is None else timestep
     img = conds.image_embeds
 
+    sp = parallel is not None and parallel.sp > 1
+    if sp:
+        parallel.check_attachments(attachments, WHERE)
+
     def predict(x_rows, rows):
         if not batched and len(rows) > 1:
             return torch.cat([predict(x_rows[sl], {r: slice(0, b)}) for r, sl in rows.items()])
@@ -179,11 +190,29 @@ def predict_step(bb: Backbone, x: torch.Tensor, t, conds: WanConds, guidance: Gu
         emb = torch.cat([conds.text[r] for r in rows]) if n > 1 else conds.text[next(iter(rows))]
         ts = torch.cat([tt] * n) if n > 1 else tt
         im = None if img is None else (torch.cat([img] * n) if n > 1 else img)
-        out = wan.forward(bb, x_rows, ts.to(x_rows.device), emb, image_embeds=im, attachments=attachments,
-                          rows=rows, step=step, expert=expert, rope_offset=rope_offset)
-        return out.float()
+        atts, offset, f = attachments, rope_offset, x_rows.shape[2]
+        if sp:  # this process's frames at their absolute position; Ulysses attention in the self-attention slots
+            a, e = parallel.frame_range(f)
+            if ts.ndim == 2:
+                per = ts.shape[1] // f
+                ts = ts[:, a * per:e * per]
+            x_rows, offset = x_rows[:, :, a:e], rope_offset + a
+            atts = list(attachments) + [sequence_attention(parallel, (a, e, f))]
+        out = wan.forward(bb, x_rows, ts.to(x_rows.device), emb, image_embeds=im, attachments=atts,
+                          rows=rows, step=step, expert=expert, rope_offset=offset).float()
+        return parallel.gather_frames(out, 2, f) if sp else out
 
-    return guided_step(predict, x_in, guidance)
+    return guided_step(predict, x_in, guidance, parallel=parallel)
+
+
+def sequence_attention(par, frames) -> "SequenceParallel":
+    """The Ulysses attachment for Wan's self-attention slots (``blocks.<i>.attn1``) of a frame-sharded forward."""
+    from .parallel import SequenceParallel
+
+    def layers(ctx):
+        return [n for n in wan.attention_layers(ctx.bb, ctx.extra.get("expert")) if n.endswith(".attn1")]
+
+    return SequenceParallel(par, layers, frames=frames)
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -254,7 +283,8 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
                cfg_low_noise=None, shift: float | None = None, scheduler: str = "unipc",
                boundary: float | None = None, seed: int = 0, latents: torch.Tensor | None = None,
                preview: bool = False, desc: str = "Wan", control_cfg: float = 1.0, inputs: dict | None = None,
-               memory_budget_gb: float | None = None, batched_cfg: bool = True, callback=None) -> torch.Tensor:
+               memory_budget_gb: float | None = None, batched_cfg: bool = True, callback=None,
+               step_cache=None, parallel="off", parallel_engine: str = "auto", speed=None) -> torch.Tensor:
     """Generate -> normalised latents [B, C, f, h, w] float32 (``wan.decode_latents`` makes frames).
 
     Args:
@@ -276,7 +306,14 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
         batched_cfg: the guidance rows in one batch (default) or one forward each (half the activations; on the
             CPU the pipeline's numbers bit for bit).
         callback: ``callback(i, t, latents)`` after each scheduler step (the latents as the scheduler left them).
+        step_cache: a ``step_cache.StepCache`` (None or threshold 0: every step calls the model); an expert switch
+            always calls it.
+        parallel: in a torchrun launch, "auto" | "cfg" | "sequence" | "off" (``sampling.parallel.plan``): the
+            guidance rows and/or the latent frames split over the processes; every process runs this call and
+            returns the same latents. parallel_engine: "auto" (yunchang when installed) | "yunchang" | "torch".
+        speed: a ``speed.Speed`` (regional compile, fp8 compute, the SDPA backend); None: the defaults.
     """
+    bb = with_fp8(bb, speed, WHERE)
     e = bb.extra
     if bb.family != "wan":
         raise ValueError(f"{WHERE}: the backbone is {bb.family}; load a Wan model")
@@ -302,6 +339,12 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
     check_request(bb, num_frames, height, width, b * (max(len(g.rows) for g in guid.values()) if batched_cfg else 1),
                   memory_budget_gb=memory_budget_gb)
 
+    from .parallel import plan
+
+    atts = registry.attachments(bound, bb) + list(attachments)
+    par = plan(parallel, rows=max(len(g.rows) for g in guid.values()), engine=parallel_engine, where=WHERE,
+               attachments=atts, heads=wan.expert_module(bb).config.num_attention_heads,
+               frames=wan.latent_shape(bb, num_frames, height, width)[2])
     dev = bb.device
     gen = torch.Generator().manual_seed(int(seed))
     shape = wan.latent_shape(bb, num_frames, height, width, batch=b)
@@ -314,19 +357,26 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
                           inputs=inputs)
     sched = flow.make_scheduler(scheduler, shift, steps, config=bb.scheduler_config, device=dev)
     timesteps = sched.timesteps
-    atts = registry.attachments(bound, bb) + list(attachments)
     controls_of = atts[:len(atts) - len(attachments)]
     ntt = e.get("num_train_timesteps", 1000)
     pbar = runtime.progress(len(timesteps), desc)
+    if step_cache is not None:
+        step_cache.start(len(timesteps))
     modules = [m for a in atts for m in a.modules()]
-    with torch.no_grad(), on_device(bb, *modules):
+    head_dim = wan.expert_module(bb).config.attention_head_dim
+    with torch.no_grad(), on_device(bb, *modules), running(bb, atts, speed, WHERE, head_dim):
         for i, t in enumerate(timesteps):
             name = flow.expert_for_timestep(t, boundary, ntt)
             g = guid[name]
             if "no_control" in g.rows and not any(_runs(a, i, len(timesteps)) for a in controls_of):
                 g = g.without("no_control")  # a step with no control running has nothing to guide
-            v = predict_step(bb, latents, t, conds, g, attachments=atts, expert=name, step=(i, len(timesteps)),
-                             batched=batched_cfg)
+            def call(t=t, g=g, name=name, i=i):
+                return predict_step(bb, latents, t, conds, g, attachments=atts, expert=name,
+                                    step=(i, len(timesteps)), batched=batched_cfg, parallel=par)
+            if step_cache is not None:
+                v = step_cache(i, latents, call, key=(name, g.rows, active_key(controls_of, i, len(timesteps))))
+            else:
+                v = call()
             latents = sched.step(v, t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(i, t, latents)

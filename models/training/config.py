@@ -263,8 +263,10 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
 
 def run(rc: RunConfig, on_step=None):
     """Load, build, train. Returns (TrainResult, task)."""
+    from .. import distributed
     from .trainer import train
 
+    distributed.init()  # before loading: under a launch each process takes its own GPU
     bb = load_backbone(rc.backbone)
     ds = load_dataset(rc.dataset)
     task = build_task(rc.task, bb, rc.options, seed=rc.train.seed)

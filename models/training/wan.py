@@ -241,6 +241,11 @@ class WanBackboneTask(WanTaskBase):
         for m in wan.expert_modules(self.bb).values():
             m.enable_gradient_checkpointing()
 
+    def fsdp_modules(self):
+        """(root, units) for FSDP2 in a multi-process launch: each WanTransformerBlock of the trained expert
+        sharded on its own, the expert's other weights with the root (its state dict is the checkpoint's)."""
+        return self.model, list(self.model.blocks)
+
     def loss(self, batch: dict, generator: torch.Generator, attachments=()) -> torch.Tensor:
         """The Task protocol's loss; ``attachments`` (observers, a method's hooks) join the forward."""
         frames = self._frames(batch)
