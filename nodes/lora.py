@@ -20,7 +20,8 @@ class InterplayLoraLoader:
                    "transformer.transformer_blocks.0.attn1.to_q.lora_A.weight, as diffusers and the Train LoRA node "
                    "write it), or a run of the Train LoRA node (interplay/<run>/checkpoint.safetensors). The input "
                    "backbone is not changed (the output shares its frozen weights, so this costs only the LoRA's "
-                   "memory); chain several loaders to stack LoRAs.")
+                   "memory); chain several loaders to stack LoRAs. A Train LoRA run with train_modules also "
+                   "replaces those modules' weights (shape-checked against the backbone).")
     CATEGORY = "Interplay/loaders"
     FUNCTION = "load"
     RETURN_TYPES = ("INTERPLAY_BACKBONE",)
@@ -33,7 +34,9 @@ class InterplayLoraLoader:
             "lora": (lora_choices(), {"tooltip": "A LoRA file in loras/, or interplay/<run>/checkpoint.safetensors "
                                       "written by Train LoRA.", "model_folder": "loras", "interplay_path": "model"}),
             "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
-                                   "tooltip": "Scale of the LoRA's update: 0 = off, 1 = as trained."}),
+                                   "tooltip": "Scale of the LoRA's update: 0 = off, 1 = as trained. Modules a "
+                                   "run trained in full (its train_modules) are replaced, not scaled, at any "
+                                   "strength."}),
         }}
 
     def load(self, backbone, lora, strength):

@@ -222,7 +222,8 @@ class InterplayTrainLora:
     DESCRIPTION = ("Train a LoRA (peft, on the attention projections) on a frozen CogVideoX I2V backbone from a "
                    "sandbox-format dataset with the backbone's own v-prediction objective. Saves diffusers-format "
                    "LoRA weights to models/interplay/<output_name>/ (resumable) and outputs the backbone with the "
-                   "LoRA applied (the input backbone is not changed) plus the loss curve.")
+                   "LoRA applied (the input backbone is not changed) plus the loss curve. Optionally only on named "
+                   "blocks (lora_layers), with other modules trained in full beside it (train_modules).")
     CATEGORY = "Interplay/training"
     FUNCTION = "train"
     OUTPUT_NODE = True
@@ -239,10 +240,21 @@ class InterplayTrainLora:
             "target_modules": ("STRING", {"default": "to_q,to_k,to_v,to_out.0", "tooltip": "Comma-separated "
                                "module names the LoRA wraps."}),
             **TRAIN_INPUTS,
-        }, "optional": dict(COMMON_TAIL)}
+        }, "optional": {
+            **COMMON_TAIL,
+            "lora_layers": ("STRING", {"default": "", "tooltip": "Comma-separated block indices the LoRA wraps "
+                            "(e.g. 7,11,12: target_modules inside transformer_blocks.7, .11 and .12 only); empty "
+                            "= every block."}),
+            "train_modules": ("STRING", {"default": "", "tooltip": "Comma-separated module paths trained in full "
+                              "beside the LoRA (e.g. patch_embed.proj, a widened input projection); saved in the "
+                              "same file, and the LoRA Loader replaces them. Empty = none."}),
+            "train_modules_lr_scale": ("FLOAT", {"default": 1.0, "min": 1e-4, "max": 100.0, "step": 0.01,
+                                       "tooltip": "Learning rate of train_modules as a multiple of lr."}),
+        }}
 
     def train(self, backbone, dataset_dir, output_name, frames, rank, alpha, target_modules, steps, lr,
-              batch_size, grad_accum, precision, seed, checkpoint_every, resume, extra=""):
+              batch_size, grad_accum, precision, seed, checkpoint_every, resume, extra="", lora_layers="",
+              train_modules="", train_modules_lr_scale=1.0):
         from ..models.training.config import build_task
 
         node = "Train LoRA"
@@ -255,16 +267,30 @@ class InterplayTrainLora:
         opts, tr, dse = parse_extra(node, extra)
         _check_options(node, "lora", opts)
         opts.update(rank=rank, alpha=alpha, target_modules=targets)
+        if (lora_layers or "").strip():
+            try:
+                opts["lora_layers"] = [int(t) for t in lora_layers.split(",") if t.strip()]
+            except ValueError as ex:
+                raise ValueError(f"{node}: 'lora_layers' must be block indices separated by commas, e.g. 7,11,12; "
+                                 f"got {lora_layers!r}") from ex
+        if (train_modules or "").strip():
+            opts["train_modules"] = [t.strip() for t in train_modules.split(",") if t.strip()]
+        if float(train_modules_lr_scale) != 1.0:
+            opts["train_modules_lr_scale"] = float(train_modules_lr_scale)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every), tr)
         ds = _dataset(node, data, frames, dse)
-        t = build_task("lora", backbone, opts, seed=cfg.seed)
+        try:
+            t = build_task("lora", backbone, opts, seed=cfg.seed)
+        except ValueError as ex:
+            raise ValueError(f"{node}: {ex}") from ex
         res, curve, text = _run(t, ds, cfg, out, resume, "lora")
-        from ..models.training.lora import place_adapter
+        from ..models.training.lora import place_adapter, place_modules
 
         for p in t.trainable_parameters():
             p.requires_grad_(False)
         place_adapter(t.denoiser, t.adapter, backbone.dtype)  # the LoRA only: the frozen weights are shared
+        place_modules(t.denoiser, t.train_modules, backbone.dtype)  # the copy's own trained modules
         t.denoiser.eval()
         bb = t.backbone.replace(loras=tuple(backbone.loras) + ((str(res.checkpoint), 1.0),))
         return {"ui": {"text": [text]}, "result": (bb, curve, str(res.checkpoint))}

@@ -18,6 +18,8 @@
     [options]                       # the task's own arguments, e.g. for kinemask_branch:
     stage = 2
     branch = "runs/kinemask-s1/checkpoint.safetensors"   # continue a branch (stage 2 after stage 1)
+    # lora: rank, alpha, target_modules, dropout; lora_layers = [7, 11, 12] (blocks the LoRA wraps, default all);
+    # train_modules = ["patch_embed.proj"] (trained in full beside it) at train_modules_lr_scale x lr
 
     [train]                         # TrainConfig fields
     steps = 1000
@@ -38,7 +40,7 @@ BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size")
-LORA_KEYS = ("rank", "alpha", "target_modules", "dropout")
+LORA_KEYS = ("rank", "alpha", "target_modules", "dropout", "lora_layers", "train_modules", "train_modules_lr_scale")
 
 
 def tasks() -> tuple[str, ...]:
@@ -255,6 +257,9 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
     from .lora import LoraTask
 
     lora = {k: opts.pop(k) for k in LORA_KEYS if k in opts}
+    for k, eg in (("lora_layers", "[7, 11, 12]"), ("train_modules", '["patch_embed.proj"]')):
+        if k in lora and not isinstance(lora[k], (list, tuple)):  # a bare string or number is a slip
+            raise ValueError(f"[options] {k} must be a list, e.g. {eg}; got {lora[k]!r}")
     if "target_modules" in lora:
         lora["target_modules"] = tuple(lora["target_modules"])
     base_cls = _task_class("lora")
