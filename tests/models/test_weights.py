@@ -162,3 +162,12 @@ def test_diffusers_folder_with_a_corrupt_part(tmp_path, tiny_cogvideox):
     with pytest.raises(FileNotFoundError, match=r"^CogVideoX loader \(transformer\): no .safetensors weights in"):
         cbb.load_cogvideox(cog, dtype="fp32", device="cpu")
     assert f2.is_file()
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_read_header_gives_shapes_and_metadata(tmp_path, kind):
+    path = _valid(tmp_path / "ok.safetensors")
+    assert W.read_header(path, "X") == ({"a": (20, 30)}, {"k": "v"})
+    broken = BROKEN[kind](tmp_path / "w.safetensors")
+    with pytest.raises(W.WeightsFileError, match="is not a readable safetensors file"):
+        W.read_header(broken, "Some Loader")
