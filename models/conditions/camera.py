@@ -356,20 +356,20 @@ def plucker_rays(c2w: torch.Tensor, intrinsics: Intrinsics, height: int, width: 
                  device=None) -> torch.Tensor:
     """Plücker ray maps [F,6,H,W]: channels (o x d, d) with d = R normalize(K^-1 [u,v,1]) and o = t per frame.
 
-    Computed in float64 frame by frame, stored in ``dtype``."""
+    Computed in float64 frame by frame on ``device`` (the CPU by default), stored in ``dtype``."""
     if int(height) < 1 or int(width) < 1:
         raise ValueError(f"Plücker maps need height, width >= 1; got {height}x{width}")
-    c2w = torch.as_tensor(c2w, dtype=torch.float64).cpu()
+    device = torch.device("cpu") if device is None else torch.device(device)
+    c2w = torch.as_tensor(c2w, dtype=torch.float64).to(device)
     if c2w.ndim == 2:
         c2w = c2w[None]
-    dirs = ray_directions(intrinsics, height, width).reshape(3, -1)
-    out = torch.empty(c2w.shape[0], 6, height, width, dtype=dtype, device=device)
+    dirs = ray_directions(intrinsics, height, width).reshape(3, -1).to(device)
+    out = torch.empty(c2w.shape[0], 6, height * width, dtype=dtype, device=device)
     for i in range(c2w.shape[0]):
         d = c2w[i, :3, :3] @ dirs                       # [3, HW]
-        o = c2w[i, :3, 3:].expand_as(d)
-        m = torch.linalg.cross(o, d, dim=0)
-        out[i] = torch.cat([m, d]).reshape(6, height, width).to(device=out.device, dtype=dtype)
-    return out
+        out[i, :3] = torch.linalg.cross(c2w[i, :3, 3:].expand_as(d), d, dim=0)
+        out[i, 3:] = d
+    return out.view(c2w.shape[0], 6, height, width)
 
 
 def wan_fun_camera_embedding(plucker: torch.Tensor) -> torch.Tensor:
