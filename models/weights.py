@@ -40,6 +40,22 @@ def read_metadata(path, what: str = "weights") -> dict:
         raise _unreadable(what, path, ex) from ex
 
 
+def read_header(path, what: str = "weights") -> tuple[dict, dict]:
+    """({name: shape tuple}, metadata) from the safetensors header alone: no tensor is read, so a loader can
+    check a file's shapes against the module it would build before allocating anything."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_file(what, path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as ex:
+        raise _unreadable(what, path, ex) from ex
+    return shapes, meta
+
+
 def read_safetensors(path, what: str = "weights") -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file, on the CPU."""
     from safetensors import safe_open
