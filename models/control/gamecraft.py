@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbones.base import cast
+from ..backbones.base import Attachment, cast
+from . import registry
 from .base import ControlBranch
 from .kinemask import _compress_time, time_halvings
 
@@ -264,3 +265,226 @@ def load_encoder(path, *, dtype=None, device=None) -> ControlBranch:
         cast(m, device=device, dtype=dtype)
     return ControlBranch(kind=KIND, family=meta.get("family", FAMILY), module=m, config=_clean_config(m.config),
                          source=str(path))
+
+
+# ------------------------------------------------------------------------------------------ the signal
+SIGNAL = "camera"
+UNCOND_ROWS = ("uncond", "no_control")  # rows that see the identity-pose embedding (GameCraft's unconditional)
+
+
+def camera_signal(trajectory, height: int, width: int, *, weight: float = 1.0, start: float = 0.0,
+                  end: float = 1.0):
+    """A ControlSignal of kind "camera" for a CameraTrajectory.
+
+    The signal's ``meta["camera"]`` holds the trajectory itself: the attachment computes exact Plücker rays from
+    its poses at the size and for the frames each forward generates (a causal block, a whole clip, a continued
+    session), so nothing is resampled. ``video`` holds the same rays at 1/8 of ``height`` x ``width``
+    ([F, H/8, W/8, 6], one ray per latent pixel: small, for inspection and for code that only reads videos);
+    ``meta["recompute"]`` tells the samplers not to resize it. A "camera" signal without a trajectory in its meta
+    (Plücker maps made elsewhere, [F, H, W, 6]) is read from ``video`` instead (resized to the generation size).
+    """
+    from .base import ControlSignal
+
+    h, w = max(1, int(height) // 8), max(1, int(width) // 8)
+    rays = trajectory.plucker(h, w).permute(0, 2, 3, 1).contiguous()  # [F, h, w, 6]
+    return ControlSignal(video=rays, kind=SIGNAL, weight=float(weight), start=float(start), end=float(end),
+                         meta={"camera": trajectory, "recompute": True, "height": int(height), "width": int(width),
+                               "fps": float(trajectory.fps), "start_frame": int(trajectory.start_frame)})
+
+
+def pixel_frames(a: int, b: int, temporal: int = 4) -> tuple[int, int]:
+    """Absolute pixel frames (first, last inclusive) of latent frames [a, b) under a causal VAE of ``temporal``x:
+    latent 0 is pixel 0, latent k >= 1 is pixels temporal(k-1)+1 .. temporal k. The camera encoder compresses time
+    the same way, so the encoder on these frames gives exactly latent rows a..b-1 of the whole clip's encoding."""
+    if not 0 <= a < b:
+        raise ValueError(f"latent frame range must satisfy 0 <= a < b; got [{a}, {b})")
+    return (0 if a == 0 else temporal * (a - 1) + 1), temporal * (b - 1)
+
+
+def identity_trajectory_like(trajectory):
+    """The same frames with every pose the identity (GameCraft's unconditional camera)."""
+    from ..conditions.camera import CameraTrajectory
+
+    eye = torch.eye(4, dtype=torch.float64).expand(trajectory.num_frames, 4, 4).clone()
+    return CameraTrajectory(c2w=eye, intrinsics=trajectory.intrinsics, fps=trajectory.fps, grid=trajectory.grid,
+                            start_frame=trajectory.start_frame, source="poses")
+
+
+# -------------------------------------------------------------------------------------------- attachment
+class GameCraftCameraAttachment(Attachment):
+    """The camera encoder on the forward contract: its tokens added to the video tokens right after the patch
+    embedding (``after_embed``), GameCraft's ``img = img_in(x) + camera_latents``.
+
+    Which frames: the forward's latent frames [rope_offset, rope_offset + f) (``ctx.extra["rope_offset"]``, 0 for a
+    whole clip), so a causal sampler's block at its absolute position gets the tokens of its own pixel frames
+    (:func:`pixel_frames`); rays are computed at the generated size (latent grid x the VAE factor). Rows: the
+    guided step's "uncond" and "no_control" rows get the identity-pose embedding (GameCraft's unconditional
+    camera), every other row the commanded camera. Tokens are computed once per (frames, size, device, dtype) and
+    reused by every step of a block. Several entries (camera signals) add up, each times its weight, in its step
+    range.
+
+    ``entries``: (source, weight, start, end) where source is a CameraTrajectory, a Plücker video [F, H', W', 6]
+    (absolute frames from 0), or a batch of Plücker maps [B, F, 6, H, W] (training: one camera per sample,
+    already at the size, frames 0..F-1).
+    """
+
+    def __init__(self, module: GameCraftCameraEncoder, entries, *, vae_scale: int | None = None):
+        self.module = module
+        self.entries = [dict(src=s, weight=w, start=a, end=b) for s, w, a, b in entries]
+        self.vae_scale = vae_scale
+        self._memo: dict = {}
+
+    @classmethod
+    def from_bound(cls, branch: ControlBranch, bound, backbone=None) -> "GameCraftCameraAttachment":
+        m = branch.module
+        vs = None
+        if backbone is not None:
+            vs = int(backbone.extra.get("vae_scale_factor_spatial", 8))
+            _check_fits(m, backbone)
+        entries = []
+        for bc in bound:
+            sig = bc.signal
+            src = sig.meta.get("camera") if isinstance(sig.meta, dict) else None
+            entries.append((src if src is not None else sig.video, bc.weight, bc.start, bc.end))
+        return cls(m, entries, vae_scale=vs)
+
+    @classmethod
+    def from_plucker(cls, module: GameCraftCameraEncoder, plucker: torch.Tensor, weight=1.0):
+        """Per-sample Plücker maps [B, F, 6, H, W] (training batches)."""
+        return cls(module, [(plucker, weight, 0.0, 1.0)])
+
+    def modules(self):
+        return [self.module]
+
+    def active(self, step) -> list:
+        return [e for e in self.entries if e["weight"] != 0
+                and (step is None or e["start"] <= step[0] / max(step[1], 1) < e["end"])]
+
+    # ----------------------------------------------------------------------------------------- rays
+    def _rays(self, src, first: int, last: int, height: int, width: int, identity: bool) -> torch.Tensor:
+        """Plücker maps [F, 6, H, W] (float32, CPU) of absolute pixel frames first..last."""
+        from ..conditions.camera import CameraTrajectory
+
+        n = last - first + 1
+        if isinstance(src, CameraTrajectory):
+            lo, hi = first - src.start_frame, last + 1 - src.start_frame
+            if lo < 0 or hi > src.num_frames:
+                raise ValueError(f"{NAME}: the forward needs camera frames {first}..{last} but the camera covers "
+                                 f"{src.start_frame}..{src.start_frame + src.num_frames - 1}; give a camera path "
+                                 "as long as the video (Key Timeline num_frames, or more keys)")
+            if identity:
+                src = identity_trajectory_like(src)
+            return src.plucker(height, width, rows=slice(lo, hi))
+        video = src  # [F, H', W', 6]
+        if video.ndim != 4 or video.shape[-1] != self.module.config.in_channels:
+            raise ValueError(f"{NAME}: a camera control video must be Plücker maps [F,H,W,6]; got "
+                             f"{tuple(video.shape)}")
+        if last >= video.shape[0]:
+            raise ValueError(f"{NAME}: the forward needs camera frames {first}..{last} but the control has "
+                             f"{video.shape[0]} frames; make it as long as the video")
+        part = video[first:last + 1].float()
+        if identity:
+            from ..conditions.camera import Intrinsics, plucker_rays
+
+            eye = torch.eye(4, dtype=torch.float64).expand(n, 4, 4)
+            return plucker_rays(eye, Intrinsics(), height, width)
+        if tuple(part.shape[1:3]) != (height, width):
+            from ..video_io import fit_frames
+
+            part = fit_frames(part, height, width)
+        return part.permute(0, 3, 1, 2).contiguous()
+
+    def _tokens(self, ctx, e, identity: bool) -> torch.Tensor:
+        """Camera tokens [1 or B, N, D] of entry e for this forward's frames."""
+        x = ctx.latent_in
+        f, h, w = x.shape[2:]
+        src = e["src"]
+        if isinstance(src, torch.Tensor) and src.ndim == 5:  # per-sample maps of a training batch
+            if identity:
+                key = ("batch_identity", id(src), x.device, x.dtype)
+                if key not in self._memo:
+                    from ..conditions.camera import Intrinsics, plucker_rays
+
+                    eye = torch.eye(4, dtype=torch.float64).expand(src.shape[1], 4, 4)
+                    one = plucker_rays(eye, Intrinsics(), src.shape[-2], src.shape[-1])[None]
+                    self._memo[key] = self.module.tokens(one.to(x.device, x.dtype))
+                return self._memo[key]
+            return self.module.tokens(src.to(x.device, x.dtype))
+        off = int(ctx.extra.get("rope_offset", 0) or 0)
+        vs = self.vae_scale or self.module.config.downscale_coef
+        first, last = pixel_frames(off, off + f, self.module.config.temporal_compression_ratio)
+        key = (id(src), identity, first, last, h * vs, w * vs, x.device, x.dtype)
+        tok = self._memo.get(key)
+        if tok is None:
+            if len(self._memo) > 16:  # a long rollout: keep the memo to the recent blocks
+                self._memo.clear()
+            rays = self._rays(src, first, last, h * vs, w * vs, identity)
+            tok = self.module.tokens(rays[None].to(x.device, x.dtype))
+            self._memo[key] = tok
+        return tok
+
+    def after_embed(self, ctx, hidden):
+        active = self.active(ctx.extra.get("step"))
+        if not active:
+            return hidden
+        b = ctx.batch
+        uncond = ctx.row_mask(*UNCOND_ROWS)
+        total = None
+        for e in active:
+            cond = self._tokens(ctx, e, identity=False)
+            cond = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
+            if bool(uncond.any()):
+                ident = self._tokens(ctx, e, identity=True)
+                ident = ident.expand(b, -1, -1) if ident.shape[0] == 1 else ident
+                m = uncond.to(cond.device).view(b, 1, 1)
+                cond = torch.where(m, ident, cond)
+            part = cond * e["weight"]
+            total = part if total is None else total + part
+        if total.shape[1] != hidden.shape[1]:
+            raise ValueError(f"{NAME}: {total.shape[1]} camera tokens for {hidden.shape[1]} video tokens; the "
+                             "encoder's patch or VAE factor does not match the backbone")
+        return hidden + total.to(hidden.dtype)
+
+
+def _check_fits(module: GameCraftCameraEncoder, backbone) -> None:
+    """The encoder's token width, patch and VAE factors are the backbone's (named error otherwise)."""
+    c = module.config
+    tr = backbone.denoiser.config
+    inner = int(tr.num_attention_heads * tr.attention_head_dim)
+    want = dict(hidden_size=inner, patch_size=tuple(tr.patch_size),
+                downscale_coef=int(backbone.extra.get("vae_scale_factor_spatial", c.downscale_coef)),
+                temporal_compression_ratio=int(backbone.extra.get("vae_scale_factor_temporal",
+                                                                  c.temporal_compression_ratio)))
+    have = dict(hidden_size=c.hidden_size, patch_size=tuple(c.patch_size), downscale_coef=c.downscale_coef,
+                temporal_compression_ratio=c.temporal_compression_ratio)
+    bad = [f"{k} {have[k]} (backbone {want[k]})" for k in want if have[k] != want[k]]
+    if bad:
+        raise ValueError(f"{NAME}: this encoder was made for another backbone: {', '.join(bad)}. Load the encoder "
+                         f"trained for {backbone.variant}, or make a new one from this backbone")
+
+
+# ------------------------------------------------------------------------------------------ registry
+def _new(backbone, **kw) -> ControlBranch:
+    tr = backbone.denoiser.config
+    e = backbone.extra
+    br = new_encoder(int(tr.num_attention_heads * tr.attention_head_dim), tuple(tr.patch_size),
+                     int(e.get("vae_scale_factor_spatial", 8)), int(e.get("vae_scale_factor_temporal", 4)))
+    cast(br.module, backbone.device, backbone.dtype)
+    return br
+
+
+def _detect(meta: dict, keys) -> bool:
+    return keys is not None and "camera_in.proj.weight" in keys and "encode_first.0.weight" in keys
+
+
+def _task_class():
+    from ..training.gamecraft import GameCraftCameraTask
+
+    return GameCraftCameraTask
+
+
+registry.register(registry.BranchKind(
+    kind=KIND, family=FAMILY, label=NAME, signals=(SIGNAL,), attach=GameCraftCameraAttachment.from_bound,
+    load=load_encoder, save=save_encoder, new=_new, task="gamecraft_camera", task_class=_task_class,
+    detect=_detect, hint="build it with Key Timeline or Camera From Poses, then Camera Control",
+    train_defaults={"betas": (0.9, 0.999)}))
