@@ -277,6 +277,25 @@ def _play_chunked(s, bb, num_blocks, prompts, steps, cfg):
 
 
 # ------------------------------------------------------------------------------------------- snapshots
+SNAPSHOT_FOLDER = "interplay_sessions"
+
+
+def snapshot_path(name: str, *, node: str = "GameCraft Session", input_name: str = "snapshot") -> Path:
+    """Where a snapshot called ``name`` lives: ``<output>/interplay_sessions/<name>.safetensors`` (an annotated or
+    absolute path must stay inside the output folder; ``runtime.confined_path`` refuses anything else)."""
+    from . import runtime
+
+    text = str(name or "").strip()
+    if not text:
+        raise ValueError(f"{node}: '{input_name}' is empty; give a snapshot name such as 'my_run'")
+    if not text.endswith(".safetensors"):
+        text += ".safetensors"
+    p = Path(text)
+    if not p.is_absolute() and "[" not in text:
+        p = runtime.output_directory() / SNAPSHOT_FOLDER / p
+    return runtime.confined_path(str(p), node=node, input_name=input_name, search=("output",), allow=("output",))
+
+
 def _gen_state(g: torch.Generator | None):
     return None if g is None else g.get_state().clone()
 
