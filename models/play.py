@@ -51,8 +51,21 @@ def new_session_id() -> str:
 
 
 def backbone_key(bb: Backbone) -> str:
-    """What identifies the model a session was made with (refuse continuing it with another one)."""
-    return f"{bb.variant}|{bb.extra.get('kind')}|{bb.denoiser.config.num_layers}|{id(bb.denoiser)}"
+    """What identifies the model a session was made with (refuse continuing it with another one): the files it
+    was loaded from (ComfyUI may load them again between two queue runs: the session goes on with the new
+    object), or the object itself for a model built in memory."""
+    src = dict(getattr(bb, "source", None) or {})
+    files = {k: v for k, v in src.items() if k != "kind"}
+    ident = json.dumps(files, sort_keys=True) if files else f"object {id(bb.denoiser)}"
+    return f"{bb.variant}|{bb.extra.get('kind')}|{bb.denoiser.config.num_layers}|{ident}"
+
+
+def _rebind(s: "PlaySession", bb: Backbone) -> None:
+    """The same files loaded again: the session's rollout and decoder use the new object from now on."""
+    if s.rollout is not None and s.rollout.bb is not bb:
+        s.rollout.bb = bb
+    if s.decoder is not None and getattr(s.decoder, "bb", bb) is not bb:
+        s.decoder.bb = bb
 
 
 @dataclass
@@ -191,6 +204,7 @@ def play(s: PlaySession, bb: Backbone, *, num_blocks: int = 1, keys: str | None 
         raise ValueError(f"{WHERE}: session {s.id!r} was started with {s.variant}; this call connects "
                          f"{bb.variant} (or another load of it). Continue with the same loaded model, or start a "
                          "new session")
+    _rebind(s, bb)
     if num_blocks < 1:
         raise ValueError(f"{WHERE}: num_blocks must be >= 1; got {num_blocks}")
     t0 = time.perf_counter()

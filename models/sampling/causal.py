@@ -345,7 +345,7 @@ class CausalRollout:
         self.negative = negative or ""
         self.generator = torch.Generator().manual_seed(int(seed))
         self.seed = int(seed)
-        self.text = TextEmbeddingCache(encode or (lambda texts: wan.encode_prompt(bb, list(texts))))
+        self.text = TextEmbeddingCache(encode or (lambda texts: wan.encode_prompt(self.bb, list(texts))))
         self.cache = KVCache(bb.denoiser.config.num_layers, sink=config.sink_latent_frames,
                              window=config.window_latent_frames)
         self.boundary = (config.boundary if config.boundary is not None else e.get("boundary")) if bb.experts \
