@@ -83,6 +83,10 @@ TINY_RUN["gamecraft_play"] = {
     "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
     "InterplayGameCraftSampler": {"width": 32, "height": 32, "chunk_steps": 2},
 }
+TINY_RUN["wan_i2v"] = {  # the Wan files above are placed for the play workflow; the same names serve this one
+    "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
+    "InterplayWanSampler": {"width": 32, "height": 32, "num_frames": 5, "steps": 2},
+}
 TINY_PLAY = {
     "InterplayWanLoader": {"transformer": "tiny_self_forcing.safetensors", "transformer_2": "(none)",
                            "weight_dtype": "fp32", "vae_tiling": False},

@@ -61,6 +61,11 @@ def test_three_calls_equal_one_call_of_three_blocks(t2v, camera):
     plain = P.play(c, t2v, num_blocks=3, keys="W, W+LEFT, D", base_prompt="a street")
     assert not torch.equal(plain.latents, one.latents)
     assert a.rollout.cache.frames == [0, 3, 4, 5]  # sink + window
+    # causality: other keys for block 2 leave blocks 0 and 1 bit-identical and change block 2
+    d = P.start_session(t2v, width=S, height=S, config=CFG, seed=11)
+    other = P.play(d, t2v, num_blocks=3, keys="W, W+LEFT, A", base_prompt="a street", branch=camera)
+    assert torch.equal(other.latents[:, :, :4], one.latents[:, :, :4])
+    assert not torch.equal(other.latents[:, :, 4:], one.latents[:, :, 4:])
 
 
 def test_restored_snapshot_reproduces_the_next_block_bitwise(i2v, tmp_path):
