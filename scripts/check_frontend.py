@@ -15,7 +15,10 @@ frontend in headless Chromium and, for each workflows/*.json:
    lands in the wrong widget shows up here);
 3. queues it from the page (``app.queuePrompt``) and reports ComfyUI's validation errors;
 4. waits for the run and reports completion; where the graph has an Arrow Painter, draws arrows ending on
-   each edge of its image at several canvas sizes and checks every speed label lands inside the canvas.
+   each edge of its image at several canvas sizes and checks every speed label lands inside the canvas;
+5. drives the GameCraft play panel (web/gamecraft_play.js) on workflows/gamecraft_play.json with a tiny causal
+   student: holds keys on the panel, types an instruction, presses Play and lets it queue ten blocks through the
+   API with its session id, then prints the panel's per-block log (``--play-only``: only this).
 
 The sandbox workflow needs no model files and runs as shipped. The others need real models; by default the tiny
 random models of tests/kit/tiny.py are placed in the temporary models folder under the file names the workflows
@@ -74,6 +77,24 @@ TINY_RUN = {
     },
 }
 TINY_RUN["interdyn_counterfactual"] = TINY_RUN["interdyn_hand"]
+# GameCraft play: as shipped (tiny two-expert Wan2.2 I2V, untrained encoder) it runs the chunked fallback; the
+# play-panel check then switches the loader to a tiny causal student (converted from a Self-Forcing-layout .pt).
+TINY_RUN["gamecraft_play"] = {
+    "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
+    "InterplayGameCraftSampler": {"width": 32, "height": 32, "chunk_steps": 2},
+}
+TINY_RUN["wan_i2v"] = {  # the Wan files above are placed for the play workflow; the same names serve this one
+    "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
+    "InterplayWanSampler": {"width": 32, "height": 32, "num_frames": 5, "steps": 2},
+}
+TINY_PLAY = {
+    "InterplayWanLoader": {"transformer": "tiny_self_forcing.safetensors", "transformer_2": "(none)",
+                           "weight_dtype": "fp32", "vae_tiling": False},
+    "InterplayGameCraftSampler": {"width": 32, "height": 32},
+}
+# What the play check presses: (from block, keys held, instruction typed); ten blocks.
+PLAY_SCRIPT = [(0, ["w"], ""), (3, ["w", "ArrowLeft"], ""), (5, ["d"], "a red kite rises"), (8, [], "a red kite rises")]
+PLAY_BLOCKS = 10
 
 
 # ------------------------------------------------------------------------------------ server
@@ -173,6 +194,8 @@ def make_inputs(folder: Path) -> None:
     img = np.full((TINY_SIZE, TINY_SIZE, 3), 90, np.uint8)
     img[26:39, 14:27] = (220, 40, 40)  # a red cube under the tiny run's arrow tail
     Image.fromarray(img).save(folder / "kinemask_input.png")
+    Image.fromarray(img).save(folder / "gamecraft_start.png")
+    Image.fromarray(img).save(folder / "wan_input.png")
     import av
 
     with av.open(str(folder / "interdyn_driving.mp4"), "w") as out:
@@ -240,6 +263,39 @@ def tiny_models(models: Path) -> list[str]:
     (models / "interplay").mkdir(parents=True, exist_ok=True)
     kinemask.save_branch(br.module, models / "interplay" / "kinemask_cogvideox5b_i2v.safetensors")
     placed.append("interplay/kinemask_cogvideox5b_i2v.safetensors")
+    placed += tiny_gamecraft_models(models, root)
+    return placed
+
+
+def tiny_gamecraft_models(models: Path, root: Path) -> list[str]:
+    """The play workflow's files: the tiny two-expert Wan2.2 I2V under the shipped names, and a tiny causal
+    student converted from a Self-Forcing-layout checkpoint (the path a user takes with the real one)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from interplay.models.backbones.wan_causal import convert_causal_checkpoint
+
+    names = {"diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors":
+             "diffusion_models/tiny_wan2.2_i2v_high_noise_14B.safetensors",
+             "diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors":
+             "diffusion_models/tiny_wan2.2_i2v_low_noise_14B.safetensors",
+             "vae/wan_2.1_vae.safetensors": "vae/tiny_wan_2.1_vae.safetensors",
+             "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": "text_encoders/tiny_umt5_xxl.safetensors"}
+    placed = []
+    for rel, src in names.items():
+        dst = models / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():  # a hard link (or a copy): the pack refuses model symlinks that lead elsewhere
+            try:
+                os.link((root / src).resolve(), dst)
+            except OSError:
+                shutil.copy2((root / src).resolve(), dst)
+        placed.append(rel)
+    sd = load_file(root / "diffusion_models" / "tiny_wan2.1_t2v_1.3B.safetensors")
+    pt = models.parent / "self_forcing_dmd_tiny.pt"
+    torch.save({"generator_ema": {"model." + k: v for k, v in sd.items()}}, pt)
+    convert_causal_checkpoint(pt, models / "diffusion_models" / "tiny_self_forcing.safetensors", head_dim=16)
+    placed.append("diffusion_models/tiny_self_forcing.safetensors")
     return placed
 
 
@@ -501,6 +557,123 @@ def check_workflow(page, url: str, path: Path, tiny: bool, timeout: float,
     return ok and done, out
 
 
+PANEL_JS = """async () => {
+  const node = app.graph.nodes.find(n => n.comfyClass === "InterplayGameCraftSampler");
+  const panel = node?.interplayPlay;
+  if (!panel) return {error: "the GameCraft Sampler has no play panel"};
+  app.canvas.ds.scale = 1; app.canvas.centerOnNode(node); app.canvas.setDirty(true, true);
+  for (let k = 0; k < 50 && !panel.root.clientWidth; k++) await new Promise(r => setTimeout(r, 100));
+  if (!panel.root.clientWidth) return {error: "the play panel is not shown"};
+  panel.root.focus();
+  return {ok: document.activeElement === panel.root};
+}"""
+PANEL_STATE_JS = """() => {
+  const p = app.graph.nodes.find(n => n.comfyClass === "InterplayGameCraftSampler")?.interplayPlay;
+  return JSON.stringify({log: p.log, status: p.status.textContent, note: p.note.textContent, error: p.error,
+    playing: p.playing, img: [p.view.naturalWidth, p.view.naturalHeight], src: p.view.src,
+    focused: document.activeElement === p.root});
+}"""
+
+
+def check_play_panel(page, url: str, path: Path, timeout: float) -> tuple[bool, list[str]]:
+    """Drive the live play panel from headless Chromium: hold keys on the panel, type an instruction, press Play
+    and let it queue PLAY_BLOCKS blocks through the API with the session id; report its log."""
+    out = [f"play panel on {path.name} (tiny causal student, {PLAY_BLOCKS} blocks):"]
+    wf = json.loads(path.read_text())
+    page.evaluate(LOAD_JS, [wf, path.name])
+    changed = page.evaluate(SET_JS, TINY_PLAY)
+    out.append(f"  set through the page's widgets: {', '.join(changed)}")
+    for _ in range(3):  # an error dialog left by an earlier workflow would cover the panel
+        page.keyboard.press("Escape")
+    page.evaluate("() => document.querySelectorAll('.p-dialog-mask').forEach(m => m.remove())")
+    res = page.evaluate(PANEL_JS)
+    if "error" in res or not res.get("ok"):
+        return False, out + [f"  {res.get('error', 'the panel did not take the keyboard focus')}"]
+    panel = page.locator("div[title^='Click here, then hold']")
+    held: list[str] = []
+    script = list(PLAY_SCRIPT)
+
+    def apply(step):
+        nonlocal held
+        _, keys, instruction = step
+        inp = panel.locator("input")
+        if inp.input_value() != instruction:
+            inp.fill(instruction)
+            page.evaluate("() => app.graph.nodes.find(n => n.comfyClass === 'InterplayGameCraftSampler')"
+                          ".interplayPlay.root.focus()")
+        for k in held:
+            if k not in keys:
+                page.keyboard.up(k)
+        for k in keys:
+            if k not in held:
+                page.keyboard.down(k)
+        held = list(keys)
+
+    apply(script.pop(0))
+    page.evaluate("() => app.graph.nodes.find(n => n.comfyClass === 'InterplayGameCraftSampler')"
+                  ".interplayPlay.playBtn.click()")
+    page.evaluate("() => app.graph.nodes.find(n => n.comfyClass === 'InterplayGameCraftSampler')"
+                  ".interplayPlay.root.focus()")
+    t0 = time.monotonic()
+    state = {}
+    while time.monotonic() - t0 < timeout:
+        state = json.loads(page.evaluate(PANEL_STATE_JS))
+        n = len(state["log"])
+        if state["error"] or n >= PLAY_BLOCKS:
+            break
+        # keys change once the block before the step's is shown (the panel sends the keys held at queue time)
+        if script and n >= script[0][0] - 1 and n >= 1:
+            apply(script.pop(0))
+        time.sleep(0.1)
+    if state.get("playing"):
+        page.evaluate("() => app.graph.nodes.find(n => n.comfyClass === 'InterplayGameCraftSampler')"
+                      ".interplayPlay.toggle()")
+    for k in held:
+        page.keyboard.up(k)
+    with contextlib.suppress(Exception):  # the last block's preview is still loading
+        page.wait_for_function("() => { const v = app.graph.nodes.find(n => n.comfyClass === "
+                               "'InterplayGameCraftSampler').interplayPlay.view; return v.complete && "
+                               "v.naturalWidth > 0; }", timeout=15_000)
+    state = json.loads(page.evaluate(PANEL_STATE_JS))
+    log = state["log"][:PLAY_BLOCKS]
+    for e in log:
+        out.append("  " + json.dumps(e))
+    out.append(f"  status: {state['status']}")
+    out.append(f"  note: {state['note']}")
+    problems = []
+    if len(log) < PLAY_BLOCKS:
+        problems.append(f"only {len(log)} blocks arrived in {timeout:.0f} s ({state['error'] or 'no error'})")
+    if len({e["session"] for e in log}) != 1:
+        problems.append("the blocks came from more than one session")
+    if [e["block"] for e in log] != list(range(len(log))):
+        problems.append(f"blocks out of order: {[e['block'] for e in log]}")
+    if any(e["mode"] != "causal" for e in log):
+        problems.append("not every block ran causally")
+    if any(len(e["cache_frames"] or []) > 1 + 9 for e in log):
+        problems.append("the cache grew past sink + window")
+    if not {"W", "W+LEFT", "D", ""} <= {e["keys"] for e in log}:
+        problems.append(f"the keys held did not all reach the sampler: {sorted({e['keys'] for e in log})}")
+    switch = [e for e in log if e["recache"]]
+    if not switch or switch[0]["instruction"] != "a red kite rises":
+        problems.append("the typed instruction caused no recache")
+    if state["img"][0] <= 0:
+        status = page.evaluate("async (u) => { try { const r = await fetch(u); return r.status + ' ' + "
+                               "r.headers.get('content-type'); } catch (e) { return String(e); } }", state["src"])
+        problems.append(f"the panel shows no block preview ({state['src']} -> {status})")
+    else:
+        out.append(f"  the panel shows the last block's preview: {state['img'][0]}x{state['img'][1]} px "
+                   f"({state['src'].split('?')[-1][:80]})")
+    if page.console_errors:
+        problems.append("page errors: " + "; ".join(page.console_errors))
+    elapsed = time.monotonic() - t0
+    frames = sum(e["new_frames"] for e in log)
+    out.append(f"  {len(log)} blocks, {frames} frames in {elapsed:.1f} s from the first Play (wall, incl. queueing)")
+    if problems:
+        return False, out + [f"  FAILED: {p}" for p in problems]
+    return True, out + [f"  play panel OK: one session, keys and the instruction reached every block, a recache "
+                        f"at the switch ({switch[0]['recache']}), cache <= sink + window, previews shown"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("comfyui", nargs="?", default=os.environ.get("COMFYUI_DIR"),
@@ -513,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave the models folder empty: workflows that need models must fail on those alone")
     ap.add_argument("--timeout", type=float, default=600, help="seconds each run may take")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (server log, outputs)")
+    ap.add_argument("--play-only", action="store_true",
+                    help="only drive the GameCraft play panel (workflows/gamecraft_play.json) for ten blocks")
     args = ap.parse_args(argv)
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
         ap.error("give the ComfyUI folder (holding main.py) as an argument or in COMFYUI_DIR")
@@ -535,10 +710,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pack: {ROOT}; base directory: {base}")
             if placed:
                 print(f"tiny models placed: {', '.join(placed)}")
-            for path in files:
-                ok, lines = check_workflow(page, url, Path(path).resolve(), args.tiny, args.timeout, object_info)
-                all_ok &= ok
-                print("\n".join(lines), flush=True)
+            play = (ROOT / "workflows" / "gamecraft_play.json").resolve()
+            for path in ([play] if args.play_only else [Path(f).resolve() for f in files]):
+                if not args.play_only:
+                    ok, lines = check_workflow(page, url, path, args.tiny, args.timeout, object_info)
+                    all_ok &= ok
+                    print("\n".join(lines), flush=True)
+                if path == play and args.tiny:  # right after its workflow, before a later run can hold the queue
+                    ok, lines = check_play_panel(page, url, play, args.timeout)
+                    all_ok &= ok
+                    print("\n".join(lines), flush=True)
             if page.console_errors:
                 all_ok = False
                 print("PAGE ERRORS while checking the workflows: " + "; ".join(page.console_errors))

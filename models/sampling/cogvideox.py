@@ -113,7 +113,8 @@ def fit_controls(bound: Sequence[BoundControl], num_frames: int, height: int, wi
                  where: str, rgb: bool = True) -> list[BoundControl]:
     """Each control video checked for the generation's frame count and fitted to its size like the image
     (``video_io.fit_frames``: cover, then center-crop). ``rgb`` False lets any channel count through (e.g. 6-channel
-    Plücker rays); the branch checks its own."""
+    Plücker rays); the branch checks its own. A signal with ``meta["recompute"]`` (GameCraft's camera: exact rays from
+    the poses in its meta at the generation size) keeps its video as it is."""
     from ..video_io import fit_frames
 
     out = []
@@ -124,7 +125,8 @@ def fit_controls(bound: Sequence[BoundControl], num_frames: int, height: int, wi
                 raise ValueError(f"{where}: control is {sig.video.shape[0]} frames of "
                                  f"{sig.video.shape[1]}x{sig.video.shape[2]} but the generation is {num_frames} "
                                  f"frames of {height}x{width}; paint the control with num_frames={num_frames}")
-            sig = sig.replace(video=fit_frames(sig.video.float(), height, width))
+            if not sig.meta.get("recompute"):  # a branch that rebuilds its control at the size needs no resize
+                sig = sig.replace(video=fit_frames(sig.video.float(), height, width))
             if rgb:
                 check_control(sig.video, num_frames, height, width, where)
         out.append(bc.replace(signal=sig))

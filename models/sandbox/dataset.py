@@ -240,7 +240,9 @@ class SandboxDataset(Dataset):
     Item keys: frames float32 [F,H,W,3] 0..1; masks float32 [N,F,H,W]; id_map int64 [F,H,W]; pusher_mask float32
     [F,H,W]; vel_world [N,F,3], vel_image [N,F,2], vel_control [N,F,3] float32; driven int64 [k];
     control float32 [F,H,W,3] = conditions.velocity.velocity_video of the driven objects (KineMask: only the
-    initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str.
+    initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str;
+    camera_c2w float64 [F,4,4] (poses relative to frame 0), camera_intrinsics [4] and has_camera (0/1): see
+    :func:`camera_poses`.
 
     ``frames`` keeps the first F frames (clips shorter than that are skipped); ``size`` (H, W) resizes
     (frames bilinear, masks nearest, vel_image rescaled). A clip that fails to read is reported once by file
@@ -331,10 +333,34 @@ class SandboxDataset(Dataset):
         else:
             control = torch.zeros(*frames.shape[:3], 3)
             driven_mask = torch.zeros(frames.shape[:3])
+        c2w, intr, has_cam = camera_poses(clip.camera, F, clip.size)
         return dict(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
                     vel_world=torch.from_numpy(clip.vel_world), vel_image=vel_image, vel_control=vc,
                     driven=driven, control=control, driven_mask=driven_mask, caption=clip.caption,
-                    fps=float(clip.fps), name=p.name)
+                    fps=float(clip.fps), name=p.name, camera_c2w=c2w, camera_intrinsics=intr,
+                    has_camera=has_cam)
+
+
+def camera_poses(camera: dict, frames: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A clip's camera as the camera encoder reads it: (c2w [F,4,4] float64 relative to frame 0 in OpenCV
+    camera axes (frame 0 = the identity: c2w_f = w2c_0 inv(w2c_f)), intrinsics [4] = (fx/W, fy/H, cx/W, cy/H)
+    normalised by the clip's size (the same at any resize), 1.0) from the sidecar's ``K`` and
+    ``world_to_camera``; identity poses, GameCraft's default intrinsics and 0.0 when the clip has none."""
+    from ..conditions.camera import GAMECRAFT_INTRINSICS, invert_rigid
+
+    H, W = size
+    try:
+        w2c = torch.tensor(camera["world_to_camera"], dtype=torch.float64)[:frames]
+        K = torch.tensor(camera["K"], dtype=torch.float64)
+        ok = w2c.ndim == 3 and tuple(w2c.shape[1:]) == (4, 4) and w2c.shape[0] == frames and tuple(K.shape) == (3, 3)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        eye = torch.eye(4, dtype=torch.float64).expand(frames, 4, 4).clone()
+        return eye, torch.tensor(GAMECRAFT_INTRINSICS, dtype=torch.float64), 0.0
+    c2w = w2c[:1] @ invert_rigid(w2c)
+    intr = torch.tensor([K[0, 0] / W, K[1, 1] / H, K[0, 2] / W, K[1, 2] / H], dtype=torch.float64)
+    return c2w, intr, 1.0
 
 
 def collate(items: list[dict]) -> dict:
