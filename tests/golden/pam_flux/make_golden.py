@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(comfyui: str) -> None:
     sys.path.insert(0, comfyui)
-    sys.path.insert(0, str(HERE.parents[1] / "models" / "control"))
+    sys.path.insert(0, str(HERE.parents[1]))  # tests/: kit
     sys.argv = [sys.argv[0], "--cpu"]
     import comfy.options
 
@@ -24,11 +24,11 @@ def main(comfyui: str) -> None:
     import comfy.ops
     from comfy.ldm.flux.controlnet import ControlNetFlux
 
-    from test_pam_flux import PF, golden_inputs, released_state
+    from kit.pam_flux import PREFIXES, golden_inputs, released_state
 
     sd = released_state()
     out = {}
-    for prefix, name in zip(PF.PREFIXES, PF.NAMES):
+    for prefix, name in zip(PREFIXES, ("physical", "semantic")):
         ref = ControlNetFlux(operations=comfy.ops.disable_weight_init, image_model="flux", in_channels=16,
                              out_channels=16, vec_in_dim=8, context_in_dim=16, hidden_size=64, mlp_ratio=2.0,
                              num_heads=2, depth=2, depth_single_blocks=0, axes_dim=[4, 14, 14], theta=10000,

@@ -1,5 +1,5 @@
 """PAM's appearance ControlNets (two 6-channel XLabs Flux ControlNets): a tiny pair saved in the released key
-layout (written here from x-flux's names, not from our module) loads with every key; the forward equals ComfyUI's
+layout (tests/kit/pam_flux.py, written from x-flux's names, not from our module) loads with every key; the forward equals ComfyUI's
 own XLabs ControlNetFlux on the same weights (golden residuals, tests/golden/pam_flux/README.md); sizes come from
 the header and every shape is checked before a tensor is read; other files are refused by name."""
 from pathlib import Path
@@ -10,51 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from interplay.models import weights as Wt
 from interplay.models.control import pam_flux as PF
+from kit.pam_flux import golden_inputs, released_state, xflux_layout
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "pam_flux" / "comfyui_residuals.safetensors"
 TINY = dict(hidden_size=64, num_heads=2, depth=2, in_channels=64, vec_in_dim=8, context_in_dim=16, mlp_hidden=128,
             hint_channels=6)
-
-
-def xflux_layout(D=64, heads=2, depth=2, vec=8, ctx=16, mlp=128, hint=6) -> dict:
-    """{key: shape} of one x-flux ControlNetFlux (src/flux/controlnet.py + modules/layers.py), written out by hand."""
-    hd = D // heads
-    out = {"img_in.weight": (D, 64), "img_in.bias": (D,), "txt_in.weight": (D, ctx), "txt_in.bias": (D,),
-           "pos_embed_input.weight": (D, 64), "pos_embed_input.bias": (D,)}
-    for name, i in (("time_in", 256), ("vector_in", vec), ("guidance_in", 256)):
-        out.update({f"{name}.in_layer.weight": (D, i), f"{name}.in_layer.bias": (D,),
-                    f"{name}.out_layer.weight": (D, D), f"{name}.out_layer.bias": (D,)})
-    for b in range(depth):
-        for s in ("img", "txt"):
-            p = f"double_blocks.{b}.{s}"
-            out.update({f"{p}_mod.lin.weight": (6 * D, D), f"{p}_mod.lin.bias": (6 * D,),
-                        f"{p}_attn.qkv.weight": (3 * D, D), f"{p}_attn.qkv.bias": (3 * D,),
-                        f"{p}_attn.norm.query_norm.scale": (hd,), f"{p}_attn.norm.key_norm.scale": (hd,),
-                        f"{p}_attn.proj.weight": (D, D), f"{p}_attn.proj.bias": (D,),
-                        f"{p}_mlp.0.weight": (mlp, D), f"{p}_mlp.0.bias": (mlp,),
-                        f"{p}_mlp.2.weight": (D, mlp), f"{p}_mlp.2.bias": (D,)})
-        out.update({f"controlnet_blocks.{b}.weight": (D, D), f"controlnet_blocks.{b}.bias": (D,)})
-    for j in range(8):  # Conv2d at 0, 2, ..., 14 (SiLU between)
-        out.update({f"input_hint_block.{2 * j}.weight": (16, hint if j == 0 else 16, 3, 3),
-                    f"input_hint_block.{2 * j}.bias": (16,)})
-    return out
-
-
-def released_state(seed=0, **kw) -> dict:
-    """A trained-looking DoubleControl state: every tensor random (the zero-init parts too)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for prefix in PF.PREFIXES:
-        for k, shape in sorted(xflux_layout(**kw).items()):
-            sd[prefix + k] = 0.2 * torch.randn(shape, generator=g)
-    return sd
-
-
-def golden_inputs():
-    g = torch.Generator().manual_seed(7)
-    return dict(x=torch.randn(1, 16, 4, 6, generator=g), hint=torch.rand(1, 6, 32, 48, generator=g),
-                context=torch.randn(1, 5, 16, generator=g), y=torch.randn(1, 8, generator=g),
-                timesteps=torch.tensor([0.7]), guidance=torch.tensor([4.0]))
 
 
 @pytest.fixture
