@@ -85,6 +85,18 @@ def comfy_resource(*parts: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
 
 
+def core_controlnet(module, extra_conds=("y", "guidance")):
+    """Inside ComfyUI: ``module`` as a core CONTROL_NET (``comfy.controlnet.ControlNet``, what its XLabs Flux loader
+    makes), so the core Apply ControlNet nodes drive a core model with it; ``module.forward`` takes ComfyUI's
+    ControlNet call (x, timesteps, context, y, guidance, hint). None outside ComfyUI."""
+    c = _comfy()
+    if c is None:
+        return None
+    import comfy.controlnet as cn  # type: ignore
+
+    return cn.ControlNet(module, load_device=c[0].get_torch_device(), extra_conds=list(extra_conds))
+
+
 # --------------------------------------------------------------------------------------------- errors
 class Interrupted(Exception):
     """Raised at a progress update after a cancel. Inside ComfyUI this name is rebound to ComfyUI's own

@@ -614,6 +614,136 @@ MOTION_NODE_DISPLAY_NAME_MAPPINGS = {
 # ============================================================================ end of motion branch section
 
 
+
+# ============================================================================ appearance stage (Flux) section
+PAM_FLUX_NONE = "(none)"
+
+
+def _flux_choices(ext=(".safetensors",)) -> list[str]:
+    return runtime.list_models("controlnet", extensions=ext)
+
+
+class InterplayPAMFluxLoader:
+    DESCRIPTION = ("Load PAM's appearance ControlNets for FLUX.1-dev: two XLabs-style Flux ControlNets with "
+                   "6-channel hints, which ComfyUI's own ControlNet loader cannot build (it expects 3). 'physical' "
+                   "takes depth + normal, 'semantic' hand keypoints + segmentation (make both hints with PAM Flux "
+                   "Hint from HOI Render Conditions' first frames). Connect each to a core Apply ControlNet node at "
+                   "strength 1.0, one after the other: chained, they add, which is PAM's sum. The release's "
+                   "settings: 28 steps, guidance 4.0, 480x640, prompt \"A hand is trying to grasp something\". "
+                   "The file is the release's DoubleControl weights as safetensors (convert the released "
+                   "controlnet.bin once with PAM Flux Convert), or two files holding one ControlNet each. Outside "
+                   "ComfyUI (interplay run) the outputs are the bare ControlNet modules.")
+    CATEGORY = "Interplay/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("CONTROL_NET", "CONTROL_NET", "STRING")
+    RETURN_NAMES = ("physical", "semantic", "layout")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "controlnet": (_flux_choices(), {"tooltip": "PAM's appearance file in models/controlnet (both "
+                                             "ControlNets: controlnet1.*, controlnet2.*), or the physical one when "
+                                             "'semantic' names the second file.", "model_folder": "controlnet",
+                                             "interplay_path": "model"}),
+            "weight_dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Weights' dtype "
+                             "(auto: bf16 where the GPU has it, fp32 on CPU)."}),
+        }, "optional": {
+            "semantic_file": ([PAM_FLUX_NONE] + _flux_choices(), {"default": PAM_FLUX_NONE, "tooltip": (
+                "Only for a release split in two files: the semantic ControlNet (keypoints + seg)."),
+                "model_folder": "controlnet", "interplay_path": "model"}),
+        }}
+
+    def load(self, controlnet, weight_dtype="auto", semantic_file=PAM_FLUX_NONE):
+        from ..models.control import pam_flux as PF
+
+        node = "PAM Flux Loader"
+        path = runtime.model_path("controlnet", controlnet)
+        second = None if semantic_file in (None, "", PAM_FLUX_NONE) else runtime.model_path("controlnet",
+                                                                                            semantic_file)
+        dt = runtime.parse_dtype(weight_dtype, runtime.compute_device())
+        try:
+            pair = PF.load_pam_flux(path, second, dtype=dt, device=runtime.offload_device(), where=node)
+        except ValueError as ex:
+            raise ValueError(f"{ex} ('controlnet' = {controlnet!r})") from None
+        outs = []
+        for net in (pair.physical, pair.semantic):
+            core = runtime.core_controlnet(net)
+            outs.append(net if core is None else core)
+        return {"ui": {"text": [pair.message]}, "result": (outs[0], outs[1], pair.message)}
+
+
+class InterplayPAMFluxHint:
+    DESCRIPTION = ("Stack PAM's first-frame conditions into the two 6-channel hints of its appearance ControlNets: "
+                   "physical = depth + normal (black when unconnected, as in every released run), semantic = hand "
+                   "keypoints + segmentation. Connect HOI Render Conditions' depth_first, seg_first and "
+                   "hand_keypoints_first; feed the hints to core Apply ControlNet nodes with PAM Flux Loader's "
+                   "ControlNets. Black is PAM's dropped condition.")
+    CATEGORY = "Interplay/conditions"
+    FUNCTION = "stack"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("physical_hint", "semantic_hint")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "depth": ("IMAGE", {"tooltip": "Depth condition (PAM's inferno encoding), e.g. depth_first."}),
+            "seg": ("IMAGE", {"tooltip": "Segmentation condition (ADE20K palette), e.g. seg_first."}),
+            "hand": ("IMAGE", {"tooltip": "Hand-keypoint drawing, e.g. hand_keypoints_first."}),
+        }, "optional": {
+            "normal": ("IMAGE", {"tooltip": "Normal map (black in the released training: leave empty)."}),
+        }}
+
+    def stack(self, depth, seg, hand, normal=None):
+        from ..models.control import pam_flux as PF
+
+        node = "PAM Flux Hint"
+        if not (depth.shape == seg.shape == hand.shape):
+            raise ValueError(f"{node}: 'depth' {tuple(depth.shape)}, 'seg' {tuple(seg.shape)} and 'hand' "
+                             f"{tuple(hand.shape)} must have one shape; render them together")
+        return (PF.stack_hint(depth, normal, where=f"{node} (depth, normal)"),
+                PF.stack_hint(hand, seg, where=f"{node} (hand, seg)"))
+
+
+class InterplayPAMFluxConvert:
+    DESCRIPTION = ("Convert PAM's released appearance weights (controlnet.bin in models/controlnet, a torch pickle "
+                   "of its two ControlNets) to .safetensors next to it, once: read with torch.load(weights_only=True) "
+                   "(plain tensors only, no code runs) and checked to be PAM's DoubleControl state. Then pick the "
+                   "new file in PAM Flux Loader.")
+    CATEGORY = "Interplay/loaders"
+    FUNCTION = "convert"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("controlnet",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": (_flux_choices((".bin", ".pt", ".pth")), {"tooltip": "The release's controlnet.bin, "
+                           "copied into models/controlnet (e.g. as pam_appearance.bin).", "model_folder":
+                           "controlnet", "interplay_path": "model"}),
+        }}
+
+    def convert(self, checkpoint):
+        from ..models.control import pam_flux as PF
+
+        src = runtime.model_path("controlnet", checkpoint)
+        out = _named("PAM Flux Convert", PF.convert_release, src, src.with_suffix(".safetensors"))
+        rel = Path(checkpoint).with_suffix(".safetensors").as_posix()
+        return {"ui": {"text": [f"wrote {rel} ({out.stat().st_size / 2 ** 20:.1f} MiB)"]}, "result": (rel,)}
+
+
+APPEARANCE_NODE_CLASS_MAPPINGS = {
+    "InterplayPAMFluxLoader": InterplayPAMFluxLoader,
+    "InterplayPAMFluxHint": InterplayPAMFluxHint,
+    "InterplayPAMFluxConvert": InterplayPAMFluxConvert,
+}
+APPEARANCE_NODE_DISPLAY_NAME_MAPPINGS = {
+    "InterplayPAMFluxLoader": "PAM Flux Loader (Interplay)",
+    "InterplayPAMFluxHint": "PAM Flux Hint (Interplay)",
+    "InterplayPAMFluxConvert": "PAM Flux Convert (Interplay)",
+}
+# ============================================================================ end of appearance stage section
+
 NODE_CLASS_MAPPINGS = {
     "InterplayLoadHOISequence": InterplayLoadHOISequence,
     "InterplayHOITrajectory": InterplayHOITrajectory,
@@ -622,6 +752,7 @@ NODE_CLASS_MAPPINGS = {
     "InterplayMANOConvert": InterplayMANOConvert,
     "InterplayHOIMetrics": InterplayHOIMetrics,
     **MOTION_NODE_CLASS_MAPPINGS,
+    **APPEARANCE_NODE_CLASS_MAPPINGS,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "InterplayLoadHOISequence": "Load HOI Sequence (Interplay)",
@@ -631,4 +762,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "InterplayMANOConvert": "MANO Convert (Interplay)",
     "InterplayHOIMetrics": "HOI Metrics (Interplay)",
     **MOTION_NODE_DISPLAY_NAME_MAPPINGS,
+    **APPEARANCE_NODE_DISPLAY_NAME_MAPPINGS,
 }

@@ -86,14 +86,16 @@ def _train_config(node: str, base: dict, overrides: dict):
         raise ValueError(f"{node}: {ex}") from ex
 
 
-def _dataset(node: str, root: Path, frames: int, ds_extra: dict):
+def _dataset(node: str, root: Path, frames: int, ds_extra: dict, task: str | None = None):
     from ..models.sandbox.dataset import SandboxDataset
+    from ..models.training.config import dataset_options
 
-    bad = sorted(set(ds_extra) - {"frames", "size"})
+    bad = sorted(set(ds_extra) - {"frames", "size", "hoi"})
     if bad:
-        raise ValueError(f"{node}: 'extra'.dataset has unknown key(s) {', '.join(bad)}; expected frames, size")
+        raise ValueError(f"{node}: 'extra'.dataset has unknown key(s) {', '.join(bad)}; expected frames, size, hoi")
+    opts = {**dataset_options(task), **{k: ds_extra[k] for k in ("hoi",) if k in ds_extra}}
     try:
-        return SandboxDataset(root, frames=ds_extra.get("frames", frames or None), size=ds_extra.get("size"))
+        return SandboxDataset(root, frames=ds_extra.get("frames", frames or None), size=ds_extra.get("size"), **opts)
     except ValueError as ex:
         raise ValueError(f"{node}: {ex} (in 'extra'.dataset or the frames input)") from ex
 
@@ -137,13 +139,15 @@ TRAIN_INPUTS = {
 COMMON_TAIL = {
     "extra": ("STRING", {"default": "", "multiline": True, "tooltip": 'Optional JSON {"v": 1, "options": {task '
               'options}, "train": {TrainConfig fields: betas, weight_decay, schedule, warmup, clip_norm, '
-              'ema_decay, grad_checkpointing, ...}, "dataset": {"frames": F, "size": [H, W]}}.'}),
+              'ema_decay, grad_checkpointing, ...}, "dataset": {"frames": F, "size": [H, W], "hoi": render options or '
+              'false}}.'}),
 }
 
 
-def _base_train(steps, lr, batch_size, grad_accum, precision, seed, checkpoint_every, **defaults) -> dict:
-    return dict(defaults, steps=steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, precision=precision,
-                seed=seed, checkpoint_every=checkpoint_every)
+def _base_train(steps, lr, batch_size, grad_accum, precision, seed, checkpoint_every, defaults=None) -> dict:
+    """The widgets over the method's recipe defaults (which may name the same fields, e.g. PAM's lr)."""
+    return dict(defaults or {}, steps=steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                precision=precision, seed=seed, checkpoint_every=checkpoint_every)
 
 
 def _common_inputs(name_default: str) -> dict:
@@ -164,7 +168,9 @@ def _common_inputs(name_default: str) -> dict:
 class InterplayTrainControlBranch:
     DESCRIPTION = ("Train a control branch on a frozen backbone from a sandbox-format dataset: KineMask "
                    "(CogVideoX, velocity masks; stage 1 all frames, stage 2 keeps an early-biased prefix) or "
-                   "InterDyn (SVD, driver masks, 5% image drop). Checkpoints every N steps to "
+                   "InterDyn (SVD, driver masks, 5% image drop) or PAM (CogVideoX I2V, depth / segmentation / "
+                   "hand-keypoint videos rendered from the clips' hand joints and object poses, e.g. the sandbox "
+                   "'hoi' preset; per-condition dropout as released). Checkpoints every N steps to "
                    "models/interplay/<output_name>/ and resumes from there; cancel saves before stopping. "
                    "Outputs the trained branch for sampling in the same graph and the loss curve.")
     CATEGORY = "Interplay/training"
@@ -177,8 +183,8 @@ class InterplayTrainControlBranch:
     def INPUT_TYPES(cls):
         return {"required": {
             **_common_inputs("kinemask_branch"),
-            "task": (_branch_tasks(), {"default": "kinemask_branch", "tooltip": "kinemask_branch needs a "
-                     "CogVideoX I2V backbone, interdyn_branch an SVD backbone."}),
+            "task": (_branch_tasks(), {"default": "kinemask_branch", "tooltip": "kinemask_branch and pam_branch "
+                     "need a CogVideoX I2V backbone, interdyn_branch an SVD backbone."}),
             "stage": ("INT", {"default": 1, "min": 1, "max": 2, "tooltip": "KineMask stage: 1 = velocity mask on "
                               "all frames; 2 = prefix dropout (connect the stage-1 branch)."}),
             **TRAIN_INPUTS,
@@ -206,8 +212,8 @@ class InterplayTrainControlBranch:
         _check_options(node, task, opts)
         defaults = dict(spec.train_defaults)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
-                                              checkpoint_every, **defaults), tr)
-        ds = _dataset(node, data, frames, dse)
+                                              checkpoint_every, defaults), tr)
+        ds = _dataset(node, data, frames, dse, task)  # the task's needs (PAM: the clips' HOI condition videos)
         if branch is not None:  # never train the input object in place: other nodes may hold it
             branch = dataclasses.replace(branch, module=copy.deepcopy(branch.module), config=dict(branch.config))
         t = build_task(task, backbone, opts, branch=branch, seed=cfg.seed)

@@ -205,8 +205,10 @@ def sequence_from_scene(clip) -> HOISequence:
     K = np.asarray(cam["K"], np.float64).copy()
     K[0, 2] -= 0.5  # the sandbox puts pixel centres at integer + 0.5
     K[1, 2] -= 0.5
-    E = np.asarray(cam["world_to_camera"], np.float64)
     F = clip.num_frames
+    E = np.asarray(cam["world_to_camera"], np.float64)
+    if E.ndim == 3:  # a clip read with max_frames keeps the sidecar's camera of every frame
+        E = E[:F]
     objects = []
     for i, o in enumerate(clip.objects):
         sx, sy, h = (float(v) for v in o["size"])

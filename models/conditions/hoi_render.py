@@ -479,14 +479,15 @@ def resize_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
 def render_hoi_conditions(seq: HOISequence, *, size: tuple[int, int] = DEFAULT_SIZE, style: str = "dexycb",
                           depth_range: str = "background_plane", near: float = 0.3, far: float = 0.0,
                           points: int = 25000, radius: int = 2, min_area: int = 50, seed: int = 0, mano=None,
-                          use_annotations: bool = True) -> HOIConditions:
+                          use_annotations: bool = True, progress: bool = True) -> HOIConditions:
     """Render PAM's depth, segmentation and hand-keypoint videos of ``seq`` (see the module docstring).
 
     size (H, W) of the output (PAM's motion model: 480 x 720); images are made at the camera's size first.
     depth_range, near, far: colorize_depth's range_mode and its parameters (metres). points, radius, min_area:
     splatting (points per mesh or capsule hand, disc radius px, smallest kept component px). seed fixes the
     surface samples. mano: ManoModel(s) for hands given as MANO parameters. use_annotations: take the
-    sequence's annotated label maps and depth (DexYCB) instead of rendering them."""
+    sequence's annotated label maps and depth (DexYCB) instead of rendering them. progress: report per frame (off
+    for renders inside another loop, e.g. a training dataset; every frame is still a cancel point)."""
     from .. import runtime
 
     _check_style(style)
@@ -519,7 +520,7 @@ def render_hoi_conditions(seq: HOISequence, *, size: tuple[int, int] = DEFAULT_S
     labels = np.zeros((F, H, W), np.uint8)
     depth = np.zeros((F, H, W), np.float32)
     hand_img = np.zeros((F, H, W, 3), np.uint8)
-    tick = runtime.progress(total=F, desc="HOI conditions")
+    tick = runtime.progress(total=F, desc="HOI conditions") if progress else None
     import cv2
 
     for f in range(F):
@@ -578,8 +579,12 @@ def render_hoi_conditions(seq: HOISequence, *, size: tuple[int, int] = DEFAULT_S
         elif drawn:
             ranks = np.argsort(np.argsort(np.stack(keys), axis=0, kind="stable"), axis=0, kind="stable")
             hand_img[f] = merge_hand_images(drawn, list(ranks))
-        tick.update(1)
-    tick.close()
+        if tick is not None:
+            tick.update(1)
+        else:
+            runtime.check_interrupt()
+    if tick is not None:
+        tick.close()
     fg = labels > 0
     depth_img = colorize_depth(depth, fg, kind="metric_depth", range_mode=depth_range, near=near, far=far)
     from ..video_io import resize_frames

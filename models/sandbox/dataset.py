@@ -233,6 +233,79 @@ def list_clips(root) -> list[Path]:
                    and (p / SIDECAR).exists()), key=lambda p: p.name)
 
 
+# ------------------------------------------------------------------------------------------ HOI conditions
+HOI_KEYS = ("hoi_depth", "hoi_seg", "hoi_hand")
+HOI_RENDER_OPTIONS = ("style", "depth_range", "near", "far", "points", "radius", "min_area", "seed")
+_PAM_AREA = 480 * 720  # the size PAM's renderer settings (50 px smallest component) are meant for
+
+
+def is_hoi_clip(clip: SceneClip) -> bool:
+    """A hand-object clip: it carries the hand's joints or the objects' poses (the 'hoi' preset, or user clips)."""
+    return clip.hand_joints is not None or clip.object_pose is not None
+
+
+def check_hoi(hoi, where: str = "SandboxDataset") -> dict | None:
+    """``hoi``: False/None (off), True (render with the defaults) or a dict of render options
+    (conditions.hoi_render.render_hoi_conditions: style, depth_range, near, far, points, radius, min_area, seed)."""
+    if hoi is None or hoi is False:
+        return None
+    if hoi is True:
+        return {}
+    if not isinstance(hoi, dict):
+        raise ValueError(f"{where}: 'hoi' must be true, false or an object of render options; got {hoi!r}")
+    bad = sorted(set(hoi) - set(HOI_RENDER_OPTIONS))
+    if bad:
+        raise ValueError(f"{where}: 'hoi' has unknown render option(s) {', '.join(bad)}; expected some of "
+                         f"{', '.join(HOI_RENDER_OPTIONS)}")
+    return dict(hoi)
+
+
+def render_clip_conditions(clip: SceneClip, size: tuple[int, int] | None = None, options: dict | None = None):
+    """PAM's condition videos of a hand-object clip, made by the one renderer: ``sequence_from_scene`` then
+    ``render_hoi_conditions`` at ``size`` (default the clip's own). Unless given, the splat radius and the
+    smallest kept label component scale with the frame (PAM's 2 px and 50 px at 480 x 720; 0 px and 1 px, i.e.
+    single-pixel points and nothing dropped, at sandbox sizes), so silhouettes of tiny clips are not dilated
+    by several pixels or deleted. Returns hoi.HOIConditions."""
+    from ..conditions.hoi_datasets import sequence_from_scene
+    from ..conditions.hoi_render import render_hoi_conditions
+
+    H, W = size or clip.size
+    opts = dict(options or {})
+    opts.setdefault("radius", int(round(2 * (H * W / _PAM_AREA) ** 0.5)))
+    opts.setdefault("min_area", max(1, round(50 * H * W / _PAM_AREA)))
+    return render_hoi_conditions(sequence_from_scene(clip), size=(H, W), progress=False, **opts)
+
+
+class _RenderCache:
+    """Rendered conditions per clip (uint8, as the renderer makes them), least recently used dropped past
+    ``max_bytes``: a clip is rendered once per dataset, not once per step."""
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.items = int(max_bytes), 0, OrderedDict()
+        self.renders = 0
+
+    def get(self, key, make):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        val = make()
+        self.renders += 1
+        n = sum(v.numel() for v in val.values())
+        if n <= self.max_bytes:
+            self.items[key] = val
+            self.bytes += n
+            while self.bytes > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= sum(v.numel() for v in old.values())
+        return val
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 # ------------------------------------------------------------------------------------------ torch
 class SandboxDataset(Dataset):
     """Clips under ``root`` as dicts of tensors.
@@ -247,13 +320,20 @@ class SandboxDataset(Dataset):
     ``frames`` keeps the first F frames (clips shorter than that are skipped); ``size`` (H, W) resizes
     (frames bilinear, masks nearest, vel_image rescaled). A clip that fails to read is reported once by file
     name (warnings + ``self.skipped``) and the next good clip is returned instead; none of it raises.
+
+    ``hoi`` (off by default; True or a dict of render options, see ``check_hoi``): hand-object clips (those with
+    ``hand_joints`` or ``object_pose``) also yield PAM's condition videos ``hoi_depth``, ``hoi_seg``, ``hoi_hand``
+    float32 [F,H,W,3] 0..1 at the item's size (``render_clip_conditions``), rendered once per clip and kept in
+    memory up to ``hoi_cache_mb``; every other clip's item is unchanged.
     """
 
     def __init__(self, root, frames: int | None = None, size: tuple[int, int] | None = None, transform=None,
-                 validate: bool = True):
+                 validate: bool = True, hoi=False, hoi_cache_mb: int = 4096):
         self.root = Path(root)
         self.frames = check_frames(frames)
         self.size = check_size(size)
+        self.hoi = check_hoi(hoi)
+        self.hoi_cache = _RenderCache(int(hoi_cache_mb) << 20)
         self.transform = transform
         self.skipped: list[tuple[str, str]] = []
         clips = list_clips(self.root)
@@ -334,11 +414,32 @@ class SandboxDataset(Dataset):
             control = torch.zeros(*frames.shape[:3], 3)
             driven_mask = torch.zeros(frames.shape[:3])
         c2w, intr, has_cam = camera_poses(clip.camera, F, clip.size)
-        return dict(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
+        item = dict(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
                     vel_world=torch.from_numpy(clip.vel_world), vel_image=vel_image, vel_control=vc,
                     driven=driven, control=control, driven_mask=driven_mask, caption=clip.caption,
                     fps=float(clip.fps), name=p.name, camera_c2w=c2w, camera_intrinsics=intr,
                     has_camera=has_cam)
+        if self.hoi is not None and is_hoi_clip(clip):
+            item.update({k: v.float() / 255.0 for k, v in self._hoi_videos(p, clip, tuple(frames.shape[1:3])).items()})
+        return item
+
+    def _hoi_videos(self, p: Path, clip: SceneClip, size: tuple[int, int]) -> dict:
+        if not clip.camera or "K" not in clip.camera or "world_to_camera" not in clip.camera:
+            raise ClipError(f"{p / SIDECAR}: a hand-object clip needs 'camera' with K and world_to_camera to render "
+                            "PAM's conditions")
+        stamp = tuple((p / n).stat().st_mtime_ns if (p / n).exists() else 0 for n in (SIDECAR, ARRAYS))
+        key = (str(p), stamp, clip.num_frames, size)
+
+        def make():
+            from ..conditions.hoi import HOIFormatError
+
+            try:
+                c = render_clip_conditions(clip, size, self.hoi)
+            except HOIFormatError as ex:
+                raise ClipError(f"{p}: {ex}") from ex
+            return {"hoi_depth": _u8(c.depth), "hoi_seg": _u8(c.seg), "hoi_hand": _u8(c.hand)}
+
+        return self.hoi_cache.get(key, make)
 
 
 def camera_poses(camera: dict, frames: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -369,7 +470,7 @@ def collate(items: list[dict]) -> dict:
     out = {}
     for k in items[0]:
         vals = [it[k] for it in items]
-        if k in ("frames", "control", "driven_mask", "pusher_mask", "id_map"):
+        if k in ("frames", "control", "driven_mask", "pusher_mask", "id_map") + HOI_KEYS:
             out[k] = torch.stack(vals)
         elif k == "fps":
             out[k] = torch.tensor(vals, dtype=torch.float32)

@@ -39,7 +39,7 @@ from .trainer import TrainConfig
 BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
-DATASET_KEYS = ("root", "frames", "size")
+DATASET_KEYS = ("root", "frames", "size", "hoi")
 LORA_KEYS = ("rank", "alpha", "target_modules", "dropout", "lora_layers", "train_modules", "train_modules_lr_scale")
 
 
@@ -227,10 +227,17 @@ def load_backbone(bbd: dict):
     return mod.load_svd(bbd["source"], dtype=dtype, device=device)
 
 
-def load_dataset(ds: dict):
+def dataset_options(task: str | None) -> dict:
+    """What a task needs from the sandbox reader beyond frames (its class's DATASET_OPTIONS, e.g. PAM's
+    {"hoi": True}: render the hand-object clips' condition videos)."""
+    return dict(getattr(_task_class(task), "DATASET_OPTIONS", {})) if task else {}
+
+
+def load_dataset(ds: dict, task: str | None = None):
     from ..sandbox.dataset import SandboxDataset
 
-    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=ds.get("size"))  # it checks both by name
+    opts = {**dataset_options(task), **{k: ds[k] for k in ("hoi",) if k in ds}}
+    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=ds.get("size"), **opts)  # it checks them by name
 
 
 def load_branch_file(task: str, path):
@@ -273,7 +280,7 @@ def run(rc: RunConfig, on_step=None):
 
     distributed.init()  # before loading: under a launch each process takes its own GPU
     bb = load_backbone(rc.backbone)
-    ds = load_dataset(rc.dataset)
+    ds = load_dataset(rc.dataset, rc.task)
     task = build_task(rc.task, bb, rc.options, seed=rc.train.seed)
     res = train(task, ds, rc.train, rc.out_dir, on_step=on_step, resume=rc.resume, desc=rc.task)
     return res, task

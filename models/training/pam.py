@@ -9,6 +9,9 @@ Batch contract (sandbox format plus condition videos; what a dataset must give f
     hoi_hand    [B,F,H,W,3] float 0..1                       hand-keypoint video
     hoi_tracking, hoi_normal  (optional, same shape)         absent = always zero, as in the released training
 Every condition video has the clip's F, H, W (render at the training size; seg and keypoints resized NEAREST).
+``SandboxDataset(root, hoi=True)`` yields the three for hand-object clips (the sandbox 'hoi' preset, or user clips
+with hand joints / object poses), rendered once per clip by the one renderer; the training node and the training
+CLI turn that on for this task (``DATASET_OPTIONS``).
 
 Augmentations as the released trainer (``training/dataset.py`` latent path + ``cogvideox_image_to_video_comb_sft``):
 - per condition and sample, dropout with p 0.2 (normal 0.3): a dropped condition zeroes its map latents AND its
@@ -53,6 +56,9 @@ class PAMTask(CogVideoXI2VBase):
         num_blocks: a new branch's copied blocks (12 as released).
         weight: the residual scale during training (1 as released).
     """
+
+    # the sandbox reader renders hand-object clips' condition videos (hoi_depth, hoi_seg, hoi_hand) for this task
+    DATASET_OPTIONS = {"hoi": True}
 
     def __init__(self, backbone: Backbone, branch: ControlBranch | None = None, *,
                  conditions=P.RELEASED_USED, dropout: dict | None = None, noised_image_dropout: float = 0.05,

@@ -63,6 +63,8 @@ def world(tmp_path):
     (models / "sam2" / "probe.pt").write_bytes(b"x")
     for ext in ("yaml", "pt"):
         (models / "sam2" / f"evil.{ext}").symlink_to(out / f"secret.{ext}")
+    (models / "controlnet" / "probe.bin").write_bytes(b"x")  # PAM Flux Convert lists pickles to convert
+    (models / "controlnet" / "evil.bin").symlink_to(out / "secret.pt")
     (models / "interplay" / "evil_run").symlink_to(out, target_is_directory=True)
     (tmp_path / "output" / "evil_out").mkdir(parents=True, exist_ok=True)
     (tmp_path / "output" / "evil_out").rmdir()
