@@ -14,7 +14,8 @@ Draw order on the loss generator: the camera-dropout mask (only when ``camera_dr
 (latent sample, image dropout, sigma and noise).
 
 Checkpoint: ``checkpoint.safetensors`` is the encoder file ``control.gamecraft.load_encoder`` reads; with LoRA,
-``<checkpoint>_lora_<expert>.safetensors`` beside it hold each expert's LoRA (``lora.apply_lora`` reads them).
+``<checkpoint>_lora_<expert>.safetensors`` beside it hold each expert's LoRA (``lora.apply_lora`` reads them);
+with ``train_experts``, ``<checkpoint>_<expert>.safetensors`` each expert's transformer.
 """
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ class GameCraftCameraTask(WanTaskBase):
         translation_scale: multiplies the poses' translations (scene units -> the encoder's units).
         weight: the encoder's strength in the forward.
         lora_rank, lora_alpha, lora_targets, lora_experts: the per-expert LoRA (rank 0 = none).
-        lr_scale_high_noise, lr_scale_low_noise: learning-rate scales of the two experts' LoRA groups.
+        lr_scale_high_noise, lr_scale_low_noise: learning-rate scales of the two experts' groups (LoRA or whole).
+        train_experts: also fine-tune every expert's weights in place (GameCraft-2's action-injected training
+            fine-tunes the model with the encoder; load the bundle in fp32); exclusive with LoRA.
     """
 
     def __init__(self, backbone: Backbone, branch: ControlBranch | None = None, *, caption: str | None = None,
@@ -71,7 +74,7 @@ class GameCraftCameraTask(WanTaskBase):
                  image_dropout: float = 0.0, camera_dropout: float = 0.0, translation_scale: float = 1.0,
                  weight: float = 1.0, lora_rank: int = 0, lora_alpha: float | None = None,
                  lora_targets=("to_q", "to_k", "to_v", "to_out.0"), lora_experts: str = "both",
-                 lr_scale_high_noise: float = 1.0, lr_scale_low_noise: float = 1.0,
+                 lr_scale_high_noise: float = 1.0, lr_scale_low_noise: float = 1.0, train_experts: bool = False,
                  generator: torch.Generator | None = None):
         from ..control import gamecraft as gc
         from ..control import registry
@@ -88,6 +91,9 @@ class GameCraftCameraTask(WanTaskBase):
                 raise ValueError(f"{who}: {name} must be > 0; got {v!r}")
         if backbone.family != "wan":
             raise ValueError(f"{who}: the backbone is {backbone.family}; the camera encoder trains on Wan")
+        if train_experts and lora_rank > 0:
+            raise ValueError(f"{who}: train_experts fine-tunes the experts themselves; set lora_rank 0 or "
+                             "train_experts false")
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         for m in wan.expert_modules(backbone).values():
             m.requires_grad_(False)
@@ -109,13 +115,17 @@ class GameCraftCameraTask(WanTaskBase):
         self._setup(bb, caption=caption, shift=shift, sampling=sampling, expert=expert,
                     image_dropout=image_dropout)
         self.backbone = bb  # the bundle with the LoRA live (== the input without one), ready to sample
+        self.full = dict(wan.expert_modules(bb)) if train_experts else {}
+        for m in self.full.values():
+            m.requires_grad_(True).train()
         self.lr_scales = {"high_noise": float(lr_scale_high_noise), "low_noise": float(lr_scale_low_noise)}
         self.hp = dict(caption=caption, shift=self.shift, sampling=sampling, expert=expert,
                        image_dropout=self.image_dropout, camera_dropout=float(camera_dropout),
                        translation_scale=float(translation_scale), weight=float(weight), lora_rank=int(lora_rank),
                        lora_alpha=float(lora_alpha if lora_alpha is not None else lora_rank),
                        lora_targets=list(lora_targets), lora_experts=lora_experts,
-                       lr_scale_high_noise=float(lr_scale_high_noise), lr_scale_low_noise=float(lr_scale_low_noise))
+                       lr_scale_high_noise=float(lr_scale_high_noise), lr_scale_low_noise=float(lr_scale_low_noise),
+                       train_experts=bool(train_experts))
 
     def _add_loras(self, backbone, rank, alpha, targets, which, gen) -> Backbone:
         """Shared-weight copies of the experts with a LoRA each (LoraTask's machinery: the input bundle and
@@ -148,11 +158,14 @@ class GameCraftCameraTask(WanTaskBase):
 
     def trainable_parameters(self):
         ps = [p for p in self.encoder.parameters() if p.requires_grad]
+        ps += [p for m in self.full.values() for p in m.parameters()]
         return ps + [p for d in self.lora.values() for p in d["params"]]
 
     def param_groups(self):
         groups = [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "name": "camera_encoder",
                    "lr_scale": 1.0}]
+        for n, m in self.full.items():
+            groups.append({"params": list(m.parameters()), "name": n, "lr_scale": self.lr_scales[n]})
         for n, d in self.lora.items():
             groups.append({"params": list(d["params"]), "name": f"lora_{n}", "lr_scale": self.lr_scales[n]})
         return groups
@@ -161,6 +174,8 @@ class GameCraftCameraTask(WanTaskBase):
         from .lora import lora_state_dict
 
         sd = {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
+        for n, m in self.full.items():
+            sd.update({f"expert.{n}.{k}": v.detach().cpu().clone() for k, v in m.state_dict().items()})
         for n, d in self.lora.items():
             sd.update({f"lora.{n}.{k}": v for k, v in lora_state_dict(d["module"], "transformer",
                                                                       d["adapter"]).items()})
@@ -169,8 +184,11 @@ class GameCraftCameraTask(WanTaskBase):
     def load_trainable_state_dict(self, sd: dict) -> None:
         from .lora import load_lora_state_dict
 
-        enc = {k: v for k, v in sd.items() if not k.startswith("lora.")}
+        enc = {k: v for k, v in sd.items() if not k.startswith(("lora.", "expert."))}
         self.encoder.load_state_dict(enc, strict=True)
+        for n, m in self.full.items():
+            pre = f"expert.{n}."
+            m.load_state_dict({k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, strict=True)
         for n, d in self.lora.items():
             pre = f"lora.{n}."
             part = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
@@ -196,12 +214,19 @@ class GameCraftCameraTask(WanTaskBase):
         meta = {"format": "pt", "kind": KIND, "family": "wan",
                 "interplay_config": json.dumps(_clean_config(self.encoder.config)),
                 "interplay_training": json.dumps(self.hp)}
-        save_file({k: v.contiguous() for k, v in sd.items() if not k.startswith("lora.")}, str(path),
+        save_file({k: v.contiguous() for k, v in sd.items() if not k.startswith(("lora.", "expert."))}, str(path),
                   metadata=meta)
-        if not self.lora:
-            return
         m = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
         stem = Path(m.group(1) if m else path.name).stem
+        for n, mod in self.full.items():  # the transformer files load_wan reads (WanBackboneTask's format)
+            pre = f"expert.{n}."
+            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(mod.config).items()
+                   if not k.startswith("_")}
+            final = path.with_name(f"{stem}_{n}.safetensors")
+            tmp = _tmp(final)
+            save_file({k[len(pre):]: v.contiguous() for k, v in sd.items() if k.startswith(pre)}, str(tmp),
+                      metadata={"format": "pt", "config": json.dumps(cfg)})
+            _replace_atomic(tmp, final)
         for n in self.lora:
             pre = f"lora.{n}."
             final = path.with_name(f"{stem}_lora_{n}.safetensors")
@@ -214,6 +239,8 @@ class GameCraftCameraTask(WanTaskBase):
 
     def train(self):
         self.encoder.train()
+        for m in self.full.values():
+            m.train()
         for d in self.lora.values():
             for m in d["module"].modules():
                 if "lora" in type(m).__module__:
@@ -221,6 +248,8 @@ class GameCraftCameraTask(WanTaskBase):
 
     def eval(self):
         self.encoder.eval()
+        for m in self.full.values():
+            m.eval()
         for d in self.lora.values():
             d["module"].eval()
 

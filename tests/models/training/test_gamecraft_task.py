@@ -34,18 +34,22 @@ def data(tmp_path_factory):
     return root
 
 
-def _batch(data, n=2):
-    ds = SandboxDataset(data)
+def _batch(data, n=2, bb=None):
+    ds = SandboxDataset(data) if bb is None else WT.EncodedDataset(SandboxDataset(data), bb)
     return T.collate([ds[i] for i in range(n)])
 
 
 def test_at_init_the_loss_is_the_backbones_own(bb, data):
     """The zero-initialised projection adds exactly nothing: the same loss as the frozen backbone's, bit for bit,
     and the batch's cameras really move (so the equality is not a still camera's)."""
-    batch = _batch(data)
+    batch = _batch(data, bb=bb)  # encoded once (EncodedDataset): both losses skip the VAE
     assert float((batch["camera_c2w"][:, -1] - torch.eye(4, dtype=torch.float64)).abs().max()) > 1e-3
     task = GameCraftCameraTask(bb, generator=torch.Generator().manual_seed(0))
     base = WT.WanBackboneTask(bb, train=False)
+    # the cache holds the posterior mode and the I2V condition the uncached path computes
+    fr = batch["frames"][:1]
+    assert torch.equal(batch["wan_latents"][:1], wan.encode_video(bb, fr))
+    assert torch.equal(batch["wan_image_condition"][:1], wan.i2v_condition(bb, fr[:, 0], F, S, S).condition)
     for seed in (0, 5):
         a = task.loss(batch, torch.Generator().manual_seed(seed))
         b = base.loss(batch, torch.Generator().manual_seed(seed))
@@ -53,7 +57,7 @@ def test_at_init_the_loss_is_the_backbones_own(bb, data):
 
 
 def test_gradients_reach_the_encoder_and_lora_only(bb, data):
-    batch = _batch(data)
+    batch = _batch(data, bb=bb)
     task = GameCraftCameraTask(bb, lora_rank=2, lr_scale_high_noise=0.5, lr_scale_low_noise=2.0,
                                generator=torch.Generator().manual_seed(0))
     task.loss(batch, torch.Generator().manual_seed(1)).backward()
@@ -106,11 +110,11 @@ def test_train_checkpoint_loads_and_resume_is_exact(bb, data, tmp_path):
         return C.build_task("gamecraft_camera", bb, {"lora_rank": 2}, seed=7)
 
     t1 = task()
-    r1 = T.train(t1, ds, T.TrainConfig(steps=4, **cfg), tmp_path / "a")
+    r1 = T.train(t1, ds, T.TrainConfig(steps=3, **cfg), tmp_path / "a")
     assert all(torch.isfinite(torch.tensor(r1.losses)))
     T.train(task(), ds, T.TrainConfig(steps=2, **cfg), tmp_path / "b")
     t2 = task()
-    T.train(t2, ds, T.TrainConfig(steps=4, **cfg), tmp_path / "b")  # resumes at step 2
+    T.train(t2, ds, T.TrainConfig(steps=3, **cfg), tmp_path / "b")  # resumes at step 2
     a, b = t1.trainable_state_dict(), t2.trainable_state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert float(a["final_proj.weight"].abs().sum()) > 0
@@ -155,3 +159,24 @@ def test_bad_arguments_are_named(bb):
         GameCraftCameraTask(bb, lora_rank=1, lora_experts="middle")
     with pytest.raises(ValueError, match="lr_scale_low_noise"):
         GameCraftCameraTask(bb, lr_scale_low_noise=0)
+
+
+def test_train_experts_fine_tunes_both_with_their_own_rates(data, tmp_path):
+    own = wan.load_wan(tiny.tiny_wan_dir(variant="2.2"), dtype="fp32", device="cpu")  # trained in place
+    before = {k: v.clone() for k, v in own.experts["low_noise"].state_dict().items()}
+    task = GameCraftCameraTask(own, train_experts=True, lr_scale_low_noise=0.5,
+                               generator=torch.Generator().manual_seed(0))
+    groups = {g["name"]: g["lr_scale"] for g in task.param_groups()}
+    assert groups == {"camera_encoder": 1.0, "high_noise": 1.0, "low_noise": 0.5}
+    T.train(task, WT.EncodedDataset(SandboxDataset(data), own),
+            T.TrainConfig(steps=2, lr=1e-3, batch_size=2, seed=1), tmp_path)
+    after = own.experts["low_noise"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "checkpoint_low_noise.safetensors"))
+    assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
+    enc = GC.load_encoder(tmp_path / T.CHECKPOINT)  # the encoder file holds only the encoder
+    assert set(enc.module.state_dict()) == {k for k in task.trainable_state_dict() if not k.startswith("expert.")}
+    with pytest.raises(ValueError, match="train_experts"):
+        GameCraftCameraTask(own, train_experts=True, lora_rank=2)
