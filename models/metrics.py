@@ -390,3 +390,53 @@ def mpjpe(predicted, reference, *, root: int | None = 0, valid=None) -> float:
     """Mean over the scored frames of mpjpe_per_frame (NaN when none is scored)."""
     e = mpjpe_per_frame(predicted, reference, root=root, valid=valid)
     return float(np.nanmean(e)) if np.isfinite(e).any() else float("nan")
+# ------------------------------------------------------------------------------- global (camera) motion
+def phase_shift(a, b, *, window: bool = True) -> np.ndarray:
+    """(dx, dy) such that ``b(x, y) ~ a(x - dx, y - dy)``: the global translation from image a to image b by
+    phase correlation (OpenCV's phaseCorrelate, summed over channels), in pixels, sub-pixel from the 3x3 centroid
+    of the correlation peak. a, b: [H,W] or [C,H,W] (any channels: RGB, or a video latent's)."""
+    a, b = _np(a), _np(b)
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise ValueError(f"phase_shift: a and b must be [H,W] or [C,H,W] of one shape; got {a.shape}, {b.shape}")
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    H, W = a.shape[1:]
+    a = a - a.mean(axis=(1, 2), keepdims=True)
+    b = b - b.mean(axis=(1, 2), keepdims=True)
+    if window:  # OpenCV's createHanningWindow: no wrap-around edges in the spectrum
+        win = np.outer(np.hanning(H + 2)[1:-1], np.hanning(W + 2)[1:-1])
+        a, b = a * win, b * win
+    cross = (np.fft.fft2(b) * np.conj(np.fft.fft2(a))).sum(0)
+    r = np.real(np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-12)))
+    iy, ix = np.unravel_index(int(np.argmax(r)), r.shape)
+    ys, xs = np.arange(iy - 1, iy + 2), np.arange(ix - 1, ix + 2)
+    patch = r[np.ix_(ys % H, xs % W)]
+    patch = np.maximum(patch, 0)
+    s = patch.sum()
+    dy = float((patch.sum(1) * ys).sum() / s) if s > 0 else float(iy)
+    dx = float((patch.sum(0) * xs).sum() / s) if s > 0 else float(ix)
+    dy = dy - H if dy > H / 2 else dy  # wrap to signed shifts
+    dx = dx - W if dx > W / 2 else dx
+    return np.array([dx, dy])
+
+
+def global_motion(video) -> np.ndarray:
+    """[F-1, 2] phase-correlation shifts (dx, dy) of frames 1.. against frame 0 of a video [F,H,W], [F,H,W,3]
+    (frames) or [F,C,H,W] (channels first, e.g. latent frames)."""
+    v = _np(video)
+    if v.ndim == 4 and v.shape[-1] == 3 and v.shape[1] != 3:
+        v = v.transpose(0, 3, 1, 2)
+    if v.ndim not in (3, 4) or v.shape[0] < 2:
+        raise ValueError(f"global_motion: expected a video [F,H,W], [F,H,W,3] or [F,C,H,W] with F >= 2; got "
+                         f"{v.shape}")
+    return np.stack([phase_shift(v[0], v[f]) for f in range(1, v.shape[0])])
+
+
+def motion_cosine(generated, reference, eps: float = 1e-6) -> float:
+    """Cosine between two global-motion tracks [F-1, 2] (``global_motion``) read as one vector each: 1 = the same
+    direction at every frame, -1 = opposite, 0 when either is still."""
+    g, r = _np(generated).ravel(), _np(reference).ravel()
+    if g.shape != r.shape:
+        raise ValueError(f"motion_cosine: tracks of different shapes {g.shape}, {r.shape}")
+    n = np.linalg.norm(g) * np.linalg.norm(r)
+    return float(g @ r / n) if n > eps else 0.0

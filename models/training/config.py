@@ -1,6 +1,7 @@
 """Training run configs (TOML or JSON) and the builders shared by `interplay train` and the training node.
 
-    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | interdyn_branch
+    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | interdyn_branch |
+                                    # gamecraft_camera | wan_backbone
     out_dir = "runs/kinemask-s1"    # relative paths are relative to the config file
     resume = true
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from .trainer import TrainConfig
 
 # tasks that train no control branch; branch tasks come from the branch registry (control/<kind>.py)
-BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox"}
+BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "wan_backbone": "wan"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size", "hoi")
@@ -180,6 +181,10 @@ def _task_class(task: str):
     spec = registry.by_task(task)
     if spec is not None:
         return spec.task_class()
+    if task == "wan_backbone":
+        from .wan import WanBackboneTask
+
+        return WanBackboneTask
     from .cogvideox import CogVideoXBackboneTask
 
     return CogVideoXBackboneTask  # cogvideox_backbone, and the LoRA's base objective
@@ -216,6 +221,17 @@ def load_backbone(bbd: dict):
             return mod.random_backbone(bbd["random"], dtype=runtime.parse_dtype(dtype, dev), device=dev,
                                        seed=int(bbd.get("seed", 0)))
         return mod.load_cogvideox(bbd["source"], dtype=dtype, device=device)
+    if fam == "wan":
+        from ..backbones import wan as mod
+
+        if "random" in bbd:  # "tiny" (a tiny Wan2.2 I2V-A14B), or a Wan kind name (its tiny random model)
+            from .. import runtime
+
+            dev = torch.device(device) if device else runtime.compute_device()
+            kind = "wan2.2-i2v-a14b" if bbd["random"] == "tiny" else str(bbd["random"])
+            return mod.random_backbone(kind, "tiny", dtype=runtime.parse_dtype(dtype, dev), device=dev,
+                                       seed=int(bbd.get("seed", 0)))
+        return mod.load_wan(bbd["source"], dtype=dtype, device=device)
     from ..backbones import svd as mod
 
     if "random" in bbd:
@@ -259,7 +275,7 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
         if branch is None and path:
             branch = load_branch_file(task, path)
         return _task_class(task)(backbone, branch, generator=gen, **opts)
-    if task == "cogvideox_backbone":
+    if task in ("cogvideox_backbone", "wan_backbone"):
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
 

@@ -107,14 +107,25 @@ class WanTaskBase:
         wan.check_frames(self.bb, frames.shape[1], frames.shape[2], frames.shape[3], node=who)
         return frames.float()
 
-    def conditions(self, frames: torch.Tensor, captions: list[str], generator: torch.Generator):
-        """(x0 [B, C, f, h, w] float32, WanConds with the "cond" row) for a batch (no gradients)."""
+    def conditions(self, frames: torch.Tensor, captions: list[str], generator: torch.Generator,
+                   encoded: dict | None = None):
+        """(x0 [B, C, f, h, w] float32, WanConds with the "cond" row) for a batch (no gradients). ``encoded``: a
+        batch of :class:`EncodedDataset` items (``wan_latents``, ``wan_image_condition``): no VAE pass then."""
         bb = self.bb
         B, F, H, W, _ = frames.shape
         with torch.no_grad():
-            x0 = wan.encode_video(bb, frames, generator=generator).float()
             image = frames[:, 0] if (bb.extra["i2v"] or bb.extra["ti2v"]) else None
-            conds = sampler.prepare_conds(bb, image, self.prompt_embeds(captions), None, F, H, W, rows=("cond",))
+            pre = encoded if encoded is not None and "wan_latents" in encoded else None
+            x0 = (pre["wan_latents"].to(bb.device).float() if pre is not None
+                  else wan.encode_video(bb, frames, generator=generator).float())
+            if pre is not None and "wan_image_condition" in pre:  # I2V: mask ++ latent of [image, zeros...]
+                c = pre["wan_image_condition"].to(bb.device)
+                m = bb.layout.size("mask")
+                conds = sampler.WanConds(text={"cond": self.prompt_embeds(captions)},
+                                         parts={"mask": c[:, :m], "image": c[:, m:]})
+            else:
+                conds = sampler.prepare_conds(bb, image, self.prompt_embeds(captions), None, F, H, W,
+                                              rows=("cond",))
             if self.image_dropout > 0 and image is not None:
                 keep = (torch.rand(B, generator=generator) >= self.image_dropout).to(x0.device)
                 conds.parts = {k: v * keep.view(B, 1, 1, 1, 1).to(v.dtype) for k, v in conds.parts.items()}
@@ -130,16 +141,19 @@ class WanTaskBase:
 
     def _loss(self, batch, generator, *, attachments=(), inputs: dict | None = None) -> torch.Tensor:
         """The flow-matching loss of the family forward with ``attachments`` (a task's branch, observers), each
-        sample on the expert its timestep selects; ``inputs``: extra input-layout parts [B, c, f, h, w]."""
+        sample on the expert its timestep selects; ``inputs``: extra input-layout parts [B, c, f, h, w].
+        ``attachments`` may be a function of the batch rows (an index tensor) -> attachments, for per-sample
+        conditions: the rows on one expert run in one forward, so such an attachment sees only those rows."""
         frames = batch["_frames"]
         B = frames.shape[0]
         bb = self.bb
-        x0, conds = self.conditions(frames, self._captions(batch, B), generator)
+        x0, conds = self.conditions(frames, self._captions(batch, B), generator, encoded=batch)
         for k, v in (inputs or {}).items():
             conds.parts[k] = v.to(x0.device)
         dev = torch.device(bb.device)
         # an fp32 branch on a bf16 backbone computes in the backbone's dtype (unless the trainer autocasts)
-        mixed = bool(attachments) and bb.dtype != torch.float32 and not torch.is_autocast_enabled(dev.type)
+        mixed = (callable(attachments) or bool(attachments)) and bb.dtype != torch.float32 \
+            and not torch.is_autocast_enabled(dev.type)
         ntt = bb.extra.get("num_train_timesteps", 1000)
 
         def model_fn(x_t, t):
@@ -152,8 +166,9 @@ class WanTaskBase:
                 tt = t[idx]
                 ts = tt if sub.token_mask is None else sub.token_mask.to(tt.dtype) * tt.view(-1, 1)  # TI2V [b, N]
                 with torch.autocast(dev.type, dtype=bb.dtype) if mixed else contextlib.nullcontext():
+                    atts = attachments(idx) if callable(attachments) else attachments
                     y = wan.forward(bb, x_in[idx], ts, sub.text["cond"], image_embeds=sub.image_embeds,
-                                    attachments=attachments, rows={"cond": slice(None)}, expert=name)
+                                    attachments=atts, rows={"cond": slice(None)}, expert=name)
                 if out is None:
                     out = y.new_zeros((x_in.shape[0], *y.shape[1:]))
                 out = out.index_copy(0, idx, y)
@@ -182,6 +197,34 @@ def _rows(conds: sampler.WanConds, idx: torch.Tensor) -> sampler.WanConds:
         conds, text={k: pick(v) for k, v in conds.text.items()}, parts={k: pick(v) for k, v in conds.parts.items()},
         image_embeds=pick(conds.image_embeds), first_frame_latent=pick(conds.first_frame_latent),
         first_frame_mask=pick(conds.first_frame_mask), token_mask=pick(conds.token_mask))
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """``dataset``'s items plus their Wan encodings, each computed once (on first use) and kept in memory:
+    ``wan_latents`` [C, f, h, w] (the VAE posterior's mode, not a fresh sample per step) and, for I2V models,
+    ``wan_image_condition`` [4 + C, f, h, w] (``wan.i2v_condition`` of frame 0). On small models the VAE costs
+    far more than the denoiser, so many epochs over a small dataset (the sandbox experiments) encode once.
+    Tasks read the keys through ``WanTaskBase.conditions``; the loss then draws no latent sample."""
+
+    def __init__(self, dataset, backbone: Backbone):
+        self.dataset, self.bb = dataset, backbone
+        self._enc: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        if i not in self._enc:
+            fr = item["frames"].float()[None]
+            F, H, W = fr.shape[1:4]
+            wan.check_frames(self.bb, F, H, W, node="EncodedDataset")
+            enc = {"wan_latents": wan.encode_video(self.bb, fr)[0].cpu()}
+            if self.bb.extra["i2v"]:
+                enc["wan_image_condition"] = wan.i2v_condition(self.bb, fr[:, 0], F, H, W).condition[0].cpu()
+            self._enc[i] = enc
+        item.update(self._enc[i])
+        return item
 
 
 class WanBackboneTask(WanTaskBase):
