@@ -293,7 +293,7 @@ def id_map_from_image(image: torch.Tensor, palette=PALETTE, max_distance: float 
                  labels=("",) * k), int(unmatched.sum())
 
 
-def scene_objects(clip, objects: str | Sequence[int] | None = "auto") -> list[int]:
+def scene_objects(clip, objects: str | Sequence[int] | None = "auto", *, where: str = "id_map") -> list[int]:
     """Which sandbox objects become IDs (0-based object indices, in ID order).
 
     ``auto``: every object when there are at most 5; otherwise the ones that take part (the driven objects, then
@@ -310,31 +310,32 @@ def scene_objects(clip, objects: str | Sequence[int] | None = "auto") -> list[in
                 if i >= 0 and i not in sel:
                     sel.append(int(i))
         if len(sel) > MAX_IDS:
-            raise ValueError(f"id_map: the scene has {n} objects and {len(sel)} of them move or collide; MATRIX "
+            raise ValueError(f"{where}: the scene has {n} objects and {len(sel)} of them move or collide; MATRIX "
                              f"takes at most {MAX_IDS}. Fix: list the objects to keep, e.g. '1,2'.")
         return sel
     if isinstance(objects, str):
         try:
             picked = [int(s) - 1 for s in objects.replace(" ", "").split(",") if s]
         except ValueError:
-            raise ValueError(f"id_map: objects must be 'auto' or comma-separated object numbers (1-based, as in the "
+            raise ValueError(f"{where}: objects must be 'auto' or comma-separated object numbers (1-based, as in the "
                              f"scene's id_map), e.g. '1,3'; got {objects!r}") from None
     else:
         picked = [int(i) for i in objects]
     bad = [i + 1 for i in picked if not 0 <= i < n]
     if bad:
-        raise ValueError(f"id_map: object {bad[0]} is not in the scene (it has objects 1..{n})")
+        raise ValueError(f"{where}: object {bad[0]} is not in the scene (it has objects 1..{n})")
     if len(set(picked)) != len(picked):
-        raise ValueError(f"id_map: objects lists an object twice: {objects!r}")
+        raise ValueError(f"{where}: objects lists an object twice: {objects!r}")
     if len(picked) > MAX_IDS:
-        raise ValueError(f"id_map: {len(picked)} objects listed; MATRIX takes at most {MAX_IDS}")
+        raise ValueError(f"{where}: {len(picked)} objects listed; MATRIX takes at most {MAX_IDS}")
     return picked
 
 
-def masks_from_scene(clip, objects: str | Sequence[int] | None = "auto") -> tuple[torch.Tensor, tuple[str, ...]]:
+def masks_from_scene(clip, objects: str | Sequence[int] | None = "auto", *, where: str = "id_map"
+                     ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """A sandbox SceneClip -> (bool masks [K, F, H, W] in ID order, labels): ID k is the k-th chosen object
     (``scene_objects``), its mask the object's visible pixels from the scene's id_map."""
-    sel = scene_objects(clip, objects)
+    sel = scene_objects(clip, objects, where=where)
     idm = torch.from_numpy(clip.id_map.astype("int64"))
     f, h, w = idm.shape
     masks = torch.stack([idm == i + 1 for i in sel]) if sel else torch.zeros((0, f, h, w), dtype=torch.bool)
