@@ -143,7 +143,10 @@ def set_matrix(token_sets: Sequence[Sequence[int]], n: int, where: str = "v2t_ma
 
 def _rowwise_softmax_(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, in place: the logits block is the only big buffer (torch.softmax and logsumexp
-    would allocate a second one)."""
+    would allocate a second one). Under autograd (training on softmax maps) the out-of-place softmax runs, since
+    backward needs the probabilities the in-place steps would overwrite."""
+    if logits.requires_grad:
+        return logits.softmax(-1)
     logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
     return logits.div_(logits.sum(dim=-1, keepdim=True))
 

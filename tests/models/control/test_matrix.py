@@ -236,3 +236,31 @@ def test_planted_aligned_layer_ranks_first():
         table.append(row)
     r = X.rank_layers(np.array(table), top_k=2, n_influential=3)
     assert r.influential[0] == 4 and r.frequency[4] == 6 and r.magnitude.argmax() == 4
+
+
+@pytest.mark.parametrize("mode", ["logits", "softmax"])
+def test_gradients_match_the_dense_computation(mode):
+    """Training back-propagates through the maps into q and k (the LoRA's q/k projections): the blockwise maps'
+    gradients equal those of the dense computation."""
+    lay = X.TokenLayout.cogvideox(GRID, text_len=L)
+    q0, k0 = qk(L + NV, L + NV, seed=7)
+    w = torch.randn(B, 3, *GRID, generator=torch.Generator().manual_seed(8))
+    wv = torch.randn(B, 2, *GRID, generator=torch.Generator().manual_seed(9))
+
+    def grads(fn):
+        q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
+        t, v = fn(q, k)
+        ((t * w).sum() + (v * wv).sum()).backward()
+        return q.grad, k.grad
+
+    def blockwise(q, k):
+        return (X.v2t_maps(q, k, lay, SETS, mode=mode, chunk=7),
+                X.v2v_maps(q, k, lay, first_frame_masks(), mode=mode, chunk=3))
+
+    def dense(q, k):
+        full = X.attention_probs(q, k) if mode == "softmax" else q @ k.transpose(-1, -2) / math.sqrt(D)
+        t = set_mean(full[:, :, L:, :L], SETS).mean(1).permute(0, 2, 1).reshape(B, 3, *GRID)
+        return t, ref_v2v(full[:, :, L:L + 8, L:], first_frame_masks()).reshape(B, 2, *GRID)
+
+    for got, ref in zip(grads(blockwise), grads(dense)):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
