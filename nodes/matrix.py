@@ -109,7 +109,8 @@ class InterplayMatrixIdMap:
             raise ValueError(f"{node}: {tracks.shape[0]} instances given; MATRIX takes at most {I.MAX_IDS}. Fix: keep "
                              "the instances of the interaction.")
         if (width > 0) != (height > 0):
-            raise ValueError(f"{node}: set both 'width' and 'height' (or both 0 to keep the size); got {width}x{height}")
+            raise ValueError(f"{node}: set both 'width' and 'height' (or both 0 to keep the size); got "
+                             f"{width}x{height}")
         if width > 0:
             tracks = I.resize_nearest(tracks, (int(height), int(width)))
         idm = I.build_id_map(tracks, palette, overlap, names, where=node)

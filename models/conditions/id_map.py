@@ -168,7 +168,8 @@ def decode_palette(image: torch.Tensor, palette=PALETTE, max_distance: float = M
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 3 or x.shape[-1] != 3:
-        raise ValueError(f"decode_palette: image must be [H,W,3] or [1,H,W,3]; got {tuple(torch.as_tensor(image).shape)}")
+        raise ValueError("decode_palette: image must be [H,W,3] or [1,H,W,3]; got "
+                         f"{tuple(torch.as_tensor(image).shape)}")
     x = x.float() if x.dtype == torch.uint8 else x.float() * 255.0
     d = torch.cdist(x.reshape(-1, 3), pal)  # [HW, P]
     dist, idx = d.min(dim=1)
@@ -271,7 +272,8 @@ def build_id_map(masks: torch.Tensor, palette=PALETTE, overlap: str = "higher_id
     if m.ndim == 3:
         m = m[:, None]
     if m.ndim != 4:
-        raise ValueError(f"{where}: masks must be [K,H,W] or [K,F,H,W]; got shape {tuple(torch.as_tensor(masks).shape)}")
+        raise ValueError(f"{where}: masks must be [K,H,W] or [K,F,H,W]; got shape "
+                         f"{tuple(torch.as_tensor(masks).shape)}")
     m = m >= 0.5 if m.dtype != torch.bool else m
     _check_slots(m.shape[0], pal, where)
     idx = index_map(m[:, 0], overlap, where=where)

@@ -162,7 +162,8 @@ class MatrixAttnDecoder(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         x = maps[:, None] if maps.ndim == 4 else maps
         if x.ndim != 5 or x.shape[1] != 1:
-            raise ValueError(f"MatrixAttnDecoder: maps must be [B, T, h, w] or [B, 1, T, h, w]; got {tuple(maps.shape)}")
+            raise ValueError("MatrixAttnDecoder: maps must be [B, T, h, w] or [B, 1, T, h, w]; got "
+                             f"{tuple(maps.shape)}")
         x = self.conv_in(self.standardise(x.to(self.conv_in.weight.dtype)))
         for block, up in zip(self.blocks, self.ups):
             x = up(block(x))
@@ -220,7 +221,8 @@ class MatrixPreset:
         if self.loss not in LOSSES:
             raise ValueError(f"MatrixPreset: loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.layer_combine not in ("mean_maps", "mean_losses"):
-            raise ValueError(f"MatrixPreset: layer_combine must be mean_maps or mean_losses; got {self.layer_combine!r}")
+            raise ValueError("MatrixPreset: layer_combine must be mean_maps or mean_losses; got "
+                             f"{self.layer_combine!r}")
 
     @property
     def token_stride(self) -> int:
