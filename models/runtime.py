@@ -45,6 +45,7 @@ WEIGHT_EXTENSIONS = (".safetensors", ".sft")
 
 _models_root: Path | None = None
 _output_dir: Path | None = None
+_input_dir: Path | None = None
 _interrupt = threading.Event()
 _force_standalone = False  # tests flip this to exercise the standalone path with ComfyUI importable
 
@@ -376,10 +377,18 @@ def temp_directory() -> Path:
     return output_directory() / "temp"
 
 
+def set_input_directory(path: str | os.PathLike | None) -> None:
+    """Standalone input folder (the CLI's --input-dir). None falls back to INTERPLAY_INPUT_DIR, then ./input."""
+    global _input_dir
+    _input_dir = Path(path).expanduser().resolve() if path is not None else None
+
+
 def input_directory() -> Path:
     c = _comfy()
     if c is not None:
         return Path(c[2].get_input_directory())
+    if _input_dir is not None:
+        return _input_dir
     return Path(os.environ.get("INTERPLAY_INPUT_DIR", "input")).resolve()
 
 

@@ -53,10 +53,13 @@ class InterplayCogVideoXLoader:
             "model": (_cogvideox_choices(), {"tooltip": "diffusers/<folder>, or the single files below.",
                                              "model_folder": "diffusers"}),
             "transformer": ([NONE] + runtime.list_models("diffusion_models"),
-                            {"tooltip": "Single-files mode: the CogVideoX transformer (diffusers key names)."}),
-            "vae": ([NONE] + runtime.list_models("vae"), {"tooltip": "Single-files mode: the CogVideoX VAE."}),
+                            {"tooltip": "Single-files mode: the CogVideoX transformer (diffusers key names).",
+                             "model_folder": "diffusion_models"}),
+            "vae": ([NONE] + runtime.list_models("vae"), {"tooltip": "Single-files mode: the CogVideoX VAE.",
+                                                          "model_folder": "vae"}),
             "text_encoder": ([NONE] + runtime.list_models("text_encoders"),
-                             {"tooltip": "Single-files mode: T5-v1.1-XXL encoder (t5xxl_fp16.safetensors)."}),
+                             {"tooltip": "Single-files mode: T5-v1.1-XXL encoder (t5xxl_fp16.safetensors).",
+                              "model_folder": "text_encoders"}),
             "weight_dtype": (WEIGHT_DTYPES, {"default": "auto", "tooltip": "auto: bf16 on recent GPUs. fp8_e4m3fn: "
                                              "fp8 storage, bf16 compute."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: park each part on the CPU while "
@@ -102,7 +105,7 @@ class InterplayKineMaskBranchLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "branch": (_branch_choices(), {"tooltip": "A file or folder in controlnet/ (or interplay/), or new.",
-                                           "model_folder": "controlnet"}),
+                                           "model_folder": ["controlnet", "interplay"]}),
             "num_layers": ("INT", {"default": 8, "min": 1, "max": 42, "tooltip": "New branch only: backbone blocks "
                                    "it drives (KineMask: the first 8)."}),
         }, "optional": {

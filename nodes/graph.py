@@ -32,8 +32,11 @@ from typing import Any, Iterable, Mapping
 from ..models import runtime
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
-UPLOAD_OPTIONS = {"image_upload": "image", "video_upload": "video", "audio_upload": "audio"}
+SEED_NAMES = ("seed", "noise_seed")  # INT inputs the frontend gives a control widget unless told not to
+# Options that make the frontend (Comfy.UploadImage) append an upload button to a node whose *required* inputs
+# include such a combo; the button's saved value is always "image", video uploads included.
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
+UPLOAD_WIDGET, UPLOAD_VALUE = "upload", "image"
 IGNORED_UI_NODES = ("Note", "MarkdownNote")
 VIRTUAL_UI_NODES = ("Reroute", "PrimitiveNode") + IGNORED_UI_NODES
 MODE_MUTED, MODE_BYPASS = 2, 4
@@ -95,19 +98,27 @@ def _is_widget(spec) -> bool:
     return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES
 
 
-def _has_control(name: str, spec) -> bool:
+def _control_kind(name: str, spec) -> str | None:
+    """What the frontend adds after this input's widget: "int" (a control_after_generate combo), "combo" (the
+    combo and its filter-list text widget) or None. INT: the option, or by name (seed, noise_seed) when the
+    option is absent (useIntWidget's ``control_after_generate ?? name in [...]``); COMBO: only the option."""
     typ, opts = _spec_type_options(spec)
-    if opts.get("control_after_generate"):
-        return True
-    return typ == "INT" and name in ("seed", "noise_seed")
-
-
-def _upload_value(spec) -> str | None:
-    _, opts = _spec_type_options(spec)
-    for key, value in UPLOAD_OPTIONS.items():
-        if opts.get(key):
-            return value
+    if isinstance(typ, (list, tuple)):
+        return "combo" if opts.get("control_after_generate") else None
+    if typ == "INT":
+        flag = opts.get("control_after_generate")
+        return "int" if (name in SEED_NAMES if flag is None else flag) else None
     return None
+
+
+def _has_upload(cls: type) -> bool:
+    """The frontend appends its upload button (Comfy.UploadImage) for the first required media combo."""
+    for spec in _input_types(cls)["required"].values():
+        raw = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if (isinstance(raw, (list, tuple)) or raw == "COMBO") and any(opts.get(k) is True for k in UPLOAD_OPTIONS):
+            return True
+    return False
 
 
 def _widget_inputs(cls: type) -> list[tuple[str, tuple]]:
@@ -116,19 +127,37 @@ def _widget_inputs(cls: type) -> list[tuple[str, tuple]]:
     return [(n, s) for cat in ("required", "optional") for n, s in it[cat].items() if _is_widget(s)]
 
 
+def _widget_layout(cls: type) -> list[tuple[str, str, Any]]:
+    """The frontend's ``node.widgets`` for a class, i.e. the slots of ``widgets_values``, in order:
+    (kind, input name, spec) with kind "value" (an input's own widget), "control" (its control_after_generate
+    combo), "filter" (a combo control's filter list) or "upload" (the upload button, after every input's
+    widgets: it is not in the server's input_order, so getOrderedInputSpecs puts it last)."""
+    layout = []
+    for name, spec in _widget_inputs(cls):
+        layout.append(("value", name, spec))
+        kind = _control_kind(name, spec)
+        if kind:
+            layout.append(("control", name, spec))
+        if kind == "combo":
+            layout.append(("filter", name, spec))
+    if _has_upload(cls):
+        layout.append(("upload", UPLOAD_WIDGET, None))
+    return layout
+
+
 def _type_name(typ) -> str:
     return "COMBO" if isinstance(typ, (list, tuple)) else str(typ)
 
 
 def _widget_default(spec):
+    """The value a new widget starts with in the frontend: ``default`` (a combo's only when truthy, else its
+    first choice, else none), else 0 / 0.0 / "" / False (the INT/FLOAT constructors ignore ``min``)."""
     typ, opts = _spec_type_options(spec)
-    if "default" in opts:
-        return opts["default"]
     if isinstance(typ, (list, tuple)):
-        return typ[0] if typ else ""
-    return {"INT": opts.get("min", 0) if opts.get("min", 0) > 0 else 0,
-            "FLOAT": float(opts.get("min", 0.0)) if opts.get("min", 0.0) > 0 else 0.0,
-            "STRING": "", "BOOLEAN": False}.get(typ)
+        return opts["default"] if opts.get("default") else (typ[0] if typ else None)
+    if opts.get("default") is not None:
+        return opts["default"]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(typ)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -186,48 +215,59 @@ def _ui_links(ui: dict) -> dict[int, dict]:
     return links
 
 
-def _assign_widgets(values: list, widgets: list[tuple[str, tuple]]) -> tuple[dict, int]:
-    """Walk ``widgets_values`` over the widget inputs; returns ({name: value}, number of values consumed)."""
-    out, i = {}, 0
-    for k, (name, spec) in enumerate(widgets):
-        if i >= len(values):
-            break
-        out[name] = values[i]
-        i += 1
-        if _has_control(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
-            i += 1  # control_after_generate: applied by the frontend after queueing, not an input
-            if isinstance(_spec_type_options(spec)[0], (list, tuple)) and i < len(values) \
-                    and isinstance(values[i], str) and len(values) - i > len(widgets) - k - 1:
-                i += 1  # a combo's control is followed by its filter-list widget (client-only)
-        upload = _upload_value(spec)
-        if upload is not None and i < len(values) and values[i] == upload:
-            i += 1  # the upload button's own widget value
-    return out, i
+def _assign_widgets(values: list, layout: list[tuple[str, str, Any]]) -> dict:
+    """Give ``widgets_values`` to the layout's widgets by position, as the frontend's LGraphNode.configure does;
+    only the inputs' own widgets become inputs (controls, filter lists and the upload button are client-only).
+    Missing trailing values leave their widgets out; values past the layout are ignored."""
+    return {name: v for (kind, name, _), v in zip(layout, values) if kind == "value"}
+
+
+def _migrate_force_input(values: list, cls: type, layout: list[tuple[str, str, Any]]) -> list:
+    """The frontend's migrateWidgetsValues: files saved when forceInput inputs still had widgets carry one value
+    per such input; when the count says so, those values are dropped. The count and the pairing are the
+    frontend's own (inputs in definition order, the upload button after the required ones, 2 per seed-like
+    input, values paired with inputs one to one), quirks included, so a file reads as it loads there."""
+    it = _input_types(cls)
+    names = {name for _, name, _ in layout}
+    defs = [(n, s) for n, s in it["required"].items()]
+    if _has_upload(cls):
+        defs.append((UPLOAD_WIDGET, ("IMAGEUPLOAD", {})))
+    defs += list(it["optional"].items())
+    force = [bool(_spec_type_options(s)[1].get("forceInput")) for _, s in defs]
+    original = [(n, s, f) for (n, s), f in zip(defs, force) if n in names or f]
+    if not any(force):
+        return values
+    count = sum(2 if (_spec_type_options(s)[1].get("control_after_generate") or n in SEED_NAMES) else 1
+                for n, s, _ in original)
+    if count != len(values):
+        return values
+    return [v for k, v in enumerate(values) if not (k < len(original) and original[k][2])]
 
 
 def _widget_values(node: dict, cls: type) -> dict:
     values = node.get("widgets_values")
-    widgets = _widget_inputs(cls)
+    layout = _widget_layout(cls)
     if isinstance(values, dict):  # some nodes save widgets by name
-        return {n: values[n] for n, _ in widgets if n in values}
-    values = list(values or [])
-    # The frontend keeps a widget (and its value) when the widget is converted to an input, so values
-    # cover every widget; files written by tools that drop linked widgets are accepted when only that
-    # reading fits the widgets' types.
-    full, used = _assign_widgets(values, widgets)
-    if used == len(values) and _plausible(full, widgets):
+        return {name: values[name] for kind, name, _ in layout if kind == "value" and name in values}
+    values = _migrate_force_input(list(values or []), cls, layout)
+    # The frontend keeps a widget (and its value) when the widget is driven by a link, so values cover every
+    # widget. Files written by tools that drop linked widgets (with their controls) are accepted only when
+    # the positional reading does not fit the widgets' types and that one does.
+    full = _assign_widgets(values, layout)
+    if _plausible(full, layout):
         return full
     linked = {inp.get("name") for inp in node.get("inputs") or [] if inp.get("link") is not None}
-    sparse = [(n, s) for n, s in widgets if n not in linked]
-    alt, used_alt = _assign_widgets(values, sparse)
-    if sparse != widgets and used_alt == len(values) and _plausible(alt, sparse):
+    sparse = [slot for slot in layout if not (slot[0] in ("value", "control", "filter") and slot[1] in linked)]
+    alt = _assign_widgets(values, sparse)
+    if len(sparse) < len(layout) and len(values) == len(sparse) and _plausible(alt, sparse):
         return alt
     return full
 
 
-def _plausible(assigned: dict, widgets: list[tuple[str, tuple]]) -> bool:
-    for name, spec in widgets:
-        if name not in assigned:
+def _plausible(assigned: dict, layout: list[tuple[str, str, Any]]) -> bool:
+    """Every assigned value has its widget's JSON type (a combo takes any string)."""
+    for kind, name, spec in layout:
+        if kind != "value" or name not in assigned:
             continue
         v = assigned[name]
         typ, _ = _spec_type_options(spec)
@@ -349,18 +389,19 @@ def _depths(prompt: dict) -> dict[str, int]:
     return depth
 
 
-def _node_size(cls: type | None, n_sockets: int, widgets: list) -> list[int]:
+def _node_size(n_sockets: int, layout: list[tuple[str, str, Any]]) -> list[int]:
     h = 26 + 22 * n_sockets
-    for name, spec in widgets:
-        typ, opts = _spec_type_options(spec)
-        h += 90 if (typ == "STRING" and opts.get("multiline")) else 26
-        h += 26 if _has_control(name, spec) else 0
+    for kind, _, spec in layout:
+        multiline = kind == "value" and _spec_type_options(spec)[0] == "STRING" and \
+            _spec_type_options(spec)[1].get("multiline")
+        h += 90 if multiline else 26
     return [340, max(h, 60)]
 
 
 def api_to_ui(prompt: dict, node_classes: Mapping[str, type] | None = None) -> dict:
-    """Lay an API prompt out as a UI workflow the ComfyUI frontend loads (schema 0.4): one column per
-    dependency depth, seed widgets followed by "fixed" so reruns reproduce."""
+    """Lay an API prompt out as a UI workflow the way the ComfyUI frontend (1.27) saves one (schema 0.4): every
+    widget has an input slot, ``widgets_values`` follows the frontend's widget list (_widget_layout) with each
+    control_after_generate at "fixed" so reruns reproduce; one column per dependency depth."""
     node_classes = _default_classes() if node_classes is None else node_classes
     ids = list(prompt)
     numeric = all(str(i).isdigit() for i in ids)
@@ -378,29 +419,35 @@ def api_to_ui(prompt: dict, node_classes: Mapping[str, type] | None = None) -> d
         if cls is None:
             raise WorkflowError(f"node {nid}: class_type {ctype!r} is not a node of this pack")
         it = _input_types(cls)
-        widgets = _widget_inputs(cls)
+        layout = _widget_layout(cls)
         inputs = entry.get("inputs") or {}
-        ui_inputs, values = [], []
+        # Input slots as the frontend makes them: sockets first, then one slot per widget (the upload button
+        # included), each in definition order; links point at these indices.
+        sockets, widget_slots = [], []
         for cat in ("required", "optional"):
             for name, spec in it[cat].items():
-                typ, _ = _spec_type_options(spec)
+                slot = {"name": name, "type": _type_name(_spec_type_options(spec)[0]), "link": None}
+                if cat == "optional":
+                    slot["shape"] = 7  # the frontend's hollow circle for optional inputs
                 if _is_widget(spec):
-                    val = inputs.get(name)
-                    if _is_link(val):
-                        ui_inputs.append({"name": name, "type": _type_name(typ), "link": None,
-                                          "widget": {"name": name}})
-                        val = _widget_default(spec)
-                    elif name not in inputs:
-                        val = _widget_default(spec)
-                    elif isinstance(val, dict) and "__value__" in val:
-                        val = val["__value__"]
-                    values.append(val)
-                    if _has_control(name, spec):
-                        values.append("fixed")
-                    if _upload_value(spec):
-                        values.append(_upload_value(spec))
+                    widget_slots.append(dict(slot, widget={"name": name}))
                 else:
-                    ui_inputs.append({"name": name, "type": _type_name(typ), "link": None})
+                    sockets.append(slot)
+        if _has_upload(cls):
+            widget_slots.append({"name": UPLOAD_WIDGET, "type": "IMAGEUPLOAD", "link": None,
+                                 "widget": {"name": UPLOAD_WIDGET}})
+        ui_inputs = sockets + widget_slots
+        values = []
+        for kind, name, spec in layout:
+            if kind == "value":
+                val = inputs.get(name)
+                if name not in inputs or _is_link(val):  # a linked widget keeps its own (default) value
+                    val = _widget_default(spec)
+                elif isinstance(val, dict) and "__value__" in val:
+                    val = val["__value__"]
+                values.append(val)
+            else:  # "fixed": reruns reproduce; an empty filter list; the upload button's constant value
+                values.append({"control": "fixed", "filter": "", "upload": UPLOAD_VALUE}[kind])
         rtypes = list(getattr(cls, "RETURN_TYPES", ()))
         rnames = list(getattr(cls, "RETURN_NAMES", None) or rtypes)
         is_list = list(getattr(cls, "OUTPUT_IS_LIST", None) or [False] * len(rtypes))
@@ -411,7 +458,7 @@ def api_to_ui(prompt: dict, node_classes: Mapping[str, type] | None = None) -> d
                 out["shape"] = 6
             ui_outputs.append(out)
         d = depth.get(nid, 0)
-        size = _node_size(cls, max(len([i for i in ui_inputs if "widget" not in i]), len(ui_outputs)), widgets)
+        size = _node_size(max(len(sockets), len(ui_outputs)), layout)
         y = col_y.get(d, 50.0)
         col_y[d] = y + size[1] + 60
         node = {"id": uid[nid], "type": ctype, "pos": [50 + 400 * d, y], "size": size, "flags": {},
@@ -443,13 +490,6 @@ def api_to_ui(prompt: dict, node_classes: Mapping[str, type] | None = None) -> d
             ui_links.append([link_id, src["id"], slot, node["id"], node["inputs"].index(inp), ltype])
             inp["link"] = link_id
             src["outputs"][slot]["links"] = (src["outputs"][slot]["links"] or []) + [link_id]
-    # Sockets first, then converted widgets: the order the frontend writes them in.
-    for node in ui_nodes:
-        node["inputs"] = [i for i in node["inputs"] if "widget" not in i] + \
-                         [i for i in node["inputs"] if "widget" in i and i["link"] is not None]
-    for link in ui_links:
-        target = next(n for n in ui_nodes if n["id"] == link[3])
-        link[4] = next(k for k, i in enumerate(target["inputs"]) if i["link"] == link[0])
     ui_nodes.sort(key=lambda n: n["id"])
     return {"last_node_id": max((n["id"] for n in ui_nodes), default=0), "last_link_id": link_id,
             "nodes": ui_nodes, "links": ui_links, "groups": [], "config": {},
@@ -513,13 +553,18 @@ class _Cycle(Exception):
 
 
 def _model_folder_hint(name: str, opts: dict) -> str:
-    kind = opts.get("model_folder") or opts.get("folder")
-    if kind:
-        try:
-            where = ", ".join(str(p) for p in runtime.model_folders(kind))
-        except ValueError:
-            where = kind
-        return f"; the choices are the files in the {kind} model folder ({where})"
+    """Where an empty model combo's files go: its ``model_folder`` (one kind, or a list of kinds), full paths."""
+    kinds = opts.get("model_folder") or opts.get("folder")
+    if kinds:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        parts = []
+        for kind in kinds:
+            try:
+                where = ", ".join(str(p) for p in runtime.model_folders(kind))
+            except ValueError:
+                where = kind
+            parts.append(f"the {kind} model folder ({where})")
+        return f"; the choices are the files in {' and '.join(parts)}: put the file there"
     return (f"; if this is a model file, put it in the model folder this input lists (models root "
             f"{runtime.models_root()}, set with --models-dir)")
 
@@ -902,6 +947,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
                                  "format) with the Interplay nodes, without ComfyUI.")
     ap.add_argument("workflow", help="workflow JSON saved from ComfyUI (Save, or Export (API))")
     ap.add_argument("--models-dir", help="models root laid out like ComfyUI's models/ folder")
+    ap.add_argument("--input-dir", help="input folder the workflow's file names refer to, like ComfyUI's input/ "
+                    "(default ./input, or $INTERPLAY_INPUT_DIR)")
     ap.add_argument("--out", help="output folder (default ./output)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                     help="override an input value; repeatable")
@@ -913,6 +960,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         runtime.set_models_root(args.models_dir)
     if args.out is not None:
         runtime.set_output_directory(args.out)
+    if args.input_dir is not None:
+        runtime.set_input_directory(args.input_dir)
     runtime.clear_interrupt()
     node_classes = _default_classes() if node_classes is None else node_classes
     try:

@@ -40,9 +40,10 @@ class InterplaySVDLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (_svd_choices(), {"tooltip": "checkpoints/<file> (original layout) or diffusers/<folder>.",
-                                       "model_folder": "checkpoints"}),
+                                       "model_folder": ["checkpoints", "diffusers"]}),
             "clip_vision": ([FROM_CHECKPOINT] + runtime.list_models("clip_vision"),
-                            {"tooltip": "CLIP ViT-H/14 image encoder for checkpoints that lack one."}),
+                            {"tooltip": "CLIP ViT-H/14 image encoder for checkpoints that lack one.",
+                             "model_folder": "clip_vision"}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
                                                          "tooltip": "Compute dtype; the VAE stays fp32."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: keep parts on the CPU and move "
@@ -78,7 +79,7 @@ class InterplayInterDynBranchLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "branch": (_branch_choices(), {"tooltip": "A folder or file in controlnet/ (or interplay/).",
-                                           "model_folder": "controlnet"}),
+                                           "model_folder": ["controlnet", "interplay"]}),
             "residual_rule": (["auto", "quirk", "once"], {"default": "auto", "tooltip": "auto: the file's rule; "
                               "the release (no rule recorded) uses 'quirk', new branches 'once'."}),
         }, "optional": {

@@ -68,10 +68,20 @@ class InterplayLoadVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, path=""):
-        # Absolute paths are allowed besides the combo's names (API prompts, tests); existence is checked at run.
-        if path or (isinstance(video, str) and video):
-            return True
-        return "InterplayLoadVideo: 'video' is empty; pick a file or set 'path'"
+        # Absolute paths are allowed besides the combo's names (API prompts, tests). The file must exist now, so
+        # a missing input is reported at validation, before any model of the graph loads.
+        node = "InterplayLoadVideo"
+        if path:
+            p = Path(path).expanduser()
+            return True if p.exists() else f"{node}: 'path' {path!r} not found (searched {p.resolve()})"
+        if not (isinstance(video, str) and video):
+            return f"{node}: 'video' is empty; pick a file or set 'path'"
+        try:
+            _resolve_video(node, video)
+        except FileNotFoundError as ex:
+            return (f"{ex}. Fix: put the file in the input folder {runtime.input_directory()} (interplay run: "
+                    "--input-dir) or give an absolute path")
+        return True
 
     @classmethod
     def IS_CHANGED(cls, video, path="", **kw):

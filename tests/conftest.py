@@ -18,11 +18,13 @@ def _fresh_runtime(tmp_path, monkeypatch):
 
     monkeypatch.delenv("INTERPLAY_MODELS_DIR", raising=False)
     runtime.set_models_root(None)
+    runtime.set_input_directory(None)
     runtime.set_output_directory(tmp_path / "output")
     runtime.clear_interrupt()
     yield
     torch.set_num_threads(threads)
     runtime.set_models_root(None)
+    runtime.set_input_directory(None)
     runtime.set_output_directory(None)
     runtime.clear_interrupt()
 

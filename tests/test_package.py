@@ -231,3 +231,58 @@ def test_package_data_ships_the_demo_model_and_workflows():
         rel = p.relative_to(root.joinpath(*parts[:k])).as_posix()
         assert pkg in cfg, f"{rel}: package {pkg} has no package-data"
         assert any(fnmatch.fnmatch(rel, g) for g in cfg[pkg]), f"{rel} is not in {pkg} package-data {cfg[pkg]}"
+
+
+def _combo_choices(models_root) -> dict:
+    from interplay.models import runtime
+
+    runtime.set_models_root(models_root)
+    out = {}
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        it = cls.INPUT_TYPES()
+        for cat in ("required", "optional"):
+            for name, spec in (it.get(cat) or {}).items():
+                if isinstance(spec[0], (list, tuple)):
+                    out[(node_id, name)] = (list(spec[0]), spec[1] if len(spec) > 1 else {})
+    return out
+
+
+def test_every_model_combo_names_its_folder(tmp_path):
+    # A combo whose choices come from a model folder (they change when a file appears there, and only there)
+    # declares that folder, so an empty or wrong choice is reported with the folder's full path.
+    from interplay.models import runtime
+
+    empty = _combo_choices(tmp_path / "empty")
+    found, problems = set(), []
+    for kind in runtime.MODEL_FOLDERS:
+        root = tmp_path / kind
+        (root / kind / "probe_svd_cogvideox_tiny").mkdir(parents=True)  # folder entries (diffusers)
+        for ext in (".safetensors", ".pt"):
+            (root / kind / f"probe_svd{ext}").write_bytes(b"")
+        for key, (choices, opts) in _combo_choices(root).items():
+            if choices != empty[key][0]:
+                found.add(key)
+                declared = opts.get("model_folder")
+                if kind not in ([declared] if isinstance(declared, str) else list(declared or [])):
+                    problems.append(f"{key}: lists {kind}/ but declares model_folder={opts.get('model_folder')!r}")
+    assert {("InterplaySam2Loader", "weights"), ("InterplaySVDLoader", "model")} <= found
+    assert not problems, "\n".join(problems)
+    # end to end: the SAM2 loader with nothing in models/sam2 names that folder by its full path
+    runtime.set_models_root(tmp_path / "empty")
+    prompt = {"1": {"class_type": "InterplaySam2Loader", "inputs": {"weights": "sam2.1_hiera_tiny.safetensors"}}}
+    errors = [e for e in graph.validate(prompt, NODE_CLASS_MAPPINGS, targets=["1"])
+              if e["extra_info"].get("input_name") == "weights"]
+    assert errors and str(tmp_path / "empty" / "sam2") in errors[0]["details"]
+
+
+def test_license_is_an_spdx_expression():
+    # setuptools deprecates the TOML-table form (a warning on every install, an error from 2027-02); the string
+    # form needs setuptools >= 77 (PEP 639)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the test extra's tomli
+        import tomli as tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in meta["build-system"]["requires"]

@@ -292,12 +292,17 @@ class ArrowEditor {
     }
     const speed = G.arrowSpeed(o, this.size.w, this.size.h, this.drawing.length_scale);
     const label = (o.speed != null ? "" : "~") + G.formatSpeed(speed);
-    ctx.font = `bold ${12 * dpr}px sans-serif`;
+    const fs = 12 * dpr;
+    ctx.font = `bold ${fs}px sans-serif`;
     ctx.textAlign = "left";
+    ctx.textBaseline = "top";
     ctx.lineWidth = 3 * dpr;
     ctx.strokeStyle = "rgba(0,0,0,0.85)";
-    const lx = hd.x + 6 * dpr;
-    const ly = hd.y - 6 * dpr;
+    // box of the stroked text: its measured width and the font size, plus the outline on each side
+    const pos = G.labelPosition(hd, t, ctx.measureText(label).width + 3 * dpr, 1.2 * fs + 3 * dpr,
+      ctx.canvas.width, ctx.canvas.height, 6 * dpr, 2 * dpr);
+    const lx = pos.x + 1.5 * dpr;
+    const ly = pos.y + 1.5 * dpr;
     ctx.strokeText(label, lx, ly);
     ctx.fillStyle = "#fff";
     ctx.fillText(label, lx, ly);

@@ -194,6 +194,12 @@ class Attachment:
         """Modules the attachment runs (moved with the denoiser under offload, compiled with it)."""
         return []
 
+    def guidance_rows(self) -> list[tuple[str, str, Any]]:
+        """Extra batch rows this attachment needs, as (row name, the row whose inputs it copies, scale): the guided
+        step adds ``scale * (like - row)`` (a PAG-style perturbation pass: the attachment acts on its own row,
+        e.g. ``("perturbed", "cond", 1.0)``). Empty for ordinary controls."""
+        return []
+
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The end of every attention chain: diffusers' call, exactly."""

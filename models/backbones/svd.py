@@ -31,14 +31,15 @@ SVD_SCHEDULER_DEFAULTS = {
 }
 
 # Real configs (diffusers UNetSpatioTemporalConditionModel): SVD 14 frames and SVD-XT 25 frames differ only in
-# num_frames (a default, not a weight shape).
+# num_frames (a default, not a weight shape). Heads (5, 10, 20, 20) are 64 channels each, the release's and
+# diffusers' default; they change no weight shape, so a wrong value loads strictly and runs wrong attention.
 SVD_UNET_CONFIG = dict(
     sample_size=96, in_channels=8, out_channels=4,
     down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
     up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
     block_out_channels=(320, 640, 1280, 1280), addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-    transformer_layers_per_block=1, num_attention_heads=(5, 10, 10, 20), num_frames=14,
+    transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20), num_frames=14,
 )
 
 # Tiny configs of the same classes for tests and the CPU benchmark: 4 blocks (so the 12-skip layout and the

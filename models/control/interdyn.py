@@ -78,7 +78,10 @@ class InterDynBranch(ModelMixin, ConfigMixin):
         layers_per_block=2,
         cross_attention_dim=1024,
         transformer_layers_per_block=1,
-        num_attention_heads=(5, 10, 10, 20),
+        # SVD's (64-channel heads). The reference class defaults to (5, 10, 10, 20), a slip inherited from
+        # svd-temporal-controlnet; its from_unet copies the UNet's heads, so a config.json written from SVD's
+        # UNet records (5, 10, 20, 20). A released config.json is read as it is.
+        num_attention_heads=(5, 10, 20, 20),
         num_frames: int = 25,
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels=(16, 32, 96, 256),

@@ -235,15 +235,33 @@ def _clean_config(cfg) -> dict:
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
 
 
+def branch_state_dict(m) -> dict:
+    """What a branch file holds: the branch's parameters, all of them trained. Its only persistent buffer,
+    ``patch_embed.pos_embedding`` (the learned positional table of 5B-I2V-style backbones, 109 MB in fp16 at 5B),
+    is a frozen copy of the backbone's; the branch reads the backbone's table when it runs
+    (:func:`use_backbone_positions`), so files never carry it."""
+    return dict(m.named_parameters())
+
+
+def use_backbone_positions(m, transformer) -> None:
+    """Point the branch's learned positional table at its backbone's (a shared tensor, not a copy): the table is
+    never trained, a branch made by from_transformer starts with the backbone's, and a loaded file holds none."""
+    own = getattr(m, "patch_embed", None)  # model_forward also takes other modules as a branch (combined ones)
+    table = getattr(transformer.patch_embed, "pos_embedding", None)
+    if (own is not None and getattr(own, "use_learned_positional_embeddings", False) and table is not None
+            and own.pos_embedding.shape == table.shape and own.pos_embedding is not table):
+        own.pos_embedding = table
+
+
 def save_branch(branch, path) -> Path:
-    """Write one safetensors file with the config JSON in its metadata (``interplay_config``, ``kind``)."""
+    """Write one safetensors file of :func:`branch_state_dict` with the config JSON in its metadata
+    (``interplay_config``, ``kind``, ``family``)."""
     from safetensors.torch import save_file
 
     m = branch.module if isinstance(branch, ControlBranch) else branch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()
-          if not k.endswith("pos_embedding") or m.config.use_learned_positional_embeddings}
+    sd = {k: v.detach().contiguous().cpu() for k, v in branch_state_dict(m).items()}
     meta = {"format": "pt", "kind": KIND, "family": "cogvideox",
             "interplay_config": json.dumps(_clean_config(m.config))}
     tmp = path.with_name(path.name + ".tmp")
@@ -388,6 +406,7 @@ class KineMaskAttachment(Attachment):
                 and (step is None or e["start"] <= step[0] / max(step[1], 1) < e["end"])]
 
     def begin(self, ctx):
+        use_backbone_positions(self.module, ctx.bb.denoiser)
         st = ctx.state_of(self)
         active = self.active(ctx.extra.get("step"))
         st["res"] = None

@@ -18,7 +18,7 @@ from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import BoundControl, ControlBranch, ControlSignal, bind
-from .guidance import classifier_free, guided_step
+from .guidance import classifier_free, guided_step, rows_like
 
 SCHEDULERS = ("ddim", "dpm")
 
@@ -199,7 +199,11 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         latents = torch.randn(shape, generator=gen, dtype=dtype).to(dev)
     latents = (latents * sched.init_noise_sigma).to(dev, dtype)
 
-    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0)
+    atts = registry.attachments(bound, bb) + list(attachments)
+    controls_of = atts[:len(atts) - len(attachments)]
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0).with_rows(extra_rows)
+    like = rows_like(guidance, extra_rows)
     pos = prompt_embeds.to(dev, dtype)
     if pos.shape[0] != b:
         pos = pos.expand(b, *pos.shape[1:])
@@ -211,8 +215,6 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         text["uncond"] = neg if neg.shape[0] == b else neg.expand(b, *neg.shape[1:])
     extra = {k: v.to(dev, dtype) for k, v in (inputs or {}).items()}
     rotary = cog.rotary_for(tr, shape[1], shape[3], shape[4], dev)
-    atts = registry.attachments(bound, bb) + list(attachments)
-    controls_of = [a for a in atts[:len(atts) - len(attachments)]]
 
     def predict(x_rows, rows):
         n = len(rows)
@@ -220,7 +222,7 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         parts = {"noise": x_in, **{k: torch.cat([v] * n) for k, v in extra.items()}}
         if layout.has("image"):
             parts["image"] = torch.cat([img_lat] * n)
-        emb = torch.cat([text[r] for r in rows]) if n > 1 else text[next(iter(rows))]
+        emb = torch.cat([text[like[r]] for r in rows]) if n > 1 else text[like[next(iter(rows))]]
         out = cog.forward(bb, layout.assemble(parts, dim=2), t.expand(n * b), emb, attachments=atts, rows=rows,
                           image_rotary_emb=rotary, step=(i, len(timesteps)))
         return out.float()

@@ -15,7 +15,7 @@ from ..backbones import svd as svdb
 from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import ControlBranch, ControlSignal, bind
-from .guidance import Guidance, guided_step
+from .guidance import Guidance, guided_step, rows_like
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
@@ -131,14 +131,15 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     w = guidance_ramp(num_frames, min_cfg, max_cfg).to(dev, torch.float32).view(1, num_frames, 1, 1, 1)
     guidance = Guidance(("uncond", "cond"), "uncond", ((w, "cond", "uncond"),)) if cfg_on else Guidance(("cond",),
                                                                                                         "cond")
-    if cfg_on:
-        lat_in = torch.cat([torch.zeros_like(cond_lat), cond_lat])
-        emb_in = torch.cat([torch.zeros_like(cond_emb), cond_emb])
-        batch = 2 * num_samples
-    else:
-        lat_in, emb_in, batch = cond_lat, cond_emb, num_samples
-    tids = svdb.added_time_ids(fps_id, motion_bucket_id, noise_aug, batch, dev, bb.dtype)
     atts = registry.attachments(bound, bb) + list(attachments)
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guidance = guidance.with_rows(extra_rows)
+    like = rows_like(guidance, extra_rows)
+    per_row = {"uncond": (torch.zeros_like(cond_lat), torch.zeros_like(cond_emb)), "cond": (cond_lat, cond_emb)}
+    lat_in = torch.cat([per_row[like[r]][0] for r in guidance.rows])
+    emb_in = torch.cat([per_row[like[r]][1] for r in guidance.rows])
+    batch = len(guidance.rows) * num_samples
+    tids = svdb.added_time_ids(fps_id, motion_bucket_id, noise_aug, batch, dev, bb.dtype)
 
     cfgs = bb.scheduler_config
     sigmas = karras_sigmas(steps, cfgs.get("sigma_min", 0.002), cfgs.get("sigma_max", 700.0), cfgs.get("rho", 7.0))

@@ -40,6 +40,20 @@ class Guidance:
         return Guidance(self.rows, self.base, tuple((scale if (p, n) == (pos, neg) else s, p, n)
                                                     for s, p, n in self.terms))
 
+    def with_rows(self, extra) -> "Guidance":
+        """This guidance plus attachment-declared rows ``(name, like, scale)``, each adding scale * (like - name)."""
+        rows, terms = list(self.rows), list(self.terms)
+        for name, like, scale in extra:
+            if name in rows:
+                raise ValueError(f"guidance row {name!r} is declared twice (two attachments perturb the same row "
+                                 "name; give them different names)")
+            if like not in rows:
+                raise ValueError(f"guidance row {name!r} copies row {like!r}, which this sampler does not run "
+                                 f"(rows: {rows})")
+            rows.append(name)
+            terms.append((scale, like, name))
+        return Guidance(tuple(rows), self.base, tuple(terms))
+
     def row_slices(self, batch: int) -> dict[str, slice]:
         return {name: slice(k * batch, (k + 1) * batch) for k, name in enumerate(self.rows)}
 
@@ -62,6 +76,13 @@ def classifier_free(scale: float, control_scale: float = 1.0, has_control: bool 
         rows.append("no_control")
         terms.append((control_scale - 1, "cond", "no_control"))
     return Guidance(tuple(rows), base, tuple(terms))
+
+
+def rows_like(guidance: Guidance, extra) -> dict[str, str]:
+    """Row name -> the row whose inputs it uses (its own name for the guidance's base rows)."""
+    like = {r: r for r in guidance.rows}
+    like.update({name: src for name, src, _ in extra})
+    return like
 
 
 def guided_step(predict: Callable[[torch.Tensor, dict], torch.Tensor], x: torch.Tensor,

@@ -69,9 +69,9 @@ class KineMaskTask(CogVideoXI2VBase):
         return [p for p in self.branch.module.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict:
-        m = self.branch.module
-        return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()
-                if not k.endswith("pos_embedding") or m.config.use_learned_positional_embeddings}
+        from ..control.kinemask import branch_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in branch_state_dict(self.branch.module).items()}
 
     def load_trainable_state_dict(self, sd: dict) -> None:
         missing, unexpected = self.branch.module.load_state_dict(sd, strict=False)

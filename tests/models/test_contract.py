@@ -272,3 +272,44 @@ def test_no_family_sampler_or_node_file_compares_branch_kinds():
         for k in kinds:
             for quoted in (f'"{k}"', f"'{k}'"):
                 assert quoted not in text, f"{rel} names the branch kind {quoted}"
+
+
+class ZeroAttention(B.Attachment):
+    """A PAG-style perturbation: zeroes one layer's attention output on its own "perturbed" row (or on every row
+    with ``everywhere``, to sample the perturbed model alone)."""
+
+    def __init__(self, layer, scale=2.0, everywhere=False):
+        self.layer, self.scale, self.everywhere = layer, scale, everywhere
+
+    def attention_layers(self, ctx):
+        return [self.layer]
+
+    def guidance_rows(self):
+        return [] if self.everywhere else [("perturbed", "cond", self.scale)]
+
+    def attention(self, ctx, layer, q, k, v, call):
+        out = call(q, k, v)
+        rows = slice(None) if self.everywhere else ctx.rows.get("perturbed")
+        if rows is not None:
+            out = out.clone()
+            out[rows] = 0
+        return out
+
+
+def test_attachment_declared_guidance_rows_combine_like_pag(cbb):
+    """One DDIM step is affine in the model output: the guided result is cond + s (cond - perturbed)."""
+    img = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(5))
+    pos, neg = cog.encode_prompt(cbb, ["a cube"]), cog.encode_prompt(cbb, [""])
+    kw = dict(num_frames=9, steps=1, seed=2)
+    layer = cog.attention_layer(1)
+    cond = S.sample_cogvideox(cbb, img, pos, neg, cfg=1.0, **kw)
+    pert = S.sample_cogvideox(cbb, img, pos, neg, cfg=1.0, attachments=[ZeroAttention(layer, everywhere=True)], **kw)
+    assert (cond - pert).abs().max() > 1e-3
+    got = S.sample_cogvideox(cbb, img, pos, neg, cfg=1.0, attachments=[ZeroAttention(layer, 2.0)], **kw)
+    torch.testing.assert_close(got, cond + 2.0 * (cond - pert), rtol=1e-4, atol=1e-4)
+    text = S.sample_cogvideox(cbb, img, pos, neg, cfg=3.0, **kw)
+    both = S.sample_cogvideox(cbb, img, pos, neg, cfg=3.0, attachments=[ZeroAttention(layer, 2.0)], **kw)
+    torch.testing.assert_close(both, text + 2.0 * (cond - pert), rtol=1e-4, atol=1e-4)
+    # scale 0 changes nothing
+    assert torch.equal(S.sample_cogvideox(cbb, img, pos, neg, cfg=3.0, attachments=[ZeroAttention(layer, 0.0)],
+                                          **kw), text)

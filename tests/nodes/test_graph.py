@@ -282,7 +282,10 @@ def test_api_to_ui_layout_and_round_trip():
     assert nodes[20]["widgets_values"] == [99.0, 0]  # unset optional widget: its default
     assert nodes[7]["properties"] == {"Node name for S&R": "FakeScale"}
     # links numbered in layout order: targets 3, 12, 20 (depth 1), then 7, then 10
-    assert nodes[7]["inputs"] == [{"name": "x", "type": "FAKE_NUM", "link": 4}]
+    assert nodes[7]["inputs"] == [  # the frontend's slot model: sockets, then one slot per widget
+        {"name": "x", "type": "FAKE_NUM", "link": 4},
+        {"name": "factor", "type": "FLOAT", "link": None, "widget": {"name": "factor"}},
+        {"name": "offset", "type": "INT", "link": None, "shape": 7, "widget": {"name": "offset"}}]
     assert ui["links"][3] == [4, 3, 0, 7, 0, "FAKE_NUM"]
     assert nodes[3]["outputs"] == [{"name": "FAKE_NUM", "type": "FAKE_NUM", "links": [4], "slot_index": 0}]
     assert nodes[1]["outputs"][0]["links"] == sorted(nodes[1]["outputs"][0]["links"]) and \
@@ -299,7 +302,9 @@ def test_api_to_ui_linked_widget_round_trip():
            "3": {"class_type": "FakeSave", "inputs": {"x": ["2", 0], "filename_prefix": "p"}}}
     ui = graph.api_to_ui(copy.deepcopy(api), CLASSES)
     src = next(n for n in ui["nodes"] if n["id"] == 2)
-    assert src["inputs"] == [{"name": "value", "type": "INT", "link": 1, "widget": {"name": "value"}}]
+    assert [(i["name"], i["link"]) for i in src["inputs"]] == [("value", 1), ("seed", None), ("mode", None),
+                                                                ("text", None)]
+    assert ui["links"] == [[1, 1, 0, 2, 0, "FAKE_NUM"], [2, 2, 0, 3, 0, "FAKE_NUM"]]
     assert src["widgets_values"] == [1, 7, "fixed", "a", ""]  # the converted widget keeps a value
     assert _strip_meta(graph.ui_to_api(ui, CLASSES)) == api
 
@@ -689,3 +694,36 @@ def test_ui_workflow_saved_before_a_new_optional_widget_still_converts():
     now[sampler[0]]["inputs"].pop("control_guidance")
     assert old == now
     assert graph.validate(old, NODE_CLASS_MAPPINGS) == []  # the sandbox graph needs no model files
+
+
+def test_input_dir_and_a_missing_input_file_fail_validation_before_anything_runs(tmp_path, capsys):
+    # `interplay run --input-dir`: names in the workflow refer to that folder, and a missing one is a validation
+    # error (exit 2) naming the folder, reported before any node (the model loader here) runs
+    import torch
+
+    from interplay.models import video_io as vio
+    from interplay.nodes.video import InterplayLoadVideo, InterplayPreviewFrames
+
+    models = tmp_path / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    (models / "diffusion_models" / "m.safetensors").write_bytes(b"")
+    runtime.set_models_root(models)
+    classes = dict(CLASSES, InterplayLoadVideo=InterplayLoadVideo, InterplayPreviewFrames=InterplayPreviewFrames)
+    prompt = {"1": {"class_type": "FakeModel", "inputs": {"model": "m.safetensors"}},
+              "2": {"class_type": "FakeSave", "inputs": {"x": ["1", 0], "filename_prefix": "m"}},
+              "3": {"class_type": "InterplayLoadVideo", "inputs": {"video": "clip.webp"}},
+              "4": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["3", 0], "fps": 8.0}}}
+    path = _write(tmp_path, prompt)
+    inputs = tmp_path / "my_inputs"
+    inputs.mkdir()
+    rc = graph.cli_main([str(path), "--models-dir", str(models), "--input-dir", str(inputs),
+                         "--out", str(tmp_path / "out")], node_classes=classes)
+    err = capsys.readouterr().err
+    assert rc == 2 and CALLS == []
+    assert "node 3 (InterplayLoadVideo)" in err and "'clip.webp' not found" in err and str(inputs.resolve()) in err
+    assert "--input-dir" in err
+    vio.save_video(torch.full((3, 16, 16, 3), 0.5), inputs / "clip.webp", fps=8)
+    rc = graph.cli_main([str(path), "--models-dir", str(models), "--input-dir", str(inputs),
+                         "--out", str(tmp_path / "out")], node_classes=classes)
+    assert rc == 0 and CALLS == ["model", "save2"]
+    assert runtime.input_directory() == inputs.resolve()

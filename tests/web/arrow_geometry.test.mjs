@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 
 import {
   LENGTH_SCALE, PALETTE, addObject, addPoint, arrowSpeed, arrowVelocity, canvasToImage, clampToImage,
-  distToSegment, emptyDrawing, fitView, formatSpeed, headForSpeed, hitTest, imageToCanvas, moveHandle,
+  distToSegment, emptyDrawing, fitView, formatSpeed, headForSpeed, hitTest, imageToCanvas, labelPosition, moveHandle,
   parseDrawing, removeObject, removePoint, rescale, serializeDrawing, setSpeed,
 } from "../../web/lib/arrow_geometry.js";
 
@@ -104,4 +104,42 @@ test("parseDrawing rejects bad input with the same words as the Python node", ()
   assert.deepEqual(parseDrawing(""), { ok: true, drawing: emptyDrawing(0, 0) });
   assert.equal(parseDrawing('{"v":1,"objects":[]}').ok, true);
   assert.equal(PALETTE.length, 8);
+});
+
+test("the speed label stays inside the canvas at every arrow position and zoom", () => {
+  // hand-worked: a 60x20 label, gap 6, pad 2, in a 400x300 canvas
+  assert.deepEqual(labelPosition({ x: 100, y: 100 }, { x: 50, y: 100 }, 60, 20, 400, 300), { x: 106, y: 74 });
+  assert.deepEqual(labelPosition({ x: 100, y: 100 }, { x: 150, y: 100 }, 60, 20, 400, 300), { x: 34, y: 74 });
+  // head at the right edge, pointing right: flipped to the left of the head
+  assert.deepEqual(labelPosition({ x: 398, y: 100 }, { x: 300, y: 100 }, 60, 20, 400, 300), { x: 332, y: 74 });
+  // head at the left edge, pointing left: flipped to the right
+  assert.deepEqual(labelPosition({ x: 1, y: 100 }, { x: 90, y: 100 }, 60, 20, 400, 300), { x: 7, y: 74 });
+  // top edge: below the head; bottom-right corner: clamped up and left
+  assert.deepEqual(labelPosition({ x: 100, y: 5 }, { x: 50, y: 5 }, 60, 20, 400, 300), { x: 106, y: 11 });
+  assert.deepEqual(labelPosition({ x: 400, y: 300 }, { x: 300, y: 200 }, 60, 20, 400, 300), { x: 334, y: 274 });
+  // a canvas narrower than the label: the label starts at the pad
+  assert.deepEqual(labelPosition({ x: 20, y: 50 }, { x: 0, y: 50 }, 60, 20, 40, 100), { x: 2, y: 24 });
+
+  // every head position on the image, every tail direction, several zooms (canvas sizes) and pixel ratios
+  const image = { w: 720, h: 480 };
+  for (const [cw, ch] of [[440, 300], [880, 600], [200, 140], [1600, 1200], [90, 300]]) {
+    for (const dpr of [1, 2, 3]) {
+      const v = fitView(image.w, image.h, cw * dpr, ch * dpr);
+      const tw = 62 * dpr, th = 17.4 * dpr; // "~1.02 m/s" at 12 px bold, as the widget measures it
+      for (let ix = 0; ix <= image.w; ix += 24) {
+        for (let iy = 0; iy <= image.h; iy += 24) {
+          for (const [dx, dy] of [[60, 0], [-60, 0], [0, 60], [0, -60], [40, 40], [-40, -40]]) {
+            const head = imageToCanvas({ x: ix, y: iy }, v);
+            const tail = imageToCanvas({ x: ix - dx, y: iy - dy }, v);
+            const p = labelPosition(head, tail, tw, th, cw * dpr, ch * dpr, 6 * dpr, 2 * dpr);
+            const fits = tw + 4 * dpr <= cw * dpr;
+            assert.ok(p.x >= 2 * dpr - 1e-9 && (!fits || p.x + tw <= cw * dpr - 2 * dpr + 1e-9),
+              `x ${p.x} (label ${tw}) outside ${cw * dpr} for head ${head.x},${head.y}`);
+            assert.ok(p.y >= 2 * dpr - 1e-9 && p.y + th <= ch * dpr - 2 * dpr + 1e-9,
+              `y ${p.y} (label ${th}) outside ${ch * dpr} for head ${head.x},${head.y}`);
+          }
+        }
+      }
+    }
+  }
 });

@@ -36,6 +36,24 @@ export const clampToImage = (p, w, h) => ({
 
 export const insideImage = (p, w, h) => p.x >= 0 && p.y >= 0 && p.x <= w && p.y <= h;
 
+/**
+ * Top-left corner of an arrow's speed label (a tw x th box, canvas px) inside a cw x ch canvas. It sits
+ * `gap` beyond the head on the side the arrow points to (x) and above the head (y); where that side has no
+ * room it goes to the other side, and it is finally clamped `pad` inside the canvas, so it is never cut off,
+ * wherever the head is and whatever the zoom. A label wider (taller) than the canvas starts at `pad`.
+ */
+export function labelPosition(head, tail, tw, th, cw, ch, gap = 6, pad = 2) {
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(v, hi));
+  const right = head.x + gap;
+  const left = head.x - gap - tw;
+  let x = head.x >= tail.x ? right : left;
+  if (x + tw > cw - pad && left >= pad) x = left;
+  else if (x < pad && right + tw <= cw - pad) x = right;
+  let y = head.y - gap - th;
+  if (y < pad) y = head.y + gap; // no room above: below the head
+  return { x: clamp(x, pad, Math.max(pad, cw - pad - tw)), y: clamp(y, pad, Math.max(pad, ch - pad - th)) };
+}
+
 // ------------------------------------------------------------------------------------- velocity
 const lengthOf = (a) => Math.hypot(a.x1 - a.x0, a.y1 - a.y0);
 

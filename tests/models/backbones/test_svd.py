@@ -150,3 +150,31 @@ def test_kit_folder_and_kit_clip_vision_file(tiny_svd, tiny_svd_files, tmp_path)
     assert _same_weights(a.denoiser, b.denoiser) and _same_weights(a.image_encoder, b.image_encoder)
     img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(svd.encode_image_embeds(a, img), svd.encode_image_embeds(b, img))
+
+
+def _diffusers_defaults(cls) -> dict:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def test_full_unet_config_is_the_released_layout():
+    # The real-size UNet (on the meta device: no memory) against diffusers' UNetSpatioTemporalConditionModel
+    # defaults, which are SVD's layout; only sample_size (96 = 768 px / 8) and num_frames (the 14-frame model)
+    # are set by the release itself.
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel(**svd.SVD_UNET_CONFIG)
+    release = {"sample_size": 96, "num_frames": 14}
+    for field, default in _diffusers_defaults(UNetSpatioTemporalConditionModel).items():
+        assert _norm(unet.config[field]) == _norm(release.get(field, default)), field
+    assert tuple(unet.config.num_attention_heads) == (5, 10, 20, 20)
+    # every attention of the built model has 64-channel heads
+    attns = [m for m in unet.modules() if type(m).__name__ == "Attention"]
+    assert attns and {m.inner_dim // m.heads for m in attns} == {64}
+    assert {m.heads for m in attns} == {5, 10, 20}

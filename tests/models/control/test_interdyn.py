@@ -150,3 +150,43 @@ def test_load_rejects_mismatched_keys(bb, tmp_path):
     save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ValueError, match="missing.*controlnet_mid_block.weight.*unexpected.*extra.weight"):
         interdyn.load_branch(folder)
+
+
+def test_full_branch_heads_follow_svd():
+    # Built on the meta device from the real-size UNet and from its own defaults: SVD's (5, 10, 20, 20), i.e.
+    # 64-channel heads in every attention (the reference class's own default, (5, 10, 10, 20), is not used).
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel(**svd.SVD_UNET_CONFIG)
+        from_unet = interdyn.InterDynBranch.from_unet(unet, load_weights_from_unet=False)
+        default = interdyn.InterDynBranch()
+    for branch in (from_unet, default):
+        assert tuple(branch.config.num_attention_heads) == (5, 10, 20, 20)
+        attns = [m for m in branch.modules() if type(m).__name__ == "Attention"]
+        assert attns and {m.inner_dim // m.heads for m in attns} == {64}
+
+
+def test_branch_files_hold_only_the_trained_parameters(bb, tmp_path):
+    from safetensors import safe_open
+
+    branch = interdyn.new_branch(bb.denoiser)
+    names = {n for n, p in branch.module.named_parameters() if p.requires_grad}
+    for layout, path in (("file", tmp_path / "b.safetensors"), ("diffusers", tmp_path / "folder")):
+        out = interdyn.save_branch(branch, path, layout=layout)
+        weights = out / interdyn.WEIGHTS_NAME if out.is_dir() else out
+        with safe_open(str(weights), "pt") as f:
+            assert set(f.keys()) == names, layout
+
+
+def test_real_size_branch_file_is_the_sum_of_its_parameters():
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel(**svd.SVD_UNET_CONFIG)
+        m = interdyn.InterDynBranch.from_unet(unet, load_weights_from_unet=False)
+    sd = m.state_dict()  # what save_branch writes
+    assert set(sd) == {n for n, _ in m.named_parameters()}
+    size = sum(t.numel() * t.element_size() for t in sd.values())
+    assert size == sum(p.numel() * p.element_size() for p in m.parameters())
+    assert 2.72e9 < size < 2.74e9  # the released diffusion_pytorch_model.safetensors (fp32) is 2.73 GB

@@ -207,3 +207,88 @@ def test_control_size_mismatch_names_both(bb):
     br = km.KineMaskBranch.from_transformer(bb.denoiser, num_layers=1, downscale=4)
     with pytest.raises(ValueError, match=r"control encodes to 5 frames .* latent has 3 frames"):
         br(x, torch.zeros(1, 17, 3, 32, 32), e, t)
+
+
+def _param_names(m) -> set:
+    return {n for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_branch_files_hold_only_the_trained_parameters(bb, tmp_path):
+    # the file written by save_branch and the trainer's checkpoint: exactly the branch's trainable parameters
+    from safetensors import safe_open
+
+    from interplay.models.training.kinemask import KineMaskTask
+
+    branch = km.new_branch(bb.denoiser, num_layers=2, downscale=4)
+    path = km.save_branch(branch, tmp_path / "kinemask.safetensors")
+    with safe_open(str(path), "pt") as f:
+        assert set(f.keys()) == _param_names(branch.module)
+    task = KineMaskTask(bb, num_layers=1, downscale=4)
+    assert set(task.trainable_state_dict()) == _param_names(task.branch.module)
+
+
+def _learned_positions_backbone(bb):
+    # the tiny transformer with a learned positional table, as CogVideoX-5B-I2V has, filled with values that are
+    # not the sin-cos ones a fresh module computes (the release's table was trained)
+    from diffusers import CogVideoXTransformer3DModel
+    from kit.tiny import COGVIDEOX_TRANSFORMER
+
+    torch.manual_seed(3)
+    tr = CogVideoXTransformer3DModel(**dict(COGVIDEOX_TRANSFORMER, use_learned_positional_embeddings=True)).eval()
+    with torch.no_grad():
+        tr.patch_embed.pos_embedding.normal_(0, 0.5)
+    return bb.replace(denoiser=tr.requires_grad_(False))
+
+
+def test_learned_positional_table_comes_from_the_backbone(bb, tmp_path):
+    lbb = _learned_positions_backbone(bb)
+    branch = km.new_branch(lbb.denoiser, num_layers=1, downscale=4)
+    _randomise_out(branch.module)
+    assert "patch_embed.pos_embedding" in branch.module.state_dict()  # a persistent buffer of the module
+    path = km.save_branch(branch, tmp_path / "learned.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert set(f.keys()) == _param_names(branch.module)
+    got = km.load_branch(path)
+    table = lbb.denoiser.patch_embed.pos_embedding
+    assert not torch.equal(got.module.patch_embed.pos_embedding, table)  # the loader's own (sin-cos) table
+    x, t, _, ctrl = _inputs(4)
+    e = torch.randn(2, 226, 32, generator=torch.Generator().manual_seed(5))  # a learned table fixes the text length
+    with torch.no_grad():
+        a = model_forward(lbb, x, t, e, branch=branch, control=ctrl, weight=0.7)
+        b = model_forward(lbb, x, t, e, branch=got, control=ctrl, weight=0.7)
+    assert got.module.patch_embed.pos_embedding is table  # shared with the backbone, not copied
+    assert torch.equal(a, b)
+    # the sampler's path for several controls (the branch inside a summing wrapper) reads the same table
+    from interplay.models.control.base import ControlSignal
+    from interplay.models.sampling.cogvideox import sample_cogvideox
+
+    got = km.load_branch(path)
+    v = torch.zeros(9, 32, 32, 3)
+    v[0, 8:20, 8:20, 0] = 0.9
+    sigs = [ControlSignal(video=v, kind="velocity", weight=0.5), ControlSignal(video=-v, kind="velocity", weight=0.3)]
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(6))
+    kw = dict(num_frames=9, steps=2, seed=1, cfg=1.0, controls=sigs)
+    one = sample_cogvideox(lbb, image, e[:1], branch=branch, **kw)
+    two = sample_cogvideox(lbb, image, e[:1], branch=got, **kw)
+    assert got.module.patch_embed.pos_embedding is table and torch.equal(one, two)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_real_size_branch_file_is_the_sum_of_its_parameters():
+    # KineMask's 8-block branch on CogVideoX-5B-I2V, on the meta device (sizes only, nothing allocated)
+    from diffusers import CogVideoXTransformer3DModel
+
+    with torch.device("meta"):
+        tr = CogVideoXTransformer3DModel(**cog.COGVIDEOX_5B_I2V).to(torch.bfloat16)
+        m = km.KineMaskBranch.from_transformer(tr, num_layers=8, init_blocks=False)
+    saved = km.branch_state_dict(m)
+    assert set(saved) == _param_names(m)
+    assert _nbytes(saved.values()) == _nbytes(m.parameters())
+    table = m.state_dict()["patch_embed.pos_embedding"]  # left out: 226 text + 13 x 30 x 45 video positions
+    assert tuple(table.shape) == (1, 226 + 13 * 30 * 45, 3072) and _nbytes([table]) == 109_215_744
+    assert _nbytes(m.state_dict().values()) - _nbytes(saved.values()) == 109_215_744

@@ -2,6 +2,7 @@
 through the user-facing loaders, the frozen backbone is untouched by branch training, and the evaluation set
 is in the format `interplay eval` reads."""
 import json
+from pathlib import Path
 
 import torch
 
@@ -74,15 +75,38 @@ def test_eval_only_evaluates_an_existing_model_with_its_stored_config(tmp_path, 
     steps, real = [], S.sample_cogvideox
     monkeypatch.setattr(S, "sample_cogvideox", lambda *a, **k: steps.append(k["steps"]) or real(*a, **k))
     assert B.main(["--eval-only", "--out", str(out), "--work", str(ev), "--eval", "1", "--threads", "1",
-                   "--eval-modes", "control,trajectory"]) == 0
-    assert sorted(p.name for p in (ev / "eval").iterdir()) == ["control", "reference", "trajectory"]
+                   "--eval-modes", "control,trajectory,truth"]) == 0
+    assert sorted(p.name for p in (ev / "eval").iterdir()) == ["control", "reference", "trajectory", "truth"]
     from interplay.models.video_io import load_video
 
     a = load_video(ev / "eval" / "control" / "clip_1000000.mp4")[0]
     b = load_video(ev / "eval" / "trajectory" / "clip_1000000.mp4")[0]
     assert a.shape == b.shape == (9, 64, 64, 3)
-    assert steps == [2, 2]  # the model's stored config (sample_steps=2), not the defaults (25)
-    assert "evaluate with: interplay eval" in capsys.readouterr().out
+    assert steps == [2, 2]  # the model's stored config (sample_steps=2), not the defaults (25); truth samples nothing
+    from interplay.models.sandbox.dataset import read_clip
+
+    truth = load_video(ev / "eval" / "truth" / "clip_1000000.mp4")[0]
+    ref = torch.from_numpy(read_clip(ev / "eval" / "reference" / "clip_1000000").frames).float() / 255.0
+    assert truth.shape == ref.shape and float((truth - ref).abs().mean()) < 0.03  # the same video, h264-coded
+    printed = capsys.readouterr().out
+    cmds = [line.strip() for line in printed.split("evaluate with:\n", 1)[1].splitlines() if " eval " in line]
+    assert len(cmds) == 3
+    # runnable as printed, with the README table's flags
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (Path(B.__file__).resolve().parents[2] / "README.md").read_text()
+    table_cmd = re.search(r"interplay eval\s+WORK/eval/control\s+WORK/eval/reference\s+([^`]*)`", readme).group(1)
+    assert tuple(shlex.split(table_cmd)) == B.EVAL_FLAGS
+    argv = shlex.split(cmds[0])
+    assert argv[argv.index("eval") + 1:argv.index("eval") + 5] == [str(ev / "eval" / "control"),
+                                                                  str(ev / "eval" / "reference"), *B.EVAL_FLAGS]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((ev / "eval" / "control.json").read_text())
+    assert report["summary"]["iou"]["n"] == 1
     # a folder without a model: a clear error naming what is missing, exit code 2
     assert B.main(["--eval-only", "--out", str(tmp_path / "none"), "--work", str(ev), "--eval", "1"]) == 2
     assert "the demo model is missing" in capsys.readouterr().out
