@@ -297,3 +297,60 @@ def spans_json(mp: MatrixPrompt, tokens: PromptTokens | None = None) -> str:
     if tokens is not None:
         out.update(max_length=tokens.max_length, truncated=tokens.truncated)
     return json.dumps(out)
+
+
+# ------------------------------------------------------------------------------------------ captions -> markup
+NOT_VERBS = frozenset("and or but nor with without to of on in at by from into onto near beside behind than as then "
+                      "while like".split())
+
+
+def mark_up(caption: str, names: dict, markup: str = "paper_spans", *, interactions_only: bool = False) -> str:
+    """A plain caption with named instances -> the same caption in MATRIX markup (sandbox and user captions that
+    name their objects, e.g. "the red box pushes the blue cylinder to the left").
+
+    ``names``: {ID k: the noun phrase that names it ("red box")}. Every mention of a name (case-insensitive, whole
+    words, with its determiner) becomes an entity of ID k (``[the red box](k)``, or ``the red <idk> box`` in
+    ``id_tags``: the tag before the head noun); a single word between two ID mentions ("A pushes the B"; not a
+    conjunction or preposition, ``NOT_VERBS``) becomes the verb of A on B
+    (``[pushes](a>b)``, paper markup only). ``interactions_only`` keeps just the clauses (split at ``;`` and ``.``)
+    that hold such an interaction, joined with "; " (the short prompts MATRIX trains on), or the whole caption
+    when none does.
+    """
+    if markup not in ("paper_spans", "id_tags"):
+        raise ValueError(f"mark_up: markup must be paper_spans or id_tags; got {markup!r}")
+    if not names:
+        return caption
+    det = r"(?:(?:the|a|an|another)\s+)?"
+    alt = "|".join(re.escape(str(n)) for n in sorted(names.values(), key=len, reverse=True))
+    by_name = {str(n).lower(): int(k) for k, n in names.items()}
+    ment = re.compile(rf"\b({det})({alt})\b", re.IGNORECASE)
+    inter = re.compile(rf"\b{det}({alt})\s+([A-Za-z]+)\s+{det}({alt})\b", re.IGNORECASE)
+
+    def clause(text: str) -> str:
+        verbs = {}
+        for m in inter.finditer(text):
+            a, b = by_name[m.group(1).lower()], by_name[m.group(3).lower()]
+            if a != b and m.group(2).lower() not in NOT_VERBS:
+                verbs[m.start(2)] = (m.end(2), a, b)
+        out, pos = [], 0
+        for m in ment.finditer(text):
+            k = by_name[m.group(2).lower()]
+            for s in sorted(v for v in verbs if pos <= v < m.start()):
+                e, a, b = verbs[s]
+                out.append(text[pos:s] + (f"[{text[s:e]}]({a}>{b})" if markup == "paper_spans" else text[s:e]))
+                pos = e
+            out.append(text[pos:m.start()])
+            if markup == "paper_spans":
+                out.append(f"[{m.group(0)}]({k})")
+            else:  # the tag goes before the head noun: "the orange <id1> box"
+                head, _, noun = m.group(2).rpartition(" ")
+                out.append(f"{m.group(1)}{head + ' ' if head else ''}<id{k}> {noun}")
+            pos = m.end()
+        out.append(text[pos:])
+        return "".join(out)
+
+    if not interactions_only:
+        return clause(caption)
+    keep = [c.strip() for c in re.split(r"[;.]", caption)
+            if any(m.group(2).lower() not in NOT_VERBS for m in inter.finditer(c))]
+    return "; ".join(clause(c) for c in keep) + "." if keep else clause(caption)
