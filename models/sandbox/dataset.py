@@ -206,7 +206,8 @@ class SandboxDataset(Dataset):
     Item keys: frames float32 [F,H,W,3] 0..1; masks float32 [N,F,H,W]; id_map int64 [F,H,W]; pusher_mask float32
     [F,H,W]; vel_world [N,F,3], vel_image [N,F,2], vel_control [N,F,3] float32; driven int64 [k];
     control float32 [F,H,W,3] = conditions.velocity.velocity_video of the driven objects (KineMask: only the
-    initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str.
+    initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str;
+    objects, events: the sidecar's lists (object names for MATRIX prompts, collisions).
 
     ``frames`` keeps the first F frames (clips shorter than that are skipped); ``size`` (H, W) resizes
     (frames bilinear, masks nearest, vel_image rescaled). A clip that fails to read is reported once by file
@@ -300,7 +301,7 @@ class SandboxDataset(Dataset):
         return dict(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
                     vel_world=torch.from_numpy(clip.vel_world), vel_image=vel_image, vel_control=vc,
                     driven=driven, control=control, driven_mask=driven_mask, caption=clip.caption,
-                    fps=float(clip.fps), name=p.name)
+                    fps=float(clip.fps), name=p.name, objects=list(clip.objects), events=list(clip.events))
 
 
 def collate(items: list[dict]) -> dict:
