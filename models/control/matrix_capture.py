@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from ..backbones.base import Attachment, ForwardContext
-from ..conditions.id_map import latent_mask_track, latent_space_nearest, resize_nearest
+from ..conditions.id_map import latent_mask_track, latent_space_nearest
 from . import matrix as M
 
 KIND = "matrix_capture"
@@ -180,15 +180,9 @@ def target_ids(name: str) -> tuple[int, ...] | None:
 
 def fit_mask_nearest(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """bool [..., H, W] fitted to (height, width) as samplers fit the image (cover, then center-crop), NEAREST."""
-    m = torch.as_tensor(mask)
-    h, w = m.shape[-2:]
-    if (h, w) == (height, width):
-        return m.bool()
-    s = max(height / h, width / w)
-    nh, nw = max(height, round(h * s)), max(width, round(w * s))
-    out = resize_nearest(m.float(), (nh, nw)) >= 0.5
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return out[..., top:top + height, left:left + width]
+    from ..video_io import fit_nearest
+
+    return fit_nearest(torch.as_tensor(mask).bool(), height, width)
 
 
 def query_grid(mask: torch.Tensor, grid_hw: tuple[int, int], stride: int) -> torch.Tensor:
@@ -384,9 +378,11 @@ class CaptureSession:
         self.targets, self.options = targets, dict(options)
         self.capture: MatrixCapture | None = None
         self.stride: int | None = None
+        self.temporal = 4
 
     def start(self, bb) -> MatrixCapture:
         self.stride = token_stride(bb)
+        self.temporal = int(bb.extra.get("vae_scale_factor_temporal", 4))
         self.capture = MatrixCapture(layer_names(bb, self.v2t_indices, "v2t"),
                                      layer_names(bb, self.v2v_indices, "v2v"), self.targets, stride=self.stride,
                                      **self.options)
