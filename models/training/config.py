@@ -1,6 +1,6 @@
 """Training run configs (TOML or JSON) and the builders shared by `interplay train` and the training node.
 
-    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | interdyn_branch
+    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | matrix_lora | interdyn_branch
     out_dir = "runs/kinemask-s1"    # relative paths are relative to the config file
     resume = true
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from .trainer import TrainConfig
 
 # tasks that train no control branch; branch tasks come from the branch registry (control/<kind>.py)
-BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox"}
+BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "matrix_lora": "cogvideox"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size")
@@ -178,6 +178,10 @@ def _task_class(task: str):
     spec = registry.by_task(task)
     if spec is not None:
         return spec.task_class()
+    if task == "matrix_lora":
+        from .matrix import MatrixTask
+
+        return MatrixTask
     from .cogvideox import CogVideoXBackboneTask
 
     return CogVideoXBackboneTask  # cogvideox_backbone, and the LoRA's base objective
@@ -246,7 +250,7 @@ def build_task(task: str, backbone, options: dict, branch=None):
         if branch is None and path:
             branch = load_branch_file(task, path)
         return _task_class(task)(backbone, branch, **opts)
-    if task == "cogvideox_backbone":
+    if task in ("cogvideox_backbone", "matrix_lora"):
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
 

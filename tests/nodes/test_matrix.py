@@ -117,3 +117,116 @@ def test_intergeneval_node_errors_name_the_node():
     assert np.isclose(N.InterplayMatrixInterGenEval().score(N.InterplayMatrixInterGenEval.INPUT_TYPES()
                                                             ["required"]["answers_json"][1]["default"])["result"][3],
                       1.0)
+
+
+# ================================================================================================ capture, training
+@pytest.fixture(scope="module")
+def cbb(tiny_cogvideox):
+    from interplay.models.backbones import cogvideox as cog
+
+    return cog.load_cogvideox(tiny_cogvideox, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def multi_clips(tmp_path_factory):
+    from interplay.models.sandbox.dataset import write_clip
+
+    root = tmp_path_factory.mktemp("multi_nodes")
+    for s in (0, 1):
+        write_clip(generate_scene("multi", seed=s, size=(64, 64), frames=9), root / f"clip{s:03d}")
+    return root
+
+
+SAMPLE = dict(negative="", width=32, height=32, num_frames=9, steps=2, cfg=6.0, dynamic_cfg=False, scheduler="ddim",
+              seed=3, decode=False)
+
+
+def _img():
+    return torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+
+
+def test_guidance_node_in_the_unchanged_sampler_and_scale_zero(cbb):
+    from interplay.nodes.cogvideox import InterplayCogVideoXSampler
+    from interplay.nodes.controls import InterplayApplyControl  # noqa: F401  (the chain it composes with)
+
+    sampler = InterplayCogVideoXSampler()
+    plain = sampler.sample(cbb, _img(), "a red box", **SAMPLE)[1]["samples"]
+    off = N.InterplayMatrixGuidance().build(cbb, "cag", "default", 0.0, 0.0, 1.0)
+    assert "(off)" in off["ui"]["text"][0]
+    zero = sampler.sample(cbb, _img(), "a red box", **SAMPLE, controls=off["result"][0])[1]["samples"]
+    assert torch.equal(zero, plain)
+    cag = N.InterplayMatrixGuidance().build(cbb, "cag", "default", 2.0, 0.0, 1.0)["result"][0]
+    both = N.InterplayMatrixGuidance().build(cbb, "cmg", "0", 2.0, 0.0, 1.0, controls=cag)["result"][0]
+    assert [bc.branch.config["layers"] for bc in both.items] == [[1], [0]]
+    guided = sampler.sample(cbb, _img(), "a red box", **SAMPLE, controls=both, control_weight=0.5)[1]["samples"]
+    assert (guided - plain).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="layers 0..1"):
+        N.InterplayMatrixGuidance().build(cbb, "cmg", "7,11", 1.0, 0.0, 1.0)
+
+
+def test_capture_node_errors_and_word_maps(cbb):
+    tok_spans = N.InterplayMatrixPrompt().prepare(PROMPT, "auto", "auto", backbone=cbb)["result"][1]
+    no_tok = N.InterplayMatrixPrompt().prepare(PROMPT, "auto", "auto")["result"][1]
+    node = N.InterplayMatrixAttentionCapture()
+    with pytest.raises(ValueError, match="no token positions"):
+        node.build(cbb, no_tok, "all", "all", "softmax", "mean")
+    with pytest.raises(ValueError, match="is not in the prompt"):
+        node.build(cbb, tok_spans, "all", "all", "softmax", "mean", words="giraffe")
+    out = node.build(cbb, tok_spans, "1", "0", "softmax", "mean", words="left")
+    assert "'word:left'" in out["ui"]["text"][0] and "v2v" in out["ui"]["text"][0]
+    sess = out["result"][1]
+    with pytest.raises(ValueError, match="capture is empty"):
+        sess.result()
+    with pytest.raises(ValueError, match="nothing to capture"):
+        node.build(cbb, N.InterplayMatrixPrompt().prepare("a box", "auto", "auto", backbone=cbb)["result"][1],
+                   "all", "all", "softmax", "mean")
+
+
+def test_id_map_input_warns_on_black_and_loader_errors(cbb, tmp_path):
+    from interplay.models import runtime
+
+    out = N.InterplayMatrixIdMapInput().build(image=torch.zeros(1, 8, 8, 3))
+    assert out["ui"]["text"][0].startswith("WARNING") and out["result"][0].names == ("id_map",)
+    with pytest.raises(ValueError, match="exactly one"):
+        N.InterplayMatrixIdMapInput().build()
+    from interplay.nodes.cogvideox import InterplayCogVideoXSampler
+
+    with pytest.raises(ValueError, match="takes no extra inputs"):  # a plain backbone has no id_map channels
+        InterplayCogVideoXSampler().sample(cbb, _img(), "a box", **SAMPLE, inputs=out["result"][0])
+    runtime.set_models_root(tmp_path / "models")
+    with pytest.raises(ValueError, match="no MATRIX file picked"):
+        N.InterplayMatrixLoader().load(cbb, "", -1.0)
+
+
+def test_train_matrix_node_trains_resumes_and_samples(cbb, multi_clips, tmp_path):
+    from interplay.models import runtime
+    from interplay.nodes.cogvideox import InterplayCogVideoXSampler
+
+    runtime.set_models_root(tmp_path / "models")
+    kw = dict(steps=2, lr=1e-3, batch_size=1, grad_accum=1, precision="fp32", seed=0, checkpoint_every=1, resume=True)
+    extra = json.dumps({"v": 1, "options": {"max_text_length": 32}, "train": {"schedule": "constant"}})
+    node = N.InterplayTrainMatrix()
+    bb, curve, path = node.train(cbb, str(multi_clips), "mx", 9, "paper", "0", "1", 4, 0.5, 0.5, **kw,
+                                 extra=extra)["result"]
+    assert path.endswith("interplay/mx/checkpoint.safetensors") and curve.shape[0] == 1
+    assert bb.layout.names[-1] == "id_map" and not cbb.layout.has("id_map")
+    assert N.matrix_choices() == ["interplay/mx/checkpoint.safetensors"]
+    again = node.train(cbb, str(multi_clips), "mx", 9, "paper", "0", "1", 4, 0.5, 0.5, **kw, extra=extra)
+    assert "resumed from 2" in again["ui"]["text"][0]
+    loaded = N.InterplayMatrixLoader().load(cbb, "interplay/mx/checkpoint.safetensors", -1.0)["result"][0]
+    assert loaded.denoiser.config.max_text_seq_length == 32  # prompts are encoded at the trained length
+    idm = N.InterplayMatrixIdMap().build("higher_id", "", masks=torch.ones(1, 32, 32))["result"][1]
+    inputs = N.InterplayMatrixIdMapInput().build(id_map=idm)["result"][0]
+    a = InterplayCogVideoXSampler().sample(loaded, _img(), "a box", **SAMPLE, inputs=inputs)[1]["samples"]
+    b = InterplayCogVideoXSampler().sample(bb, _img(), "a box", **SAMPLE, inputs=inputs)[1]["samples"]
+    torch.testing.assert_close(a, b)  # the node's output backbone is the loaded file
+    with pytest.raises(ValueError, match="layers 0..1"):
+        node.train(cbb, str(multi_clips), "mx2", 9, "paper", "preset", "preset", 4, 0.5, 0.5, **kw)
+
+
+def test_layer_analysis_node(cbb, multi_clips):
+    rep, table = N.InterplayMatrixLayerAnalysis().analyse(cbb, str(multi_clips), "all", "500", 2, 1, 2)["result"]
+    r = json.loads(rep)
+    assert r["layers"] == [0, 1] and r["videos"] == ["clip000", "clip001"] and "noun_v2t" in table
+    with pytest.raises(ValueError, match="timesteps"):
+        N.InterplayMatrixLayerAnalysis().analyse(cbb, str(multi_clips), "all", "1000", 2, 1, 2)
