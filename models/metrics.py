@@ -364,3 +364,29 @@ def motion_fidelity(generated, reference, mask0, *, tracker: Tracker | None = No
     tg, _ = tracker.track(_frames(generated, "generated"), pts)
     tr, _ = tracker.track(_frames(reference, "reference"), pts)
     return motion_fidelity_from_tracks(tg, tr)
+
+
+# ---------------------------------------------------------------------------- hand pose (PAM)
+def mpjpe_per_frame(predicted, reference, *, root: int | None = 0, valid=None) -> np.ndarray:
+    """Mean per-joint position error per frame [F] between joints [F,J,D] (D = 2 pixels or 3 metres; any units,
+    returned in the same): both sets are first translated so joint ``root`` (the wrist, 0) is at the origin
+    (PAM's root alignment), None skips the alignment. valid [F] bool marks the frames to score; the others and
+    frames with non-finite joints are NaN. Keypoints come from any estimator (HaMeR, ...) as data."""
+    a, b = _np(predicted), _np(reference)
+    a, b = (a[None] if a.ndim == 2 else a), (b[None] if b.ndim == 2 else b)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] not in (2, 3):
+        raise ValueError(f"predicted {tuple(a.shape)} and reference {tuple(b.shape)} joints must both be [F,J,2] or "
+                         "[F,J,3]; trim or resample one of them first")
+    if root is not None:
+        a, b = a - a[:, root:root + 1], b - b[:, root:root + 1]
+    err = np.linalg.norm(a - b, axis=-1).mean(-1)
+    ok = np.isfinite(err)
+    if valid is not None:
+        ok &= np.asarray(valid, bool).reshape(-1)
+    return np.where(ok, err, np.nan)
+
+
+def mpjpe(predicted, reference, *, root: int | None = 0, valid=None) -> float:
+    """Mean over the scored frames of mpjpe_per_frame (NaN when none is scored)."""
+    e = mpjpe_per_frame(predicted, reference, root=root, valid=valid)
+    return float(np.nanmean(e)) if np.isfinite(e).any() else float("nan")

@@ -2,7 +2,7 @@
 
 Engine code reports and yields through these calls and nothing else:
 
-- ``compute_device()``, ``offload_device()``, ``default_dtype(device)``, ``empty_cache()``
+- ``compute_device()``, ``offload_device()``, ``default_dtype(device)``, ``empty_cache()``, ``free_memory(device)``
 - ``progress(total, desc)``: a reporter whose every update is also the cancel point. Inside ComfyUI it
   drives ``comfy.utils.ProgressBar`` (with optional JPEG previews); outside it draws a terminal bar.
 - ``check_interrupt()`` and ``Interrupted`` (ComfyUI's own exception class when ComfyUI is present).
@@ -10,7 +10,8 @@ Engine code reports and yields through these calls and nothing else:
   ComfyUI they are ``folder_paths``; outside, ``<root>/<kind>`` with the root taken from
   ``set_models_root()`` (the CLI's ``--models-dir``), else ``$INTERPLAY_MODELS_DIR``, else ``./models`` (or
   ``./user_models`` when ``./models`` is this pack's own engine folder, i.e. run from the repository root).
-- output/temp directories for nodes that write files.
+- output/temp/input directories for nodes that read and write files, and the path rule every node input
+  that names a file obeys: ``confined_path`` / ``path_guard`` (see "the path rule" below).
 
 Nothing here imports ``comfy`` or ``folder_paths`` at module level; ComfyUI is detected lazily, so the
 engine imports and runs the same with or without it.
@@ -69,6 +70,19 @@ def _comfy():
 
 def in_comfyui() -> bool:
     return _comfy() is not None
+
+
+def comfy_resource(*parts: str) -> Path | None:
+    """A path inside ComfyUI's own ``comfy`` package (e.g. its bundled tokenizer folders) when running inside
+    ComfyUI, else None."""
+    if _comfy() is None:
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfy")
+    if not spec or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -159,6 +173,33 @@ def empty_cache() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def free_memory(device: torch.device | str | None = None, want: int | None = None) -> int:
+    """Bytes free for new tensors on ``device``: inside ComfyUI its model manager's figure (asking it first to
+    unload models until ``want`` bytes are free); standalone torch.cuda.mem_get_info on a GPU (plus what torch's
+    cache holds), MemAvailable from /proc/meminfo (or sysconf) on the CPU."""
+    device = torch.device(device) if device is not None else compute_device()
+    c = _comfy()
+    if c is not None:
+        mm = c[0]
+        if want is not None:
+            mm.free_memory(int(want), device)
+        return int(mm.get_free_memory(device))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # no way to tell: do not block the work
+        return 1 << 62
 
 
 def interrupt_aware_sleep(seconds: float) -> None:  # used by tests of the cancel path
@@ -332,29 +373,176 @@ def list_models(kind: str, extensions: Iterable[str] | None = WEIGHT_EXTENSIONS,
     return sorted(names)
 
 
-def model_path(kind: str, name: str) -> Path:
+def model_path(kind: str, name: str, must_exist: bool = True) -> Path:
     """Resolve a model file or folder name inside the kind's folders.
 
-    Names may contain sub-folders but never escape the folder (``..``, absolute paths): the pack
-    reads nothing outside the model folders it is given.
+    Names may contain sub-folders but never leave the folder: ``..``, absolute names and symlinks whose target
+    lies outside every folder of this kind are refused (unless ``INTERPLAY_ALLOW_ANY_PATH=1``). A refused name
+    gets the same message whether or not it exists. ``must_exist=False`` only applies the rule (a missing file
+    then gives its path in the first folder).
     """
     _check_kind(kind)
-    if not name or name.strip() == "":
+    if not isinstance(name, str) or not name.strip():
         raise ValueError(f"no {kind} model name given; put the file in {model_folders(kind)[0]} and pick it")
     searched = model_folders(kind)
-    for base in searched:
-        base = base.resolve()
-        # Lexical check, not resolve(): a model symlinked into the folder (common with shared model
-        # stores) is inside it; only names that climb out ("..", absolute paths) are refused.
-        cand = Path(os.path.normpath(base / name))
-        if base != cand and base not in cand.parents:
-            raise ValueError(f"model name {name!r} points outside the {kind} folder {base}; "
-                             "use a name relative to that folder")
-        if cand.exists():
-            return cand
+    bases = [b.resolve() for b in searched]
+    free = any_path_allowed()
+    parts = Path(name).parts
+    if not free and (Path(name).is_absolute() or ".." in parts):
+        raise PathRefused(_refusal(f"model name {name!r}", f"the {kind} folder{'s' if len(bases) > 1 else ''} "
+                                   + ", ".join(map(str, bases)), "use a name relative to that folder"))
+    cands = [b / name for b in bases]
+    if not free:
+        for c in cands:  # every candidate before any existence test: no oracle for what lies outside
+            if not any(_inside(c, b) for b in bases):
+                raise PathRefused(_refusal(
+                    f"model name {name!r}", f"the {kind} folder{'s' if len(bases) > 1 else ''} "
+                    + ", ".join(map(str, bases)),
+                    "it is a symlink to elsewhere: move the file into the folder, or add its folder to ComfyUI's "
+                    "extra_model_paths.yaml (headless: --models-dir)"))
+    for c in cands:
+        if c.exists():
+            return c
+    if not must_exist:
+        return cands[0]
     where = ", ".join(str(s) for s in searched)
     raise FileNotFoundError(f"{kind} model {name!r} not found; searched: {where}. "
                             f"Put the file there (ComfyUI: models/{kind}/) or pass --models-dir.")
+
+
+# ------------------------------------------------------------------------------------- the path rule
+# Node inputs that name files read only inside the folders the pack is given: ComfyUI's input, output and temp
+# folders and the model folders (headless: --out, --models-dir, $INTERPLAY_INPUT_DIR). Model names resolve
+# inside their own kind's folders (model_path). Symlinks count by their target. One switch lifts the rule.
+ALLOW_ANY_PATH_ENV = "INTERPLAY_ALLOW_ANY_PATH"
+PATH_ROOTS = ("input", "output", "temp", "models")
+
+
+class PathRefused(ValueError):
+    """A path input that points outside the folders the pack may read (the message names the switch)."""
+
+
+def any_path_allowed() -> bool:
+    """True when the owner set INTERPLAY_ALLOW_ANY_PATH=1 (off by default): every path input is then taken as is."""
+    return os.environ.get(ALLOW_ANY_PATH_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _refusal(what: str, where: str, fix: str) -> str:
+    return (f"{what} points outside {where}; {fix}. To allow any path, the machine's owner sets the environment "
+            f"variable {ALLOW_ANY_PATH_ENV}=1 before starting ComfyUI (or the interplay CLI).")
+
+
+def _inside(path: Path, base: Path) -> bool:
+    """Whether path, with every symlink resolved (it need not exist), lies in base (already resolved)."""
+    p = Path(os.path.realpath(path))
+    return p == base or base in p.parents
+
+
+def path_roots(allow: Iterable[str] = PATH_ROOTS) -> list[tuple[str, Path]]:
+    """(label, resolved folder) of each folder path inputs may read: input, output, temp, and every model
+    folder (the models root and each kind's folders, extra_model_paths.yaml ones included)."""
+    out: list[tuple[str, Path]] = []
+    for label in allow:
+        if label == "input":
+            out.append(("input", input_directory()))
+        elif label == "output":
+            out.append(("output", output_directory()))
+        elif label == "temp":
+            out.append(("temp", temp_directory()))
+        elif label == "models":
+            c = _comfy()
+            out.append(("models", Path(c[2].models_dir) if c is not None else models_root()))
+            out += [("models", p) for kind in MODEL_FOLDERS for p in model_folders(kind)]
+        else:
+            raise ValueError(f"path_roots: unknown folder {label!r}; expected some of {', '.join(PATH_ROOTS)}")
+    uniq: list[tuple[str, Path]] = []
+    for label, p in out:  # a folder inside one already listed adds nothing (temp in output, kinds in models)
+        p = Path(os.path.realpath(p))
+        if not any(p == q or q in p.parents for _, q in uniq):
+            uniq = [(lq, q) for lq, q in uniq if p not in q.parents] + [(label, p)]
+    return uniq
+
+
+def _where(roots: list[tuple[str, Path]]) -> str:
+    return "ComfyUI's input, output, temp and model folders (here " + ", ".join(str(p) for _, p in roots) + ")"
+
+
+ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
+
+
+def split_annotation(name: str) -> tuple[str, str | None]:
+    """ComfyUI's annotated names (folder_paths.annotated_filepath): ``"clip.mp4 [output]"`` -> ("clip.mp4",
+    "output"); also [input] and [temp]. A name without one gives (name, None)."""
+    for tag, label in ANNOTATIONS.items():
+        if name.endswith(tag):
+            return name[: -len(tag)].rstrip(), label
+    return name, None
+
+
+def path_guard(node: str, input_name: str, allow: Iterable[str] = PATH_ROOTS) -> Callable[[Path], Path]:
+    """A check(path) -> path that refuses any path (its symlinks resolved) outside the allowed folders, for
+    paths found on the way (an image folder's files, a glob's matches). A no-op under the switch."""
+    allow = tuple(allow)
+
+    def check(path: Path) -> Path:
+        if any_path_allowed():
+            return Path(path)
+        roots = path_roots(allow)
+        if not any(_inside(path, r) for _, r in roots):
+            raise PathRefused(f"{node}: " + _refusal(f"{input_name!r} reaches {Path(path).name!r}, which",
+                                                      _where(roots), "keep the files themselves in one of them, "
+                                                      "not symlinks to elsewhere"))
+        return Path(path)
+
+    return check
+
+
+def confined_path(value, *, node: str, input_name: str, search: Iterable[str] = ("input",),
+                  allow: Iterable[str] = PATH_ROOTS) -> Path:
+    """The one rule for a node input that names a file or folder (also a folder that a glob runs in).
+
+    ``value``: an absolute path, a name relative to the ``search`` folders (tried in order: the first that exists
+    wins, else the first), or an annotated name (``"x.mp4 [output]"``: relative to that folder). The result, with
+    every symlink resolved, must lie inside one of the ``allow`` folders (``path_roots``); otherwise PathRefused,
+    whose message is the same whether or not the path exists and names the switch (``INTERPLAY_ALLOW_ANY_PATH``).
+    Existence is left to the caller (it reports not-found with the folders searched)."""
+    allow = tuple(allow)
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        raise ValueError(f"{node}: '{input_name}' is empty; expected a path inside "
+                         f"{_where(path_roots(allow))}")
+    name, label = split_annotation(text)
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        cands = [p]
+    else:
+        bases = [label] if label is not None else list(search)
+        cands = [dict(path_roots((b,)))[b] / p for b in bases]
+    if not any_path_allowed():
+        roots = path_roots(allow)
+        for c in cands:  # refuse before any existence test: no oracle for what lies outside
+            if not any(_inside(c, r) for _, r in roots):
+                raise PathRefused(f"{node}: " + _refusal(f"'{input_name}' {text!r}", _where(roots),
+                                                          "use a path inside one of them"))
+    return next((c for c in cands if c.exists()), cands[0])
+
+
+def confined_glob(folder, pattern: str, *, node: str, input_name: str, allow: Iterable[str] = PATH_ROOTS) -> None:
+    """Refuse a glob pattern whose fixed part leaves the allowed folders (``../secret/*``, ``/elsewhere/*``),
+    whether or not anything matches. What it matches is checked file by file with ``path_guard`` while read."""
+    if any_path_allowed():
+        return
+    fixed = []
+    for part in Path(str(pattern)).parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    base = Path(*fixed) if fixed else Path(".")
+    base = base if base.is_absolute() else Path(folder) / base
+    roots = path_roots(allow)
+    if not any(_inside(base, r) for _, r in roots):
+        raise PathRefused(f"{node}: " + _refusal(f"'{input_name}' {str(pattern)!r}", _where(roots),
+                                                  "use a pattern of file names inside the folder, e.g. frame_*.png"))
 
 
 # ----------------------------------------------------------------------------------------- file i/o
@@ -378,7 +566,7 @@ def temp_directory() -> Path:
 
 
 def set_input_directory(path: str | os.PathLike | None) -> None:
-    """Standalone input folder (the CLI's --input-dir). None falls back to INTERPLAY_INPUT_DIR, then ./input."""
+    """Standalone input folder (the CLI's --input-dir); None falls back to $INTERPLAY_INPUT_DIR, else ./input."""
     global _input_dir
     _input_dir = Path(path).expanduser().resolve() if path is not None else None
 

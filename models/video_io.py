@@ -105,18 +105,23 @@ def _check_window(start: int, every_nth: int, max_frames):
         raise ValueError(f"max_frames: expected >= 0 (0 or None = all), got {max_frames}")
 
 
+class VideoFileError(ValueError):
+    """A video or image file that cannot be decoded; the message names the file."""
+
+
 def load_video(path, max_frames: int | None = None, *, start: int = 0, every_nth: int = 1,
-               size: tuple[int, int] | None = None, pattern: str = "*") -> tuple[torch.Tensor, float]:
+               size: tuple[int, int] | None = None, pattern: str = "*", check=None) -> tuple[torch.Tensor, float]:
     """Read a video file (mp4/webm/mov/... via PyAV, animated webp/gif via Pillow) or a folder of images.
 
     Takes frames start, start+every_nth, ... up to max_frames (None or 0 = all). size=(H,W) resizes.
     Returns (frames float32 [F,H,W,3] 0..1, fps float). The fps returned is the source fps divided by every_nth,
-    so the clip plays at its real speed."""
+    so the clip plays at its real speed. ``check(path)`` vets each file of an image folder before it is opened
+    (nodes pass ``runtime.path_guard``)."""
     _check_window(start, every_nth, max_frames)
     p = Path(path)
     if p.is_dir():
         return load_image_sequence(p, pattern=pattern, max_frames=max_frames, start=start, every_nth=every_nth,
-                                   size=size)
+                                   size=size, check=check)
     if not p.is_file():
         raise FileNotFoundError(f"video file not found: {p} (searched {p.parent.resolve()})")
     ext = p.suffix.lower()
@@ -125,10 +130,11 @@ def load_video(path, max_frames: int | None = None, *, start: int = 0, every_nth
             u8, fps = _read_animated(p, max_frames, start, every_nth)
         else:
             u8, fps = _read_av(p, max_frames, start, every_nth)
-    except (ValueError, FileNotFoundError):
+    except (VideoFileError, FileNotFoundError):
         raise
-    except Exception as ex:  # av.error.*, PIL.UnidentifiedImageError: name the file
-        raise ValueError(f"could not decode video {p}: {type(ex).__name__}: {ex}") from ex
+    except Exception as ex:  # av.error.* (many are ValueErrors), PIL.UnidentifiedImageError: name the file
+        raise VideoFileError(f"could not decode video {p}: {type(ex).__name__}: {ex}. Is it a video file? "
+                             "Re-export it (e.g. as h264 mp4) or pick another file.") from ex
     if len(u8) == 0:
         raise ValueError(f"video {p} gave no frames (start={start}, every_nth={every_nth}, "
                          f"max_frames={max_frames}); lower start_frame")
@@ -144,7 +150,7 @@ def _read_av(p: Path, max_frames, start, every_nth) -> tuple[list[np.ndarray], f
     out = []
     with av.open(str(p)) as container:
         if not container.streams.video:
-            raise ValueError(f"{p} has no video stream")
+            raise VideoFileError(f"{p} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -155,7 +161,7 @@ def _read_av(p: Path, max_frames, start, every_nth) -> tuple[list[np.ndarray], f
                 if max_frames and len(out) >= max_frames:
                     break
     if fps <= 0:
-        raise ValueError(f"{p}: the file states no frame rate")
+        raise VideoFileError(f"{p}: the file states no frame rate")
     return out, fps
 
 
@@ -186,24 +192,33 @@ def _fps_from_ms(d: float) -> float:
     return raw
 
 
-def list_image_sequence(folder, pattern: str = "*") -> list[Path]:
-    """Image files in folder matching the glob pattern, in natural order (2 before 10)."""
+def list_image_sequence(folder, pattern: str = "*", check=None) -> list[Path]:
+    """Image files in folder matching the glob pattern (relative to the folder), in natural order (2 before 10).
+    ``check(path)`` vets every match before anything else touches it (it may raise)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image sequence folder not found: {folder} (searched {folder.resolve()})")
-    files = [f for f in folder.glob(pattern or "*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    pattern = pattern or "*"
+    if Path(pattern).is_absolute():
+        raise ValueError(f"pattern {pattern!r} is an absolute path; it matches file names inside the folder "
+                         f"{folder}: give the folder as the folder and a pattern such as frame_*.png")
+    matches = list(folder.glob(pattern))
+    if check is not None:
+        matches = [check(f) for f in matches]
+    files = [f for f in matches if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=lambda f: natural_key(f.name))
 
 
 def load_image_sequence(folder, pattern: str = "*", *, max_frames: int | None = None, start: int = 0,
                         every_nth: int = 1, size: tuple[int, int] | None = None,
-                        fps: float = DEFAULT_SEQUENCE_FPS) -> tuple[torch.Tensor, float]:
+                        fps: float = DEFAULT_SEQUENCE_FPS, check=None) -> tuple[torch.Tensor, float]:
     """Folder of images (natural sort) -> (frames float32 [F,H,W,3] 0..1, fps / every_nth). Every image must
-    have the first image's size unless size=(H,W) is given; the error names the odd file."""
+    have the first image's size unless size=(H,W) is given; the error names the odd file. ``check``: as in
+    :func:`list_image_sequence`."""
     from PIL import Image
 
     _check_window(start, every_nth, max_frames)
-    files = list_image_sequence(folder, pattern)
+    files = list_image_sequence(folder, pattern, check)
     if not files:
         raise FileNotFoundError(f"no images matching {pattern!r} with extensions {IMAGE_EXTENSIONS} in "
                                 f"{Path(folder).resolve()}")
@@ -218,7 +233,7 @@ def load_image_sequence(folder, pattern: str = "*", *, max_frames: int | None = 
             with Image.open(f) as im:
                 a = np.asarray(im.convert("RGB"))
         except Exception as ex:
-            raise ValueError(f"could not read image {f}: {type(ex).__name__}: {ex}") from ex
+            raise VideoFileError(f"could not read image {f}: {type(ex).__name__}: {ex}") from ex
         if size is not None:
             a = to_uint8(resize_frames(to_float(a[None]), int(size[0]), int(size[1])))[0]
         elif frames and a.shape != frames[0].shape:

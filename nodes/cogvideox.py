@@ -1,4 +1,5 @@
-"""KineMask on CogVideoX: backbone and branch loaders, the interaction prompt, the I2V sampler, latent decode."""
+"""The CogVideoX family: the loader, the image-to-video sampler (any CogVideoX-family control through the branch
+registry) and the latent decoder. Method nodes live in their own files (nodes/kinemask.py, nodes/pam.py, ...)."""
 from __future__ import annotations
 
 import torch
@@ -6,33 +7,19 @@ import torch
 from ..models import runtime
 from . import _choices
 from ._controls import CONTROL_RULE, CONTROLS_INPUT, gather_controls
+from ._speed import DEFAULT_THRESHOLD, PARALLEL_INPUT, SPEED_INPUTS, speed_settings
 
 DIFFUSERS_PREFIX = _choices.DIFFUSERS_PREFIX
 SINGLE_FILES = "(single files below)"
 NONE = "(none)"
-NEW_BRANCH = "(new, zero-initialised from the backbone)"
 WEIGHT_DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
 
-PROMPT_TEMPLATES = {
-    "interaction": ("On {surface} there is {subject}. {subject_cap} moves to the {direction}{speed_text}. {outcome}"),
-    "simple motion": "{subject_cap} on {surface} moves to the {direction}{speed_text}.",
-    "c0 (ablation)": "An object moving on a surface",
-    "free text": "",
-}
-OUTCOMES = {
-    "none": "",
-    "collides": "It collides with the objects in its path, which are pushed and then come to rest.",
-    "falls": "It reaches the edge, falls and hits the ground.",
-    "slows down": "It slows down gradually and comes to rest.",
-}
-
-
 def _cogvideox_choices() -> list[str]:
-    return _choices.diffusers_pipelines("CogVideoX", name_hints=("cog", "kinemask")) + [SINGLE_FILES]
+    from ..models.control import registry
 
-
-def _branch_choices() -> list[str]:
-    return _choices.branch_choices(NEW_BRANCH, "kinemask")
+    # folders without a model_index.json: by name, "cog" or a CogVideoX method's kind (e.g. a released branch)
+    hints = ("cog",) + tuple(s.kind for s in registry.kinds("cogvideox"))
+    return _choices.diffusers_pipelines("CogVideoX", name_hints=hints) + [SINGLE_FILES]
 
 
 class InterplayCogVideoXLoader:
@@ -51,15 +38,15 @@ class InterplayCogVideoXLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (_cogvideox_choices(), {"tooltip": "diffusers/<folder>, or the single files below.",
-                                             "model_folder": "diffusers"}),
+                                             "model_folder": "diffusers", "interplay_path": "model"}),
             "transformer": ([NONE] + runtime.list_models("diffusion_models"),
                             {"tooltip": "Single-files mode: the CogVideoX transformer (diffusers key names).",
-                             "model_folder": "diffusion_models"}),
+                             "model_folder": "diffusion_models", "interplay_path": "model"}),
             "vae": ([NONE] + runtime.list_models("vae"), {"tooltip": "Single-files mode: the CogVideoX VAE.",
-                                                          "model_folder": "vae"}),
+                                                          "model_folder": "vae", "interplay_path": "model"}),
             "text_encoder": ([NONE] + runtime.list_models("text_encoders"),
                              {"tooltip": "Single-files mode: T5-v1.1-XXL encoder (t5xxl_fp16.safetensors).",
-                              "model_folder": "text_encoders"}),
+                              "model_folder": "text_encoders", "interplay_path": "model"}),
             "weight_dtype": (WEIGHT_DTYPES, {"default": "auto", "tooltip": "auto: bf16 on recent GPUs. fp8_e4m3fn: "
                                              "fp8 storage, bf16 compute."}),
             "offload": (["none", "model"], {"default": "none", "tooltip": "model: park each part on the CPU while "
@@ -72,6 +59,11 @@ class InterplayCogVideoXLoader:
         from ..models.backbones.cogvideox import load_cogvideox
 
         node = "CogVideoX Loader"
+        singles = (("transformer", "diffusion_models", transformer), ("vae", "vae", vae),
+                   ("text_encoder", "text_encoders", text_encoder))
+        for _, kind, name in singles:  # the path rule holds for every name given, used or not
+            if name != NONE:
+                runtime.model_path(kind, name, must_exist=False)
         if model == SINGLE_FILES:
             missing = [n for n, v in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder))
                        if v == NONE]
@@ -89,96 +81,6 @@ class InterplayCogVideoXLoader:
             raise ValueError(f"{node}: 'weight_dtype' must be one of {WEIGHT_DTYPES}; got {weight_dtype!r}")
         device = runtime.compute_device()
         return (load_cogvideox(source, dtype=weight_dtype, device=device, offload=offload, vae_tiling=vae_tiling),)
-
-
-class InterplayKineMaskBranchLoader:
-    DESCRIPTION = ("Load the KineMask control branch (a ControlNet over the first CogVideoX blocks): a file trained "
-                   "by the pack (controlnet/ or interplay/), a public CogVideoX ControlNet folder (config.json + "
-                   "diffusion_pytorch_model.safetensors; residuals added directly), or a new branch initialised from "
-                   "the backbone with zero output projections (for training: it changes nothing until trained).")
-    CATEGORY = "Interplay/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = ("INTERPLAY_BRANCH",)
-    RETURN_NAMES = ("branch",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "branch": (_branch_choices(), {"tooltip": "A file or folder in controlnet/ (or interplay/), or new.",
-                                           "model_folder": ["controlnet", "interplay"]}),
-            "num_layers": ("INT", {"default": 8, "min": 1, "max": 42, "tooltip": "New branch only: backbone blocks "
-                                   "it drives (KineMask: the first 8)."}),
-        }, "optional": {
-            "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "Needed for a new branch; sets dtype and device."}),
-        }}
-
-    def load(self, branch, num_layers, backbone=None):
-        from ..models.control import kinemask as km
-
-        node = "KineMask Branch Loader"
-        if branch == NEW_BRANCH:
-            if backbone is None:
-                raise ValueError(f"{node}: a new branch copies the backbone's blocks; connect 'backbone' or pick a "
-                                 "file")
-            if backbone.family != "cogvideox":
-                raise ValueError(f"{node}: 'backbone' is {backbone.family}; KineMask needs CogVideoX")
-            if num_layers > backbone.denoiser.config.num_layers:
-                raise ValueError(f"{node}: 'num_layers' {num_layers} exceeds the backbone's "
-                                 f"{backbone.denoiser.config.num_layers} blocks")
-            return (km.new_branch(backbone.denoiser, num_layers=num_layers,
-                                  downscale=backbone.extra.get("vae_scale_factor_spatial", 8)),)
-        if branch.startswith("interplay/"):
-            path = runtime.model_path("interplay", branch[len("interplay/"):])
-        else:
-            path = runtime.model_path("controlnet", branch)
-        dev = backbone.device if backbone is not None else runtime.compute_device()
-        dt = backbone.dtype if backbone is not None else runtime.default_dtype(dev)
-        return (km.load_branch(path, dtype=dt, device=dev),)
-
-
-def build_prompt(template: str, subject: str, surface: str, direction: str, speed: float, outcome: str,
-                 extra: str = "") -> str:
-    """Fill the interaction template (the paper asked GPT for this text; this is the offline stand-in)."""
-    if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"Interaction Prompt: 'template' must be one of {list(PROMPT_TEMPLATES)}; got {template!r}")
-    subject = subject.strip() or "an object"
-    text = PROMPT_TEMPLATES[template].format(
-        subject=subject, subject_cap=subject[:1].upper() + subject[1:], surface=surface.strip() or "a surface",
-        direction=direction.strip() or "right", speed_text=f" at {speed:g} m/s" if speed > 0 else "",
-        outcome=OUTCOMES.get(outcome, ""))
-    parts = [p.strip() for p in (text, extra) if p and p.strip()]
-    return " ".join(parts)
-
-
-class InterplayInteractionPrompt:
-    DESCRIPTION = ("Write the text prompt that describes the intended interaction (KineMask asked an LLM for it; here "
-                   "a template plus your own words, no network). 'interaction' describes the scene, the push and "
-                   "what follows; 'c0' is the paper's fixed ablation text; 'free text' uses only 'extra'. Avoid "
-                   "speeds and physics words in 'extra': the training captions never had them.")
-    CATEGORY = "Interplay/conditions"
-    FUNCTION = "build"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("prompt",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "template": (list(PROMPT_TEMPLATES), {"default": "interaction", "tooltip": "Sentence pattern."}),
-            "subject": ("STRING", {"default": "the red cube", "tooltip": "The object you push (as seen)."}),
-            "surface": ("STRING", {"default": "a wooden floor", "tooltip": "What it stands on."}),
-            "direction": ("STRING", {"default": "right", "tooltip": "Where it moves: left, right, toward the camera..."}),
-            "speed": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "m/s to mention; "
-                                "0 leaves speed out (the paper's captions never state it)."}),
-            "outcome": (list(OUTCOMES), {"default": "collides", "tooltip": "What should happen next."}),
-            "extra": ("STRING", {"default": "", "multiline": True, "tooltip": "Free text appended (or the whole "
-                                 "prompt with 'free text')."}),
-        }}
-
-    def build(self, template, subject, surface, direction, speed, outcome, extra):
-        text = build_prompt(template, subject, surface, direction, speed, outcome, extra)
-        if not text:
-            raise ValueError("Interaction Prompt: the prompt is empty; write it in 'extra' or pick a template")
-        return (text,)
 
 
 class InterplayCogVideoXSampler:
@@ -233,11 +135,14 @@ class InterplayCogVideoXSampler:
                                                               "extra input channels (e.g. the MATRIX ID map from "
                                                               "ID Map Input); fitted like the image and VAE-encoded. "
                                                               "Unconnected: those channels get zeros."}),
+            **SPEED_INPUTS,
+            **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, image, prompt, negative, width, height, num_frames, steps, cfg, dynamic_cfg,
                scheduler, seed, decode, control=None, branch=None, control_weight=0.5, control_start=0.0,
-               control_end=1.0, control_guidance=1.0, controls=None, inputs=None):
+               control_end=1.0, control_guidance=1.0, controls=None, inputs=None, step_cache=False,
+               cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import cogvideox as cog
         from ..models.sampling.cogvideox import sample_cogvideox
         from ..models.video_io import fit_frames
@@ -267,11 +172,13 @@ class InterplayCogVideoXSampler:
         from ..models.conditions.latent_inputs import encode
 
         extra = encode(backbone, inputs, height, width, cog.latent_frames(backbone, num_frames), where=node)
+        cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
         pos = cog.encode_prompt(backbone, [prompt])
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
         lat = sample_cogvideox(backbone, img, pos, neg, controls=bound, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
-                               control_cfg=float(control_guidance), inputs=extra or None)
+                               control_cfg=float(control_guidance), decode=bool(decode), step_cache=cache,
+                               speed=speed, parallel=parallel, inputs=extra or None)
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]
@@ -312,15 +219,11 @@ class InterplayCogVideoXDecode:
 
 NODE_CLASS_MAPPINGS = {
     "InterplayCogVideoXLoader": InterplayCogVideoXLoader,
-    "InterplayKineMaskBranchLoader": InterplayKineMaskBranchLoader,
-    "InterplayInteractionPrompt": InterplayInteractionPrompt,
     "InterplayCogVideoXSampler": InterplayCogVideoXSampler,
     "InterplayCogVideoXDecode": InterplayCogVideoXDecode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "InterplayCogVideoXLoader": "CogVideoX Loader (Interplay)",
-    "InterplayKineMaskBranchLoader": "KineMask Branch Loader (Interplay)",
-    "InterplayInteractionPrompt": "Interaction Prompt (Interplay)",
     "InterplayCogVideoXSampler": "CogVideoX Sampler (Interplay)",
     "InterplayCogVideoXDecode": "CogVideoX Decode (Interplay)",
 }

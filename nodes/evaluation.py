@@ -40,7 +40,8 @@ class InterplayEvaluateVideo:
             "refine": (["none", "colour"], {"default": "none", "tooltip": "colour: refine the tracked mask by "
                                                                          "colour similarity to the frame-0 "
                                                                          "object (follows shape changes)."}),
-            "filename_prefix": ("STRING", {"default": "Interplay/eval", "tooltip": "Where the JSON report is "
+            "filename_prefix": ("STRING", {"default": "Interplay/eval", "interplay_path": "save",
+                                           "tooltip": "Where the JSON report is "
                                                                                   "written in the output folder; "
                                                                                   "empty writes none."}),
         }, "optional": {

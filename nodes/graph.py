@@ -162,24 +162,34 @@ def _widget_default(spec):
 
 # ------------------------------------------------------------------------------------ loading
 def _read_json(path: str | os.PathLike) -> Any:
-    """A workflow file's JSON; a PNG saved by ComfyUI yields the workflow embedded in its metadata."""
+    """A workflow file's JSON; a PNG saved by ComfyUI yields the workflow embedded in its metadata. Anything
+    unreadable (not UTF-8, not JSON, nested too deep, a broken PNG) is a WorkflowError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"workflow file {str(path)!r} not found")
     if path.suffix.lower() == ".png":
         from PIL import Image
 
-        with Image.open(path) as img:
-            info = dict(img.info)
+        try:
+            with Image.open(path) as img:
+                info = dict(img.info)
+        except Exception as e:  # PIL raises several types for a broken image
+            raise WorkflowError(f"{path}: not a readable PNG ({type(e).__name__}: {e})") from None
         text = info.get("workflow") or info.get("prompt")
-        if text is None:
+        if not isinstance(text, str):
             raise WorkflowError(f"{path}: this PNG carries no ComfyUI workflow (no 'workflow' or 'prompt' text)")
     else:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise WorkflowError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the workflow again "
+                                "from ComfyUI") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise WorkflowError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise WorkflowError(f"{path}: the JSON is nested too deeply to be a workflow") from None
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -198,12 +208,86 @@ def to_api(data: Any, node_classes: Mapping[str, type] | None = None, source: st
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "nodes" not in data:
         data = data["prompt"]  # a saved /prompt request body
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        for k, v in data.items():  # named errors with the JSON path, not a TypeError further down
+            if not isinstance(v.get("class_type"), str):
+                raise WorkflowError(f"{source}: [{str(k)!r}].class_type must be a node type name; got "
+                                    f"{v.get('class_type')!r}")
+            if not isinstance(v.get("inputs") or {}, dict):
+                raise WorkflowError(f"{source}: [{str(k)!r}].inputs must be an object of input values; got "
+                                    f"{type(v['inputs']).__name__} {_short(v['inputs'])}")
         return {str(k): dict(v, inputs=dict(v.get("inputs") or {})) for k, v in data.items()}
     raise WorkflowError(f"{source}: neither a UI workflow (a 'nodes' list) nor an API prompt "
                         "({id: {class_type, inputs}}); save it from ComfyUI with Save or Export (API)")
 
 
 # ------------------------------------------------------------------------------------ UI -> API
+def _short(value, n: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+
+def _check_ui_structure(ui: dict) -> None:
+    """Refuse a UI workflow whose shape the converter cannot read, with the JSON path of the first problem
+    (``nodes[3].inputs``, ``links[2]``), so a malformed file is a WorkflowError and never a traceback."""
+    def bad(where: str, expected: str, got) -> WorkflowError:
+        return WorkflowError(f"{where} must be {expected}; got {type(got).__name__} {_short(got)}")
+
+    if not isinstance(ui.get("definitions") or {}, dict):
+        raise bad("definitions", "an object", ui["definitions"])
+    id_types = set()
+    for i, node in enumerate(ui["nodes"]):
+        w = f"nodes[{i}]"
+        if not isinstance(node, dict):
+            raise bad(w, "an object", node)
+        if "id" not in node:
+            raise WorkflowError(f"{w} has no id; every node needs one (save the workflow again from ComfyUI)")
+        if not isinstance(node["id"], (int, str)) or isinstance(node["id"], bool):
+            raise bad(f"{w}.id", "a number", node["id"])
+        id_types.add(type(node["id"]))
+        if not isinstance(node.get("type"), str):
+            raise bad(f"{w}.type", "a node type name", node.get("type"))
+        for key, default in (("order", 0), ("mode", None)):  # order sorts the nodes; a null mode means 0
+            v = node.get(key, default)
+            if v is not default and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise bad(f"{w}.{key}", "a number", v)
+        if not isinstance(node.get("inputs") or [], list):
+            raise bad(f"{w}.inputs", "a list of input sockets", node["inputs"])
+        for k, inp in enumerate(node.get("inputs") or []):
+            if not isinstance(inp, dict):
+                raise bad(f"{w}.inputs[{k}]", "an object", inp)
+            link = inp.get("link")
+            if link is not None and (not isinstance(link, int) or isinstance(link, bool)):
+                raise bad(f"{w}.inputs[{k}].link", "a link id (a number) or null", link)
+            if not isinstance(inp.get("widget") or {}, dict):
+                raise bad(f"{w}.inputs[{k}].widget", "an object", inp["widget"])
+        values = node.get("widgets_values")
+        if values is not None and not isinstance(values, (list, dict)) or \
+                (node["type"] == "PrimitiveNode" and not isinstance(values or [], list)):
+            raise bad(f"{w}.widgets_values", "a list of widget values", values)
+    if len(id_types) > 1:
+        raise WorkflowError("nodes[].id mixes numbers and strings; save the workflow again from ComfyUI")
+    links = ui.get("links") or []
+    if not isinstance(links, list):
+        raise bad("links", "a list", links)
+    for i, link in enumerate(links):
+        w = f"links[{i}]"
+        if isinstance(link, dict):
+            vals = [link.get(k) for k in LINK_FIELDS[:5]]
+        elif isinstance(link, list) and len(link) >= 5:
+            vals = link[:5]
+        else:
+            raise bad(w, "[id, origin_id, origin_slot, target_id, target_slot, type] or an object with those keys",
+                      link)
+        for name, v in zip(LINK_FIELDS, vals):
+            ok = isinstance(v, int) and not isinstance(v, bool) or (name in ("origin_id", "target_id")
+                                                                     and isinstance(v, str))
+            if not ok:
+                raise bad(f"{w}.{name}", "a number", v)
+
+
 def _ui_links(ui: dict) -> dict[int, dict]:
     links = {}
     for link in ui.get("links") or []:
@@ -285,6 +369,7 @@ def _plausible(assigned: dict, layout: list[tuple[str, str, Any]]) -> bool:
 def ui_to_api(ui: dict, node_classes: Mapping[str, type] | None = None) -> dict:
     """Convert a UI workflow (what the frontend saves) to an API prompt, like the frontend's graphToPrompt."""
     node_classes = _default_classes() if node_classes is None else node_classes
+    _check_ui_structure(ui)
     if ui.get("definitions", {}).get("subgraphs"):
         raise WorkflowError("workflow uses subgraphs, which the headless runner does not expand; "
                             "unpack them in ComfyUI (right-click > Unpack Subgraph) and save again")
@@ -589,6 +674,16 @@ def _coerce(typ, value):
     return value
 
 
+def _finite(value) -> bool:
+    """False for NaN and +-inf, also when given as text ("nan", "inf"); other values are left to _coerce."""
+    import math
+
+    try:
+        return math.isfinite(float(value)) if isinstance(value, (int, float, str)) else True
+    except (ValueError, OverflowError):
+        return True
+
+
 def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> list[dict]:
     entry = prompt[nid]
     ctype = entry["class_type"]
@@ -644,6 +739,10 @@ def _validate_node(prompt: dict, nid: str, node_classes: Mapping[str, type]) -> 
             wrapped = isinstance(val, dict) and "__value__" in val
             if wrapped:
                 val = val["__value__"]
+            if typ in ("INT", "FLOAT") and not _finite(val):  # NaN passes every min/max comparison
+                E("value_not_finite", "Value is not a finite number",
+                  f"{name}: got {val!r}; expected a finite {expected}", input_name=name, received_value=str(val))
+                continue
             try:
                 val = _coerce(typ, val)
             except (TypeError, ValueError) as ex:
@@ -712,9 +811,13 @@ def validate(prompt: dict, node_classes: Mapping[str, type] | None = None,
         return [_err("invalid_prompt", "Prompt must be an object of nodes", type(prompt).__name__)]
     errors: list[dict] = []
     for nid, entry in prompt.items():
-        if not isinstance(entry, dict) or "class_type" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_type"), str):
             errors.append(_err("invalid_prompt", "Cannot execute because a node is missing the class_type "
                                "property.", f"Node ID '#{nid}'", nid))
+            continue
+        if not isinstance(entry.get("inputs") or {}, dict):
+            errors.append(_err("invalid_prompt", "Node inputs must be an object of input values",
+                               f"Node ID '#{nid}': inputs is {_short(entry['inputs'])}", nid))
             continue
         entry.setdefault("inputs", {})
         if entry["class_type"] not in node_classes:
@@ -940,6 +1043,25 @@ def _install_sigint():
     return previous
 
 
+def _join_launch():
+    """Under ``torchrun`` every process runs the whole graph (the samplers and trainers split the work between
+    them); processes other than rank 0 write their outputs to a private temporary folder, removed at the end.
+    Returns that folder, or None on rank 0 / outside a launch."""
+    from ..models import distributed
+
+    distributed.init()
+    if distributed.is_main():
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    spare = Path(tempfile.mkdtemp(prefix=f"interplay-rank{distributed.rank()}-"))
+    atexit.register(shutil.rmtree, spare, True)
+    runtime.set_output_directory(spare)
+    return spare
+
+
 def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | None = None) -> int:
     """`interplay run`: 0 on success, 1 when a node fails or the file cannot be read, 2 on validation errors.
     ``node_classes`` defaults to the pack's NODE_CLASS_MAPPINGS (tests pass their own)."""
@@ -960,9 +1082,13 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         runtime.set_models_root(args.models_dir)
     if args.out is not None:
         runtime.set_output_directory(args.out)
+    spare = _join_launch()
     if args.input_dir is not None:
         runtime.set_input_directory(args.input_dir)
     runtime.clear_interrupt()
+    from .video import clear_previews
+
+    clear_previews()  # as ComfyUI clears its temp folder when it starts: earlier runs' previews go
     node_classes = _default_classes() if node_classes is None else node_classes
     try:
         data = _read_json(args.workflow)
@@ -1003,6 +1129,8 @@ def cli_main(argv: list[str] | None = None, node_classes: Mapping[str, type] | N
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
         runtime.clear_interrupt()
+    if spare is not None:  # a launch's other ranks ran the same graph; rank 0 reports and keeps the files
+        return 0
     written = sorted(p for p, m in _snapshot(out_dir).items() if before.get(p) != m)
     print(f"ran {len(outputs)} node(s) in {time.monotonic() - t0:.1f}s")
     for nid, ui in outputs.ui.items():

@@ -31,7 +31,7 @@ class InterplayLoraLoader:
         return {"required": {
             "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "The loaded backbone the LoRA was trained on."}),
             "lora": (lora_choices(), {"tooltip": "A LoRA file in loras/, or interplay/<run>/checkpoint.safetensors "
-                                      "written by Train LoRA.", "model_folder": "loras"}),
+                                      "written by Train LoRA.", "model_folder": "loras", "interplay_path": "model"}),
             "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
                                    "tooltip": "Scale of the LoRA's update: 0 = off, 1 = as trained."}),
         }}

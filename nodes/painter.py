@@ -11,6 +11,7 @@ import json
 
 import torch
 
+from ..models.backbones.cogvideox import frame_count_ok
 from ..models.conditions import painter as P
 from ..models.conditions.velocity import LENGTH_SCALE, V_REF
 
@@ -101,7 +102,7 @@ class InterplayArrowPainter:
         img = _first_image(image, node)
         H, W = img.shape[:2]
         try:
-            P.check_num_frames(num_frames)
+            P.check_num_frames(num_frames, ok=frame_count_ok)
             d = P.parse_drawing(drawing, (H, W))
             m = P.masks_for_drawing(d, img, sam=sam2, masks=masks)
         except ValueError as e:
@@ -144,7 +145,7 @@ class InterplayVelocityControl:
     def build(self, mask, vx, vy, vz, num_frames, v_ref, image=None, weight=1.0, start=0.0, end=1.0):
         node = "Velocity Control"
         try:
-            P.check_num_frames(num_frames)
+            P.check_num_frames(num_frames, ok=frame_count_ok)
         except ValueError as e:
             raise ValueError(f"{node}: {e}") from None
         _check_range(node, start, end)

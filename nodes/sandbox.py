@@ -32,12 +32,13 @@ class InterplaySandboxScene:
             "preset": (list(PRESETS), {"default": "push", "tooltip": (
                 "push: 1-2 objects start moving and hit others (KineMask); pusher: a hand pushes an object "
                 "(InterDyn); multi: several interacting objects (MATRIX); camera: static scene, moving camera "
-                "(GameCraft).")}),
+                "(GameCraft); hoi: a hand pushes or carries an object, its joints kept for PAM's conditions.")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1, "control_after_generate": True,
                              "tooltip": "Scene seed: layout, colours, speeds, camera. Same seed, same scene."}),
-            "width": ("INT", {"default": 64, "min": 16, "max": 2048, "step": 8, "tooltip": "Frame width (px)."}),
-            "height": ("INT", {"default": 64, "min": 16, "max": 2048, "step": 8, "tooltip": "Frame height (px)."}),
-            "frames": ("INT", {"default": 13, "min": 1, "max": 1024, "tooltip": "Number of frames."}),
+            # maxima a large workstation can hold (~56 GB at 1536 x 1536 x 512); the memory check refuses more
+            "width": ("INT", {"default": 64, "min": 16, "max": 1536, "step": 8, "tooltip": "Frame width (px)."}),
+            "height": ("INT", {"default": 64, "min": 16, "max": 1536, "step": 8, "tooltip": "Frame height (px)."}),
+            "frames": ("INT", {"default": 13, "min": 1, "max": 512, "tooltip": "Number of frames."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 1.0, "max": 120.0, "step": 1.0,
                               "tooltip": "Output frame rate; the physics runs at 240 Hz and is sampled at this rate."}),
         }, "optional": {
@@ -57,6 +58,11 @@ class InterplaySandboxScene:
                 raise ValueError(f"InterplaySandboxScene: 'camera_keys' accepts {', '.join(KEYS)} or '-' separated by "
                                  f"commas; got {bad[0]!r}. Fix: e.g. 'W,W,left'.")
             keys = ["" if k == "-" else k for k in keys]
+        from ..models import memory
+
+        memory.check("InterplaySandboxScene", memory.sandbox_scene(int(height), int(width), int(frames)), "cpu",
+                     f"a smaller width/height or fewer frames than {width} x {height} x {frames} (scenes for "
+                     "training are usually 64 x 64 to 720 x 480, 9 to 49 frames)")
         clip = generate_scene(preset, int(seed), (int(height), int(width)), frames=int(frames), fps=float(fps),
                               camera_keys=keys)
         return _scene_outputs(clip)
@@ -73,17 +79,19 @@ class InterplayLoadSandboxClip:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip_folder": ("STRING", {"default": "", "tooltip": "Path of a clip folder (the one holding clip.json)."}),
+            "clip_folder": ("STRING", {"default": "", "interplay_path": "folder", "tooltip": (
+                "A clip folder (the one holding clip.json): relative to ComfyUI's input (then output) folder, or "
+                "absolute inside its input, output, temp or model folders.")}),
         }}
 
     def load(self, clip_folder):
-        from pathlib import Path
-
+        from ..models import runtime
         from ..models.sandbox.dataset import ClipError, read_clip
 
-        p = Path(str(clip_folder).strip()).expanduser()
+        p = runtime.confined_path(clip_folder, node="InterplayLoadSandboxClip", input_name="clip_folder",
+                                  search=("input", "output"))
         if not (p / "clip.json").is_file():
-            raise FileNotFoundError(f"InterplayLoadSandboxClip: 'clip_folder' has no clip.json; searched {p.resolve()}")
+            raise FileNotFoundError(f"InterplayLoadSandboxClip: 'clip_folder' has no clip.json; searched {p}")
         try:
             clip = read_clip(p)
         except ClipError as ex:

@@ -33,8 +33,8 @@ class InterplaySam2Loader:
     def INPUT_TYPES(cls):
         return {"required": {
             "weights": (runtime.list_models("sam2"), {"tooltip": "SAM2 weights (.safetensors) in models/sam2.",
-                                                      "model_folder": "sam2"}),
-            "config": (_config_choices(), {"default": "auto",
+                                                      "model_folder": "sam2", "interplay_path": "model"}),
+            "config": (_config_choices(), {"default": "auto", "model_folder": "sam2", "interplay_path": "model",
                                            "tooltip": "Architecture: auto reads it from the file name "
                                                       "(sam2.1_hiera_tiny -> sam2.1_hiera_t); or a config YAML "
                                                       "placed in models/sam2."}),
@@ -159,7 +159,7 @@ class InterplaySam2Convert:
         return {"required": {
             "checkpoint": (runtime.list_models("sam2", extensions=(".pt", ".pth")),
                            {"tooltip": "Official .pt checkpoint in models/sam2 (e.g. sam2.1_hiera_tiny.pt).",
-                            "model_folder": "sam2"}),
+                            "model_folder": "sam2", "interplay_path": "model"}),
             "config": (["auto", "none"] + S.config_names(),
                        {"default": "auto", "tooltip": "Checks keys and shapes against this config before writing; "
                                                       "auto reads it from the file name, none skips the check."}),

@@ -30,17 +30,17 @@ def _branch_tasks() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- helpers
 def resolve_dataset(node: str, dataset_dir: str) -> Path:
-    """An absolute folder, or a name under ComfyUI's input/ or output/ folders."""
+    """A name under ComfyUI's input/ or output/ folders, or an absolute folder inside the pack's folders
+    (runtime.confined_path)."""
     if not dataset_dir or not dataset_dir.strip():
         raise ValueError(f"{node}: 'dataset_dir' is empty; give a folder of clips in the sandbox format "
                          "(e.g. one written by the Sandbox nodes or `interplay sandbox make`)")
-    p = Path(dataset_dir.strip()).expanduser()
-    cands = [p] if p.is_absolute() else [runtime.input_directory() / p, runtime.output_directory() / p]
-    for c in cands:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(f"{node}: dataset folder {dataset_dir!r} not found; searched: "
-                            + ", ".join(str(c) for c in cands))
+    p = runtime.confined_path(dataset_dir, node=node, input_name="dataset_dir", search=("input", "output"))
+    if p.is_dir():
+        return p
+    where = str(p) if Path(dataset_dir.strip()).expanduser().is_absolute() else \
+        f"{runtime.input_directory()} and {runtime.output_directory()}"
+    raise FileNotFoundError(f"{node}: dataset folder {dataset_dir!r} not found; searched {where}")
 
 
 def output_folder(node: str, output_name: str) -> Path:
@@ -82,19 +82,20 @@ def _train_config(node: str, base: dict, overrides: dict):
 
     try:
         return TrainConfig.from_dict({**base, **overrides}, where=f"{node} 'extra'.train")
-    except ValueError as ex:
+    except (ValueError, TypeError) as ex:
         raise ValueError(f"{node}: {ex}") from ex
 
 
-def _dataset(node: str, dataset_dir: str, frames: int, ds_extra: dict):
+def _dataset(node: str, root: Path, frames: int, ds_extra: dict):
     from ..models.sandbox.dataset import SandboxDataset
 
     bad = sorted(set(ds_extra) - {"frames", "size"})
     if bad:
         raise ValueError(f"{node}: 'extra'.dataset has unknown key(s) {', '.join(bad)}; expected frames, size")
-    size = ds_extra.get("size")
-    return SandboxDataset(resolve_dataset(node, dataset_dir), frames=ds_extra.get("frames", frames or None),
-                          size=tuple(size) if size else None)
+    try:
+        return SandboxDataset(root, frames=ds_extra.get("frames", frames or None), size=ds_extra.get("size"))
+    except ValueError as ex:
+        raise ValueError(f"{node}: {ex} (in 'extra'.dataset or the frames input)") from ex
 
 
 def _check_options(node: str, task: str, opts: dict) -> None:
@@ -148,10 +149,12 @@ def _base_train(steps, lr, batch_size, grad_accum, precision, seed, checkpoint_e
 def _common_inputs(name_default: str) -> dict:
     return {
         "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "The frozen backbone (its weights are never changed)."}),
-        "dataset_dir": ("STRING", {"default": "sandbox/push", "tooltip": "Folder of clips in the sandbox format: "
-                                   "absolute, or relative to ComfyUI's input/ or output/ folder."}),
-        "output_name": ("STRING", {"default": name_default, "tooltip": "Run folder under models/interplay/; the "
-                                   "same name resumes."}),
+        "dataset_dir": ("STRING", {"default": "sandbox/push", "interplay_path": "folder",
+                                   "tooltip": "Folder of clips in the sandbox format: relative to ComfyUI's input/ "
+                                   "or output/ folder, or absolute inside its input, output, temp or model "
+                                   "folders."}),
+        "output_name": ("STRING", {"default": name_default, "interplay_path": "save",
+                                   "tooltip": "Run folder under models/interplay/; the same name resumes."}),
         "frames": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "Use the first F frames of each clip "
                        "(0: all; CogVideoX needs 8k+1, e.g. 9, 17, 49)."}),
     }
@@ -191,6 +194,7 @@ class InterplayTrainControlBranch:
         from ..models.training.config import build_task, task_family
 
         node = "Train Control Branch"
+        data, out = resolve_dataset(node, dataset_dir), output_folder(node, output_name)  # paths first
         fam = task_family(task)
         if backbone.family != fam:
             raise ValueError(f"{node}: task {task!r} trains on a {fam} backbone; the connected backbone "
@@ -203,11 +207,10 @@ class InterplayTrainControlBranch:
         defaults = dict(spec.train_defaults)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every, **defaults), tr)
-        ds = _dataset(node, dataset_dir, frames, dse)
-        out = output_folder(node, output_name)
+        ds = _dataset(node, data, frames, dse)
         if branch is not None:  # never train the input object in place: other nodes may hold it
             branch = dataclasses.replace(branch, module=copy.deepcopy(branch.module), config=dict(branch.config))
-        t = build_task(task, backbone, opts, branch=branch)
+        t = build_task(task, backbone, opts, branch=branch, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, task)
         trained = t.output() if hasattr(t, "output") else t.branch
         cast(trained.module, backbone.device, backbone.dtype).eval().requires_grad_(False)
@@ -243,6 +246,7 @@ class InterplayTrainLora:
         from ..models.training.config import build_task
 
         node = "Train LoRA"
+        data, out = resolve_dataset(node, dataset_dir), output_folder(node, output_name)  # paths first
         if backbone.family != "cogvideox":
             raise ValueError(f"{node}: LoRA training supports CogVideoX backbones; got {backbone.family}")
         targets = [t.strip() for t in target_modules.split(",") if t.strip()]
@@ -253,9 +257,8 @@ class InterplayTrainLora:
         opts.update(rank=rank, alpha=alpha, target_modules=targets)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every), tr)
-        ds = _dataset(node, dataset_dir, frames, dse)
-        out = output_folder(node, output_name)
-        t = build_task("lora", backbone, opts)
+        ds = _dataset(node, data, frames, dse)
+        t = build_task("lora", backbone, opts, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, "lora")
         from ..models.training.lora import place_adapter
 
@@ -289,6 +292,7 @@ class InterplayTrainBackbone:
         from ..models.training.config import build_task
 
         node = "Train Backbone"
+        data, out = resolve_dataset(node, dataset_dir), output_folder(node, output_name)  # paths first
         if backbone.family != "cogvideox":
             raise ValueError(f"{node}: backbone training supports CogVideoX; got {backbone.family}")
         if backbone.loras:
@@ -299,10 +303,9 @@ class InterplayTrainBackbone:
         _check_options(node, "cogvideox_backbone", opts)
         cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
                                               checkpoint_every), tr)
-        ds = _dataset(node, dataset_dir, frames, dse)
-        out = output_folder(node, output_name)
+        ds = _dataset(node, data, frames, dse)
         bb = backbone.replace(denoiser=copy.deepcopy(backbone.denoiser))
-        t = build_task("cogvideox_backbone", bb, opts)
+        t = build_task("cogvideox_backbone", bb, opts, seed=cfg.seed)
         res, curve, text = _run(t, ds, cfg, out, resume, "cogvideox_backbone")
         bb.denoiser.eval().requires_grad_(False)
         return {"ui": {"text": [text]}, "result": (bb, curve, str(res.checkpoint))}

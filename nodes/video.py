@@ -8,6 +8,20 @@ from ..models import runtime
 from ..models import video_io as vio
 
 _PREVIEW_FPS_DEFAULT = 8.0
+PREVIEW_PREFIX = "interplay_preview"
+
+
+def clear_previews() -> int:
+    """Delete Preview Frames' files from the temp folder (what ComfyUI does to its whole temp folder when it
+    starts); the headless runner calls it at the start of each run so previews do not pile up. Returns the count."""
+    folder = runtime.temp_directory()
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.glob(f"{PREVIEW_PREFIX}_*_.webp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def _input_videos() -> list[str]:
@@ -23,17 +37,16 @@ def _input_videos() -> list[str]:
     return sorted(out, key=vio.natural_key)
 
 
-def _resolve_video(node: str, name: str) -> Path:
-    """An absolute path, or a name relative to the input folder; FileNotFoundError lists where it looked."""
+def _resolve_video(node: str, name: str, input_name: str = "video") -> Path:
+    """A name in the input folder (ComfyUI's "name [output]" / "[temp]" annotations pick those folders) or an
+    absolute path inside the pack's folders (runtime.confined_path); FileNotFoundError says where it looked."""
     if not name:
-        raise ValueError(f"{node}: 'video' is empty; expected a file in {runtime.input_directory()} or a path. "
-                         "Fix: upload a video or type its path.")
-    p = Path(name).expanduser()
-    tried = [p] if p.is_absolute() else [runtime.input_directory() / p, p.resolve()]
-    for t in tried:
-        if t.exists():
-            return t
-    raise FileNotFoundError(f"{node}: video {name!r} not found; searched " + ", ".join(str(t) for t in tried))
+        raise ValueError(f"{node}: '{input_name}' is empty; expected a file in {runtime.input_directory()} or a "
+                         "path. Fix: upload a video or type its path.")
+    p = runtime.confined_path(name, node=node, input_name=input_name)
+    if not p.exists():
+        raise FileNotFoundError(f"{node}: '{input_name}' {name!r} not found; searched {p}")
+    return p
 
 
 class InterplayLoadVideo:
@@ -48,9 +61,10 @@ class InterplayLoadVideo:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": (_input_videos(), {"video_upload": True,
-                                        "tooltip": "A video in ComfyUI's input folder (or an absolute path in API "
-                                                   "prompts)."}),
+            "video": (_input_videos(), {"video_upload": True, "interplay_path": "file",
+                                        "tooltip": "A video in ComfyUI's input folder (in API prompts also "
+                                                   "'name [output]', or an absolute path inside ComfyUI's "
+                                                   "folders)."}),
         }, "optional": {
             "frame_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
                                   "tooltip": "Most frames to load; 0 loads all."}),
@@ -62,41 +76,43 @@ class InterplayLoadVideo:
                                     "tooltip": "Resize to this width; 0 keeps the file's (or scales with height)."}),
             "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
                                      "tooltip": "Resize to this height; 0 keeps the file's (or scales with width)."}),
-            "path": ("STRING", {"default": "", "tooltip": "A file or image folder path; when set, used instead of "
-                                                          "'video'."}),
+            "path": ("STRING", {"default": "", "interplay_path": "file",
+                                "tooltip": "A file or image folder (relative to ComfyUI's input folder, or absolute "
+                                           "inside its input, output, temp or model folders); when set, used "
+                                           "instead of 'video'."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, path=""):
-        # Absolute paths are allowed besides the combo's names (API prompts, tests). The file must exist now, so
-        # a missing input is reported at validation, before any model of the graph loads.
+        # Names besides the combo's (annotated names, absolute paths in API prompts) are allowed, so ComfyUI's own
+        # combo check is skipped: the path rule is applied here, and the file must exist now, so a missing input
+        # is reported at validation, before any model of the graph loads.
         node = "InterplayLoadVideo"
-        if path:
-            p = Path(path).expanduser()
-            return True if p.exists() else f"{node}: 'path' {path!r} not found (searched {p.resolve()})"
-        if not (isinstance(video, str) and video):
+        if not (path or (isinstance(video, str) and video)):
             return f"{node}: 'video' is empty; pick a file or set 'path'"
         try:
-            _resolve_video(node, video)
+            _resolve_video(node, path or video, "path" if path else "video")
         except FileNotFoundError as ex:
             return (f"{ex}. Fix: put the file in the input folder {runtime.input_directory()} (interplay run: "
-                    "--input-dir) or give an absolute path")
+                    "--input-dir) or give a path inside the pack's folders")
+        except ValueError as ex:
+            return str(ex)
         return True
 
     @classmethod
     def IS_CHANGED(cls, video, path="", **kw):
         try:
-            p = Path(path) if path else _resolve_video("InterplayLoadVideo", video)
+            p = _resolve_video("InterplayLoadVideo", path or video, "path" if path else "video")
             return f"{p}:{p.stat().st_mtime_ns}"
         except (OSError, ValueError):
             return float("nan")
 
     def load(self, video, frame_cap=0, start_frame=0, every_nth=1, force_width=0, force_height=0, path=""):
         node = "InterplayLoadVideo"
-        p = Path(path).expanduser() if path else _resolve_video(node, video)
-        if path and not p.exists():
-            raise FileNotFoundError(f"{node}: 'path' {path!r} not found (searched {p.resolve()})")
-        frames, fps = vio.load_video(p, frame_cap or None, start=start_frame, every_nth=every_nth)
+        name = "path" if path else "video"
+        p = _resolve_video(node, path or video, name)
+        frames, fps = vio.load_video(p, frame_cap or None, start=start_frame, every_nth=every_nth,
+                                     check=runtime.path_guard(node, name))
         frames = _force_size(frames, force_width, force_height)
         return (frames, float(fps), int(frames.shape[0]))
 
@@ -123,9 +139,11 @@ class InterplayLoadImageSequence:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "folder": ("STRING", {"default": "", "tooltip": "Folder of images; relative names are looked up in "
-                                                            "ComfyUI's input folder."}),
-            "pattern": ("STRING", {"default": "*", "tooltip": "Glob on file names, e.g. frame_*.png."}),
+            "folder": ("STRING", {"default": "", "interplay_path": "folder",
+                                  "tooltip": "Folder of images: relative to ComfyUI's input folder, or absolute "
+                                             "inside its input, output, temp or model folders."}),
+            "pattern": ("STRING", {"default": "*", "interplay_path": "glob",
+                                   "tooltip": "Glob on file names inside the folder, e.g. frame_*.png."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 1000.0, "step": 0.01,
                               "tooltip": "Frame rate of the sequence."}),
             "frame_cap": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Most frames; 0 loads all."}),
@@ -142,14 +160,18 @@ class InterplayLoadImageSequence:
         node = "InterplayLoadImageSequence"
         if not folder:
             raise ValueError(f"{node}: 'folder' is empty; expected a folder of images. Fix: type its path.")
-        p = Path(folder).expanduser()
-        tried = [p] if p.is_absolute() else [runtime.input_directory() / p, p.resolve()]
-        found = next((t for t in tried if t.is_dir()), None)
-        if found is None:
-            raise FileNotFoundError(f"{node}: folder {folder!r} not found; searched "
-                                    + ", ".join(str(t) for t in tried))
-        frames, fps = vio.load_image_sequence(found, pattern, max_frames=frame_cap or None, start=start_frame,
-                                              every_nth=every_nth, fps=fps)
+        found = runtime.confined_path(folder, node=node, input_name="folder")
+        runtime.confined_glob(found, pattern, node=node, input_name="pattern")
+        if not found.is_dir():
+            raise FileNotFoundError(f"{node}: folder {folder!r} not found; searched {found}")
+        try:
+            frames, fps = vio.load_image_sequence(found, pattern, max_frames=frame_cap or None, start=start_frame,
+                                                  every_nth=every_nth, fps=fps,
+                                                  check=runtime.path_guard(node, "pattern"))
+        except runtime.PathRefused:
+            raise
+        except ValueError as ex:  # engine messages name the file; add the node and the input
+            raise ValueError(f"{node}: {ex}") from ex
         frames = _force_size(frames, force_width, force_height)
         return (frames, float(fps), int(frames.shape[0]))
 
@@ -172,7 +194,7 @@ class InterplaySaveVideo:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "Frames [F,H,W,3]."}),
-            "filename_prefix": ("STRING", {"default": "Interplay/video",
+            "filename_prefix": ("STRING", {"default": "Interplay/video", "interplay_path": "save",
                                            "tooltip": "Name prefix; may include a subfolder of the output folder."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 1000.0, "step": 0.01,
                               "tooltip": "Playback frame rate."}),
@@ -211,7 +233,7 @@ class InterplayPreviewFrames:
 
     def preview(self, images, fps=_PREVIEW_FPS_DEFAULT):
         _check_images("InterplayPreviewFrames", images)
-        path, filename, subfolder = vio.counter_path(runtime.temp_directory(), "interplay_preview", "webp")
+        path, filename, subfolder = vio.counter_path(runtime.temp_directory(), PREVIEW_PREFIX, "webp")
         vio.save_video(images, path, fps, format="webp", lossless=False, quality=85)
         return {"ui": {"images": [{"filename": filename, "subfolder": subfolder, "type": "temp"}],
                        "animated": (True,)}}

@@ -17,15 +17,19 @@ def _fresh_runtime(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
 
     monkeypatch.delenv("INTERPLAY_MODELS_DIR", raising=False)
+    monkeypatch.delenv("INTERPLAY_ALLOW_ANY_PATH", raising=False)
+    monkeypatch.setenv("INTERPLAY_INPUT_DIR", str(tmp_path / "input"))  # never ./input of the checkout
     runtime.set_models_root(None)
     runtime.set_input_directory(None)
     runtime.set_output_directory(tmp_path / "output")
+    runtime.set_input_directory(None)
     runtime.clear_interrupt()
     yield
     torch.set_num_threads(threads)
     runtime.set_models_root(None)
     runtime.set_input_directory(None)
     runtime.set_output_directory(None)
+    runtime.set_input_directory(None)
     runtime.clear_interrupt()
 
 
@@ -93,7 +97,7 @@ def tiny_wan21():
 def tiny_models_root(tmp_path_factory):
     """A ComfyUI-style models root with every tiny model (point --models-dir / runtime.set_models_root here).
 
-    Session-wide private copy made of symlinks into the cache (kit.tiny.tiny_models_root documents the layout);
+    Session-wide private copy made of hard links into the cache (kit.tiny.tiny_models_root documents the layout);
     a test that adds files should build its own with kit.tiny.models_root(tmp_path).
     """
     from kit.tiny import models_root

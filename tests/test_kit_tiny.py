@@ -331,6 +331,32 @@ def test_wan_folder_is_the_in_memory_model(variant, request, monkeypatch):
     assert frames.shape == (1, 5, 3, 32, 32) and torch.isfinite(frames).all()
 
 
+@pytest.mark.parametrize("variant", ["2.1-t2v", "2.2-ti2v"])
+def test_wan_t2v_and_ti2v_folders_run_in_the_release_pipelines(variant):
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+    from PIL import Image
+
+    folder = tiny.tiny_wan_dir(variant=variant)
+    mem = tiny.new_wan_modules(0, variant)
+    cls = WanPipeline if variant == "2.1-t2v" else WanImageToVideoPipeline
+    pipe = cls.from_pretrained(folder)
+    for name in ("transformer", "vae", "text_encoder"):
+        _same_weights(getattr(pipe, name), mem[name])
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 8, 32, generator=g)
+    kw = dict(prompt_embeds=emb, negative_prompt_embeds=emb, num_frames=5, num_inference_steps=2, guidance_scale=2.0,
+              output_type="pt", generator=g)
+    if variant == "2.1-t2v":
+        assert pipe.transformer.config.in_channels == pipe.vae.config.z_dim == tiny.WAN_Z
+        frames = pipe(height=32, width=32, **kw).frames
+        assert frames.shape == (1, 5, 3, 32, 32)
+    else:  # Wan2.2 TI2V-5B: 48-channel VAE (16x space), the image as latent frame 0 with per-token timesteps
+        assert pipe.config.expand_timesteps and pipe.vae.config.z_dim == tiny.WAN22_Z == pipe.transformer.config.in_channels
+        frames = pipe(image=Image.new("RGB", (64, 64), (200, 10, 10)), height=64, width=64, **kw).frames
+        assert frames.shape == (1, 5, 3, 64, 64)
+    assert torch.isfinite(frames).all()
+
+
 # ------------------------------------------------------------------------------------------ models root
 def test_models_root_resolves_through_runtime(tiny_models_root, tiny_cogvideox_files, tmp_path):
     from interplay.models import runtime
@@ -342,7 +368,11 @@ def test_models_root_resolves_through_runtime(tiny_models_root, tiny_cogvideox_f
     for kind, name in (("vae", "tiny_cogvideox_vae.safetensors"), ("vae", "tiny_wan_vae.safetensors"),
                        ("text_encoders", "tiny_t5.safetensors"), ("text_encoders", "tiny_umt5.safetensors"),
                        ("clip_vision", "tiny_svd_clip_vision.safetensors"), ("checkpoints", "tiny_svd.safetensors"),
-                       ("diffusion_models", "tiny_wan22_i2v_low_noise.safetensors")):
+                       ("diffusion_models", "tiny_wan22_i2v_low_noise_diffusers.safetensors"),
+                       ("diffusion_models", "tiny_wan2.2_i2v_low_noise_14B.safetensors"),
+                       ("diffusion_models", "tiny_wan2.1_i2v_480p_14B_fp8_e4m3fn_scaled.safetensors"),
+                       ("vae", "tiny_wan2.2_vae.safetensors"), ("text_encoders", "tiny_umt5_xxl.safetensors"),
+                       ("clip_vision", "tiny_clip_vision_h.safetensors")):
         assert name in runtime.list_models(kind), (kind, name)
     if (tiny_models_root / "sam2").exists() and any((tiny_models_root / "sam2").iterdir()):
         assert "sam2.1_hiera_tiny_test.safetensors" in runtime.list_models("sam2")

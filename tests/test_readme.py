@@ -63,6 +63,13 @@ def check_command(command: str) -> list[str]:
     flags = [a.split("=", 1)[0] for a in args if a.startswith("--")]
     if exe in EXTERNAL or exe.endswith("/bin/pip"):
         return []
+    if exe.endswith("bin/torchrun"):  # a launcher: check its options, then the program it launches
+        if "--no-python" not in args:
+            return [f"{command!r}: torchrun needs --no-python to launch a console script"]
+        inner = args[args.index("--no-python") + 1:]
+        bad = _flags_missing([a.split("=", 1)[0] for a in args[:args.index("--no-python")] if a.startswith("--")],
+                             _help(lambda: _torchrun_help()))
+        return [f"{command!r}: torchrun has no option {f}" for f in bad] + check_command(shlex.join(inner))
     if exe in ("interplay", "python"):
         return [f"{command!r}: a bare {exe!r} is not on PATH after scripts/setup.sh; write .venv/bin/{exe}"]
     if exe.endswith("bin/interplay"):
@@ -97,6 +104,12 @@ def check_command(command: str) -> list[str]:
     return [f"{command!r}: {exe!r} is neither this repository's script nor a known program"]
 
 
+def _torchrun_help():
+    from torch.distributed.run import get_args_parser
+
+    get_args_parser().print_help()
+
+
 def test_every_readme_command_runs_as_printed():
     commands = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
     assert len(commands) > 20
@@ -111,6 +124,9 @@ def test_every_readme_command_runs_as_printed():
     (".venv/bin/python -m interplay.models.demo.nobuild --out o", "no module"),
     (".venv/bin/python -m interplay.models.demo.build --evals 3", "no option --evals"),
     (".venv/bin/python scripts/build_everything.py", "no script"),
+    (".venv/bin/torchrun --nproc-per-node 2 .venv/bin/interplay train r.toml", "needs --no-python"),
+    (".venv/bin/torchrun --nprocs 2 --no-python .venv/bin/interplay train r.toml", "has no option --nprocs"),
+    (".venv/bin/torchrun --nproc-per-node 2 --no-python .venv/bin/interplay train r.toml --gpus 2", "no option --gpus"),
 ])
 def test_the_checker_names_what_would_not_run(command, needle):
     assert any(needle in p for p in check_command(command)), check_command(command)

@@ -94,8 +94,8 @@ def _tiny_prompt(name, setup, tmp_path):
             ins.update(dtype="fp32")
         elif ct == "InterplayLoadVideo" and not standin:
             from interplay.models.video_io import save_video
-            save_video(_clip(), tmp_path / "interdyn_driving.mp4", fps=12)
-            ins["video"] = str(tmp_path / "interdyn_driving.mp4")
+            save_video(_clip(), runtime.input_directory() / "interdyn_driving.mp4", fps=12)
+            ins["video"] = "interdyn_driving.mp4"
     return prompt, classes
 
 

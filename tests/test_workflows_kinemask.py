@@ -24,7 +24,9 @@ def setup(tiny_cogvideox, tiny_sam2, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for kind in ("diffusers", "interplay", "sam2", "input"):
         (root / kind).mkdir()
-    (root / "diffusers" / "tiny_cogvideox").symlink_to(tiny_cogvideox, target_is_directory=True)
+    from kit.tiny import _link_or_copy  # hard links: a symlink out of the folder is refused by the path rule
+
+    _link_or_copy(tiny_cogvideox, root / "diffusers" / "tiny_cogvideox")
     from interplay.models.backbones import cogvideox as cog
 
     bb = cog.load_cogvideox(tiny_cogvideox, dtype=torch.float32, device="cpu")
@@ -48,6 +50,7 @@ def _reset_runtime():
     yield
     runtime.set_models_root(None)
     runtime.set_output_directory(None)
+    runtime.set_input_directory(None)
 
 
 def _prompt(setup, weight):
@@ -57,7 +60,8 @@ def _prompt(setup, weight):
     for node in prompt.values():
         ins, ct = node["inputs"], node["class_type"]
         if ct == "InterplayLoadVideo":
-            ins["video"] = str(root / "input" / "kinemask_input.png")
+            runtime.set_input_directory(root / "input")
+            ins["video"] = "kinemask_input.png"
         elif ct == "InterplaySam2Loader":
             ins.update(weights=weights, config=yaml, device="cpu")
         elif ct == "InterplayArrowPainter":

@@ -201,6 +201,18 @@ class Attachment:
         return []
 
 
+def heads_qkv(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """[B, N, heads*d] projections of a diffusers ``Attention`` -> [B, heads, N, d] each, with its per-head QK norm
+    (the step the CogVideoX and SVD slot processors share with diffusers' own processors)."""
+    b, d = q.shape[0], k.shape[-1] // attn.heads
+    q, k, v = (t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The end of every attention chain: diffusers' call, exactly."""
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
@@ -361,3 +373,33 @@ def on_device(bb: Backbone, *modules):
             if m is not None:
                 m.to(bb.offload_device)
         runtime.empty_cache()
+
+
+def seeded_init(module: torch.nn.Module, generator: torch.Generator, skip=()) -> torch.nn.Module:
+    """Re-initialise every Linear, Conv and Embedding of ``module`` from ``generator`` with PyTorch's default
+    distributions (weight kaiming-uniform with a = sqrt(5), bias uniform(+-1/sqrt(fan_in)); embeddings N(0, 1)),
+    so a new module depends on the run's seed and not on the global RNG's history. Layers whose parameters are all
+    in ``skip`` (names the caller overwrites next, e.g. blocks copied from a backbone) are left alone. Norm layers
+    start deterministic (ones/zeros) and are untouched. Zero-initialised layers must be zeroed again after."""
+    import math
+
+    skip = set(skip)
+    with torch.no_grad():
+        for name, m in module.named_modules():
+            own = [f"{name}.{n}" if name else n for n, _ in m.named_parameters(recurse=False)]
+            if not own or all(n in skip for n in own):
+                continue
+            if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+                torch.nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                    torch.nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, torch.nn.Embedding):
+                torch.nn.init.normal_(m.weight, generator=generator)
+    return module
+
+
+def init_generator(seed: int = 0) -> torch.Generator:
+    """The CPU generator new trainable weights (control branches, LoRAs) are drawn from for run seed ``seed``."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + 424_242) % (2 ** 63))

@@ -23,11 +23,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import runtime
-from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device, run_after_block,
-                   run_after_embed, run_begin, run_end)
+from .base import (Backbone, ForwardContext, InputLayout, attention_slots, cast, heads_qkv, on_device,
+                   run_after_block, run_after_embed, run_begin, run_end)
 
 # The release configs (diffusers CogVideoXTransformer3DModel / AutoencoderKLCogVideoX of THUDM/CogVideoX-5b-I2V).
 # The I2V release uses rotary AND learned positional embeddings (patch_embed.pos_embedding is in its weights),
@@ -90,7 +89,7 @@ def _dtype_of(dtype, device):
 
 
 def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", vae_tiling: bool = False,
-                   variant: str | None = None) -> Backbone:
+                   variant: str | None = None, transformer=None) -> Backbone:
     """Load CogVideoX as a frozen :class:`Backbone` (family "cogvideox").
 
     Args:
@@ -101,13 +100,16 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
         offload: "none" keeps everything on ``device``; "model" parks T5, transformer and VAE on the offload
             device and moves each in only for its stage (text encoding, denoising, decoding).
         vae_tiling: tile VAE encode/decode (bounded memory for 480x720 and up).
+        transformer: a CogVideoXTransformer3DModel already built (e.g. the main weights of a released whole
+            transformer folder that also holds a branch); the source's own transformer is then never read, and
+            in single-files mode the transformer file may be omitted.
     """
     if offload not in ("none", "model"):
         raise ValueError(f"CogVideoX loader: offload must be 'none' or 'model'; got {offload!r}")
     device = torch.device(device) if device is not None else runtime.compute_device()
     compute, storage = _dtype_of(dtype, device)
     if isinstance(source, dict):
-        parts = _load_single_files(source)
+        parts = _load_single_files(source, transformer=transformer)
         src = {"kind": "single_files", **{k: str(v) for k, v in source.items() if v is not None}}
     else:
         path = Path(source)
@@ -116,17 +118,19 @@ def load_cogvideox(source, *, dtype=None, device=None, offload: str = "none", va
                 f"CogVideoX loader: {str(path)!r} is not a diffusers folder. Put the model under "
                 f"{[str(p) for p in runtime.model_folders('diffusers')]} (folder with transformer/, vae/, "
                 "text_encoder/, tokenizer/, scheduler/) or use the single-files mode.")
-        parts = _load_diffusers_folder(path)
+        parts = _load_diffusers_folder(path, transformer=transformer)
         src = {"kind": "diffusers", "path": str(path)}
     return assemble_backbone(*parts, dtype=compute, storage_dtype=storage, device=device, offload=offload,
                              vae_tiling=vae_tiling, variant=variant, source=src)
 
 
-def _load_diffusers_folder(path: Path):
+def _load_diffusers_folder(path: Path, transformer=None):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    missing = [p for p in ("transformer", "vae", "text_encoder", "tokenizer") if not (path / p).is_dir()]
+    need = ("vae", "text_encoder", "tokenizer") if transformer is not None else (
+        "transformer", "vae", "text_encoder", "tokenizer")
+    missing = [p for p in need if not (path / p).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"CogVideoX loader: diffusers folder {path} lacks {', '.join(p + '/' for p in missing)} (expected "
@@ -134,7 +138,9 @@ def _load_diffusers_folder(path: Path):
             "whole release folder, or use the single-files mode.")
     from ..weights import from_pretrained
 
-    transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer", "CogVideoX loader (transformer)")
+    if transformer is None:
+        transformer = from_pretrained(CogVideoXTransformer3DModel, path / "transformer",
+                                      "CogVideoX loader (transformer)")
     vae = from_pretrained(AutoencoderKLCogVideoX, path / "vae", "CogVideoX loader (vae)")
     text_encoder = from_pretrained(T5EncoderModel, path / "text_encoder", "CogVideoX loader (text_encoder)")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -147,23 +153,69 @@ def _load_diffusers_folder(path: Path):
 
 
 # ----------------------------------------------------------------------------------------- single files
-def _read_file(path, role: str):
-    from ..weights import read_safetensors
+_KINDS = {"transformer": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}
+# Per part: config keys the weights' shapes pin down (a file's config must agree with them) and bounds for the
+# rest, so a single file's metadata or sidecar cannot size a model (or a loop) the file does not hold.
+SHAPE_KEYS = {
+    "transformer": ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "time_embed_dim",
+                    "text_embed_dim", "num_layers", "patch_size", "patch_size_t", "use_learned_positional_embeddings"),
+    "vae": ("block_out_channels", "latent_channels", "layers_per_block"),
+    "text_encoder": ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                     "relative_attention_num_buckets", "feed_forward_proj"),
+}
+CONFIG_BOUNDS = {
+    "transformer": dict(num_attention_heads=(1, 256), attention_head_dim=(1, 1024), in_channels=(1, 1024),
+                        out_channels=(1, 1024), time_embed_dim=(1, 1 << 16), text_embed_dim=(1, 1 << 16),
+                        num_layers=(1, 256), patch_size=(1, 64), patch_size_t=(1, 64), ofs_embed_dim=(1, 1 << 16),
+                        sample_width=(1, 4096), sample_height=(1, 4096), sample_frames=(1, 4096),
+                        temporal_compression_ratio=(1, 16), max_text_seq_length=(1, 4096), dropout=(0, 1),
+                        norm_eps=(0, 1), spatial_interpolation_scale=(0, 1e4), temporal_interpolation_scale=(0, 1e4),
+                        freq_shift=(-1e4, 1e4)),
+    "vae": dict(in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192), latent_channels=(1, 1024),
+                layers_per_block=(1, 16), norm_num_groups=(1, 1024), temporal_compression_ratio=(1, 16),
+                sample_height=(1, 8192), sample_width=(1, 8192), norm_eps=(0, 1), scaling_factor=(0, 1e3)),
+    "text_encoder": dict(vocab_size=(1, 1 << 20), d_model=(1, 1 << 16), d_kv=(1, 4096), d_ff=(1, 1 << 18),
+                         num_layers=(1, 256), num_heads=(1, 256), relative_attention_num_buckets=(1, 4096),
+                         relative_attention_max_distance=(1, 1 << 16), dropout_rate=(0, 1)),
+}
+
+
+def _read_config(path, role: str):
+    """(header as meta tensors, config or None) of a single file: only its header is read. The config comes from
+    the ``config`` metadata, else a sidecar ``<stem>.json``; a bad one is named with the file."""
+    from ..weights import metadata_json, read_header, read_json_config
 
     path = Path(path)
     if not path.is_file():
-        kind = {"transformer": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}[role]
+        kind = _KINDS[role]
         raise FileNotFoundError(f"CogVideoX loader: {role} file {str(path)!r} not found; searched "
                                 f"{[str(p) for p in runtime.model_folders(kind)]}. Put it in models/{kind}/.")
-    sd, meta = read_safetensors(path, f"CogVideoX loader ({role})")
+    what = f"CogVideoX loader ({role})"
+    header, meta = read_header(path, what)
     cfg = None
     if "config" in meta:
-        cfg = json.loads(meta["config"])
+        cfg = metadata_json(meta, "config", path, what)
     else:
         side = path.with_suffix(".json")
         if side.is_file():
-            cfg = json.loads(side.read_text())
-    return sd, cfg
+            cfg = read_json_config(side, what)
+    return header, cfg
+
+
+def _file_config(role: str, path, inferred: dict, cfg: dict | None) -> dict:
+    """The inferred config with the file's own config over it: the file's may fill in what shapes cannot tell
+    (within CONFIG_BOUNDS) but never contradict a shape (SHAPE_KEYS)."""
+    from ..weights import check_config
+
+    pinned = {k: inferred[k] for k in SHAPE_KEYS[role] if k in inferred}
+    return check_config({**inferred, **(cfg or {})}, CONFIG_BOUNDS[role], path, f"CogVideoX loader ({role})",
+                        inferred=pinned)
+
+
+def _read_weights(path, role: str) -> dict:
+    from ..weights import read_safetensors
+
+    return read_safetensors(path, f"CogVideoX loader ({role})")[0]
 
 
 def _strip_prefix(sd: dict, prefixes) -> dict:
@@ -286,12 +338,9 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
     cands = [Path(tokenizer)] if tokenizer else []
     te = Path(text_encoder_path)
     cands += [te.parent / f"{te.stem}_tokenizer", te.parent / "tokenizer", te.parent / "t5_tokenizer"]
-    if runtime.in_comfyui():  # ComfyUI ships the T5 tokenizer files beside its text encoders
-        import importlib.util
-
-        spec = importlib.util.find_spec("comfy")
-        if spec and spec.submodule_search_locations:
-            cands.append(Path(list(spec.submodule_search_locations)[0]) / "text_encoders" / "t5_tokenizer")
+    shipped = runtime.comfy_resource("text_encoders", "t5_tokenizer")  # ComfyUI ships T5's tokenizer files
+    if shipped is not None:
+        cands.append(shipped)
     for c in cands:
         if c.is_dir():
             return AutoTokenizer.from_pretrained(c)
@@ -300,48 +349,68 @@ def _find_tokenizer(text_encoder_path: Path, tokenizer):
                             f"beside the text encoder as {te.stem}_tokenizer/.")
 
 
-def _load_single_files(files: dict):
+def _load_single_files(files: dict, transformer=None):
+    """Each part: header first, config checked against the shapes and bounds, model built on the meta device and
+    compared key by key (weights.build_checked), and only then the weights read and put in place."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    for role in ("transformer", "vae", "text_encoder"):
+    from ..weights import build_checked
+
+    for role in ("vae", "text_encoder") if transformer is not None else ("transformer", "vae", "text_encoder"):
         if not files.get(role):
             raise ValueError(f"CogVideoX loader: single-files mode needs a {role} file; got none")
-    sd, cfg = _read_file(files["transformer"], "transformer")
-    sd = _strip_prefix(sd, ("model.diffusion_model.", "transformer."))
-    cfg = {**infer_transformer_config(sd, files["transformer"]), **(cfg or {})}
-    with torch.device("meta"):  # no throw-away random init of billions of weights
-        transformer = CogVideoXTransformer3DModel(**cfg)
-    _load_checked(transformer, sd, files["transformer"],
-                  "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32).")
-    _fix_buffers(transformer, cfg)
-    sd, vcfg = _read_file(files["vae"], "vae")
-    sd = _strip_prefix(sd, ("vae.", "first_stage_model."))
-    vcfg = {**infer_vae_config(sd, files["vae"]), **(vcfg or {})}
-    with torch.device("meta"):
-        vae = AutoencoderKLCogVideoX(**vcfg)
-    _load_checked(vae, sd, files["vae"], "Fix: use the CogVideoX VAE (16 latent channels, 4x time).")
-    sd, tcfg = _read_file(files["text_encoder"], "text_encoder")
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
-    tcfg = {**infer_t5_config(sd, files["text_encoder"]), **(tcfg or {})}
-    with torch.device("meta"):
-        te = T5EncoderModel(T5Config(**tcfg))
-    sd.setdefault("shared.weight", sd.get("encoder.embed_tokens.weight"))
-    sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
-    _load_checked(te, sd, files["text_encoder"],
-                  "Fix: use a T5-v1.1-XXL encoder (t5xxl_fp16.safetensors), 24 blocks of width 4096.")
+    t_pre, v_pre = ("model.diffusion_model.", "transformer."), ("vae.", "first_stage_model.")
+
+    if transformer is None:  # else a prebuilt one (e.g. from a released PAM folder)
+        path = files["transformer"]
+        header, cfg = _read_config(path, "transformer")
+        header = _strip_prefix(header, t_pre)
+        cfg = _file_config("transformer", path, infer_transformer_config(header, path), cfg)
+        fix = "Fix: pick the transformer of the same release (5B-I2V: 42 blocks, in_channels 32)."
+        transformer = build_checked(lambda: CogVideoXTransformer3DModel(**cfg), header, path,
+                                    "CogVideoX loader (transformer)", optional=("pos_embedding",), fix=fix)
+        _load_checked(transformer, _strip_prefix(_read_weights(path, "transformer"), t_pre), path, fix)
+        _fix_buffers(transformer)
+
+    path = files["vae"]
+    header, vcfg = _read_config(path, "vae")
+    header = _strip_prefix(header, v_pre)
+    vcfg = _file_config("vae", path, infer_vae_config(header, path), vcfg)
+    fix = "Fix: use the CogVideoX VAE (16 latent channels, 4x time)."
+    vae = build_checked(lambda: AutoencoderKLCogVideoX(**vcfg), header, path, "CogVideoX loader (vae)", fix=fix)
+    _load_checked(vae, _strip_prefix(_read_weights(path, "vae"), v_pre), path, fix)
+
+    path = files["text_encoder"]
+    header, tcfg = _read_config(path, "text_encoder")
+
+    def t5_keys(sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+        sd.setdefault("shared.weight", sd.get("encoder.embed_tokens.weight"))
+        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+        return sd
+
+    header = {k: v for k, v in header.items() if not k.startswith("decoder.")}
+    tcfg = _file_config("text_encoder", path, infer_t5_config(header, path), tcfg)
+    header = t5_keys(header)
+    fix = "Fix: use a T5-v1.1-XXL encoder (t5xxl_fp16.safetensors), 24 blocks of width 4096."
+    te = build_checked(lambda: T5EncoderModel(T5Config(**tcfg)), header, path, "CogVideoX loader (text_encoder)",
+                       fix=fix)
+    _load_checked(te, t5_keys(_read_weights(path, "text_encoder")), path, fix)
     tok = _find_tokenizer(Path(files["text_encoder"]), files.get("tokenizer"))
     sched = dict(SCHEDULER_DEFAULTS)
-    if cfg["num_attention_heads"] * cfg["attention_head_dim"] == 1920:
+    tc = transformer.config
+    if tc.num_attention_heads * tc.attention_head_dim == 1920:
         sched["snr_shift_scale"] = 3.0
     return transformer, vae, te, tok, sched
 
 
-def _fix_buffers(transformer, cfg):
-    """Non-persistent buffers (sin-cos positions of 2B) are not in files; rebuild them after meta init."""
+def _fix_buffers(transformer, cfg=None):
+    """Positional tables left on the meta device (2B's non-persistent sin-cos positions, or a file saved without
+    its frozen table) are not in files; rebuild them, as at init, after a meta build."""
     pe = transformer.patch_embed
-    if getattr(pe, "use_positional_embeddings", False) and not getattr(pe, "use_learned_positional_embeddings",
-                                                                       False):
+    b = getattr(pe, "pos_embedding", None)
+    if isinstance(b, torch.Tensor) and b.is_meta:
         pe.pos_embedding = pe._get_positional_embeddings(pe.sample_height, pe.sample_width, pe.sample_frames)
 
 
@@ -449,7 +518,7 @@ def _tiny_t5(d_model: int):
     """A tiny T5 + the pack's local tokenizer (no download), for random backbones."""
     from transformers import T5Config, T5EncoderModel
 
-    from ..demo.tokenizer import build_tokenizer
+    from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=1, num_heads=2,
@@ -569,21 +638,13 @@ class SlotProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
             attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = k.shape[-1] // attn.heads
-        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
-        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
-        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = heads_qkv(attn, attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states))
         if image_rotary_emb is not None:
             q[:, :, n_text:] = apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)
             if not attn.is_cross_attention:
                 k[:, :, n_text:] = apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)
         out = self.chain(attention_mask)(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d)
+        out = out.transpose(1, 2).flatten(2)
         out = attn.to_out[1](attn.to_out[0](out))
         enc, out = out.split([n_text, out.size(1) - n_text], dim=1)
         return out, enc

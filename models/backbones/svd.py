@@ -17,30 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import runtime
-from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, on_device,
+from .base import (Attachment, Backbone, ForwardContext, InputLayout, attention_slots, cast, heads_qkv, on_device,
                    run_after_block, run_after_embed, run_begin, run_end)
 
-# The reference scheduler config of the SVD release (EDM Euler, Karras sigmas, v-prediction).
-SVD_SCHEDULER_DEFAULTS = {
-    "prediction_type": "v_prediction",
-    "sigma_min": 0.002,
-    "sigma_max": 700.0,
-    "use_karras_sigmas": True,
-    "timestep_type": "continuous",
-    "rho": 7.0,
-}
-
-# Real configs (diffusers UNetSpatioTemporalConditionModel): SVD 14 frames and SVD-XT 25 frames differ only in
-# num_frames (a default, not a weight shape). Heads (5, 10, 20, 20) are 64 channels each, the release's and
-# diffusers' default; they change no weight shape, so a wrong value loads strictly and runs wrong attention.
-SVD_UNET_CONFIG = dict(
-    sample_size=96, in_channels=8, out_channels=4,
-    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
-    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-    transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20), num_frames=14,
-)
+from .svd_configs import SVD_SCHEDULER_DEFAULTS, SVD_UNET_CONFIG, SVD_VAE_CONFIG, VIT_H_CONFIG  # noqa: F401
 
 # Tiny configs of the same classes for tests and the CPU benchmark: 4 blocks (so the 12-skip layout and the
 # residual multiplicities are the real ones), 32 channels (GroupNorm needs multiples of 32).
@@ -175,7 +155,6 @@ def random_backbone(size: str = "tiny", *, dtype=torch.float32, device="cpu", se
 
     torch.manual_seed(seed)
     device = torch.device(device)
-    from .svd_convert import SVD_VAE_CONFIG, VIT_H_CONFIG
 
     if size not in ("tiny", "full", "full_all"):
         raise ValueError(f"random_backbone: size must be tiny, full or full_all; got {size!r}")
@@ -398,17 +377,9 @@ class SlotProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        d = k.shape[-1] // attn.heads
-        q = q.view(b, -1, attn.heads, d).transpose(1, 2)
-        k = k.view(b, -1, attn.heads, d).transpose(1, 2)
-        v = v.view(b, -1, attn.heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = heads_qkv(attn, q, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states))
         out = self.chain(attention_mask)(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d).to(q.dtype)
+        out = out.transpose(1, 2).flatten(2).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
@@ -495,6 +466,25 @@ def unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: to
     h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
     out = h.reshape(batch, frames, *h.shape[1:])
     return run_end(ctx, atts, out) if atts else out
+
+
+def compile_blocks(bb: Backbone, attachments=(), **kw) -> int:
+    """Regional compile: every ``SpatioTemporalResBlock`` and ``TransformerSpatioTemporalModel`` of the UNet (and of
+    the attachments' modules, e.g. the InterDyn encoder copy) compiled in place (``nn.Module.compile``; the repeated
+    blocks of a size share a graph, so the first compile stays short). ``kw`` go to torch.compile. Returns how many
+    blocks were compiled."""
+    from diffusers.models.resnet import SpatioTemporalResBlock
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    kw.setdefault("dynamic", False)
+    kinds = (SpatioTemporalResBlock, TransformerSpatioTemporalModel)
+    mods = [m for m in bb.denoiser.modules() if isinstance(m, kinds)]
+    for att in attachments:
+        for mod in att.modules():
+            mods += [m for m in mod.modules() if isinstance(m, kinds)]
+    for m in mods:
+        m.compile(**kw)
+    return len(mods)
 
 
 def _bare(unet) -> Backbone:

@@ -20,17 +20,12 @@ from pathlib import Path
 
 import torch
 
-from ..weights import read_safetensors
+from ..weights import WeightsFileError, build_checked, check_config, metadata_json, read_header, read_safetensors
+from .svd_configs import SVD_SCHEDULER_DEFAULTS, SVD_UNET_CONFIG, SVD_VAE_CONFIG, VIT_H_CONFIG  # noqa: F401
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
-
-SVD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                      sample_size=768, scaling_factor=0.18215, force_upcast=True)
-VIT_H_CONFIG = dict(hidden_size=1280, intermediate_size=5120, projection_dim=1024, num_hidden_layers=32,
-                    num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
 
 _RES = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
         ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
@@ -252,6 +247,29 @@ def openclip_to_hf(visual: dict, clip_config) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- loading
+# A file's configs (``interplay_configs`` metadata) are bounded before anything is built from them; the modules
+# are then built on the meta device and compared key by key with the converted weights (weights.build_checked).
+UNET_BOUNDS = dict(sample_size=(1, 4096), in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192),
+                   addition_time_embed_dim=(1, 8192), projection_class_embeddings_input_dim=(1, 1 << 16),
+                   layers_per_block=(1, 16), cross_attention_dim=(1, 1 << 16), transformer_layers_per_block=(1, 16),
+                   num_attention_heads=(1, 256), num_frames=(1, 1024))
+VAE_BOUNDS = dict(in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192), layers_per_block=(1, 16),
+                  latent_channels=(1, 1024), sample_size=(1, 8192), scaling_factor=(0, 1e3))
+CLIP_BOUNDS = dict(hidden_size=(1, 1 << 16), intermediate_size=(1, 1 << 18), projection_dim=(1, 1 << 16),
+                   num_hidden_layers=(1, 256), num_attention_heads=(1, 256), image_size=(1, 4096),
+                   patch_size=(1, 1024), layer_norm_eps=(0, 1))
+
+
+def _bounded(cfg: dict, bounds: dict, path, what: str) -> dict:
+    from ..weights import WeightsFileError, check_config
+
+    for key in ("down_block_types", "up_block_types"):
+        v = cfg.get(key, ())
+        if not isinstance(v, (list, tuple)) or len(v) > 8 or not all(isinstance(t, str) for t in v):
+            raise WeightsFileError(f"{what}: {path}: config {key}={v!r}; expected at most 8 block type names")
+    return check_config(cfg, bounds, path, what)
+
+
 def load_single_file(path, clip_vision=None):
     """Load an original-layout SVD checkpoint into diffusers modules.
 
@@ -261,25 +279,47 @@ def load_single_file(path, clip_vision=None):
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from . import svd as svdb
 
     path = Path(path)
     if path.suffix.lower() not in (".safetensors", ".sft"):
         raise ValueError(f"SVD loader: {path.name} is not a .safetensors file; only safetensors are read "
                          "(convert .ckpt files first)")
-    sd, meta = read_safetensors(path, "SVD loader")
-    cfgs = json.loads(meta["interplay_configs"]) if "interplay_configs" in meta else {}
-    if not any(k.startswith(UNET_PREFIX) for k in sd):
+    header, meta = read_header(path, "SVD loader")  # configs are checked before the weights are read
+    cfgs = metadata_json(meta, "interplay_configs", path, "SVD loader") if "interplay_configs" in meta else {}
+    if not any(k.startswith(UNET_PREFIX) for k in header):
         raise ValueError(f"SVD loader: {path.name} has no '{UNET_PREFIX}*' keys; it is not an original-layout "
                          "SVD checkpoint (a diffusers unet file goes in a diffusers folder)")
-    unet_cfg = cfgs.get("unet") or dict(svdb.SVD_UNET_CONFIG, num_frames=25 if "xt" in path.name.lower() else 14)
+    unet_cfg = cfgs.get("unet") or dict(SVD_UNET_CONFIG, num_frames=25 if "xt" in path.name.lower() else 14)
     vae_cfg = cfgs.get("vae") or dict(SVD_VAE_CONFIG)
     clip_cfg = cfgs.get("clip") or dict(VIT_H_CONFIG)
+    for c in (unet_cfg, vae_cfg, clip_cfg):
+        if not isinstance(c, dict):
+            raise WeightsFileError(f"SVD loader: {path}: interplay_configs must hold objects; got {c!r}")
+    unet_cfg, vae_cfg = _bounded(unet_cfg, UNET_BOUNDS, path, "SVD loader"), _bounded(vae_cfg, VAE_BOUNDS, path,
+                                                                                     "SVD loader")
+    clip_cfg = check_config(clip_cfg, CLIP_BOUNDS, path, "SVD loader")
     for c in (unet_cfg, vae_cfg):
         for k, v in list(c.items()):
             if isinstance(v, list):
                 c[k] = tuple(v)
-    unet_sd, vae_sd, clip_sd = original_to_diffusers(sd, unet_cfg, vae_cfg, clip_cfg)
+    try:  # the key mapping runs on the header's meta tensors first: nothing is read for a file that fails it
+        unet_h, vae_h, _ = original_to_diffusers(header, unet_cfg, vae_cfg, clip_cfg)
+    except KeyError as ex:
+        raise WeightsFileError(f"SVD loader: {path}: the weights do not follow the config (no {ex}); pick the "
+                               "original svd/svd_xt checkpoint or save it again") from ex
+    except ValueError as ex:  # the converter's own checks (missing keys): add which file
+        raise WeightsFileError(f"SVD loader: {path}: {ex}") from ex
+    fix = "Pick an original SVD img2vid checkpoint (svd.safetensors / svd_xt.safetensors)."
+    build_checked(lambda: UNetSpatioTemporalConditionModel(**unet_cfg), unet_h, path, "SVD loader (unet)", fix=fix)
+    build_checked(lambda: AutoencoderKLTemporalDecoder(**vae_cfg), vae_h, path, "SVD loader (vae)", fix=fix)
+    sd = read_safetensors(path, "SVD loader")[0]
+    try:
+        unet_sd, vae_sd, clip_sd = original_to_diffusers(sd, unet_cfg, vae_cfg, clip_cfg)
+    except KeyError as ex:
+        raise WeightsFileError(f"SVD loader: {path}: the weights do not follow the config (no {ex}); pick the "
+                               "original svd/svd_xt checkpoint or save it again") from ex
+    except ValueError as ex:  # the converter's own checks (missing keys): add which file
+        raise WeightsFileError(f"SVD loader: {path}: {ex}") from ex
     del sd
     unet = UNetSpatioTemporalConditionModel(**unet_cfg)
     unet.load_state_dict(unet_sd, strict=True)
@@ -290,19 +330,24 @@ def load_single_file(path, clip_vision=None):
             raise ValueError(f"SVD loader: {path.name} holds no CLIP image encoder; pick a clip_vision file "
                              "(CLIP ViT-H/14, e.g. clip_vision_h.safetensors)")
         clip_sd, clip_cfg = load_clip_vision_file(clip_vision, clip_cfg)
+        clip_cfg = check_config(clip_cfg, CLIP_BOUNDS, clip_vision, "SVD loader (clip_vision)")
+    build_checked(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_cfg)), clip_sd,
+                  clip_vision if clip_sd is not None and clip_vision is not None else path, "SVD loader (clip_vision)",
+                  optional=("position_ids",), fix="Use CLIP ViT-H/14 (clip_vision_h.safetensors).")
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_cfg))
     res = image_encoder.load_state_dict(clip_sd, strict=False)
     bad = [k for k in res.missing_keys if not k.endswith("position_ids")] + list(res.unexpected_keys)
     if bad:
         raise ValueError(f"SVD loader: CLIP image encoder weights do not match ViT config: {bad[:6]}")
-    return unet, vae, image_encoder, None, dict(svdb.SVD_SCHEDULER_DEFAULTS)
+    return unet, vae, image_encoder, None, dict(SVD_SCHEDULER_DEFAULTS)
 
 
 def load_clip_vision_file(path, default_config=None):
     """A clip_vision file in HF layout (vision_model.*, visual_projection.weight) or OpenCLIP layout."""
     path = Path(path)
     sd, meta = read_safetensors(path, "SVD loader (clip_vision)")
-    cfg = (json.loads(meta["interplay_configs"]).get("clip") if "interplay_configs" in meta else None) \
+    cfg = (metadata_json(meta, "interplay_configs", path, "SVD loader (clip_vision)").get("clip")
+           if "interplay_configs" in meta else None) \
         or dict(default_config or VIT_H_CONFIG)
     if any(k.startswith("vision_model.") for k in sd):
         sd = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}

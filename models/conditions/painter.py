@@ -227,13 +227,13 @@ def masks_for_drawing(drawing: Drawing, image: torch.Tensor, sam=None, masks: to
 
 
 # ---------------------------------------------------------------------------------------------- control
-def check_num_frames(num_frames: int, input_name: str = "num_frames") -> int:
-    """CogVideoX frame counts are 8k+1 (1, 9, 17, ..., 49): the backbone's own rule (cogvideox.frame_count_ok at
-    the released 4x time compression), so a count the painter accepts is one the sampler takes."""
-    from ..backbones.cogvideox import frame_count_ok
-
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not frame_count_ok(num_frames):
-        raise ValueError(f"`{input_name}` must be 8k+1 (1, 9, 17, ..., 49) for CogVideoX; got {num_frames!r}")
+def check_num_frames(num_frames: int, input_name: str = "num_frames", ok=None,
+                     rule: str = "8k+1 (1, 9, 17, ..., 49) for CogVideoX") -> int:
+    """A whole, positive frame count that the consumer's rule ``ok(n) -> bool`` accepts (the node passes the
+    backbone's, e.g. ``cogvideox.frame_count_ok``), so a count the painter accepts is one the sampler takes."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 \
+            or (ok is not None and not ok(num_frames)):
+        raise ValueError(f"`{input_name}` must be {rule}; got {num_frames!r}")
     return num_frames
 
 

@@ -25,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 
 from ..backbones import svd
-from ..backbones.base import Attachment, cast, plain_state_dict
+from ..backbones.base import Attachment, cast, init_generator, plain_state_dict, seeded_init
 from . import registry
 from .base import ControlBranch
 
@@ -126,25 +126,33 @@ class InterDynBranch(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_unet(cls, unet, conditioning_channels: int = 3, conditioning_embedding_out_channels=(16, 32, 96, 256),
-                  copy_add_embedding: bool = True, load_weights_from_unet: bool = True) -> "InterDynBranch":
+                  copy_add_embedding: bool = True, load_weights_from_unet: bool = True,
+                  generator: torch.Generator | None = None) -> "InterDynBranch":
         """A fresh branch copying the UNet's encoder. ``copy_add_embedding=False`` reproduces the release (its
-        fps/motion/aug MLP started random)."""
+        fps/motion/aug MLP started random). What is not copied is drawn from ``generator`` (default:
+        backbones.base.init_generator(0)), never the global RNG; the zero convolutions stay zero."""
         c = unet.config
-        branch = cls(
-            sample_size=c.sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
-            down_block_types=tuple(c.down_block_types), up_block_types=tuple(c.up_block_types),
-            block_out_channels=tuple(c.block_out_channels), addition_time_embed_dim=c.addition_time_embed_dim,
-            projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
-            layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
-            transformer_layers_per_block=c.transformer_layers_per_block,
-            num_attention_heads=c.num_attention_heads, num_frames=c.num_frames,
-            conditioning_channels=conditioning_channels,
-            conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
-        )
+        with torch.random.fork_rng(devices=[]):  # the default init is redrawn below: keep the global RNG unmoved
+            branch = cls(
+                sample_size=c.sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
+                down_block_types=tuple(c.down_block_types), up_block_types=tuple(c.up_block_types),
+                block_out_channels=tuple(c.block_out_channels), addition_time_embed_dim=c.addition_time_embed_dim,
+                projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
+                layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
+                transformer_layers_per_block=c.transformer_layers_per_block,
+                num_attention_heads=c.num_attention_heads, num_frames=c.num_frames,
+                conditioning_channels=conditioning_channels,
+                conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+            )
+        names = ["conv_in", "time_embedding", "down_blocks", "mid_block"] if load_weights_from_unet else []
+        if load_weights_from_unet and copy_add_embedding:
+            names.append("add_embedding")
+        copied = {n for n, _ in branch.named_parameters() if n.split(".")[0] in names}
+        seeded_init(branch, generator if generator is not None else init_generator(0), skip=copied)
+        for zero in (branch.controlnet_cond_embedding.conv_out, branch.controlnet_down_blocks,
+                     branch.controlnet_mid_block):
+            _zero(zero)
         if load_weights_from_unet:
-            names = ["conv_in", "time_embedding", "down_blocks", "mid_block"]
-            if copy_add_embedding:
-                names.append("add_embedding")
             for name in names:
                 getattr(branch, name).load_state_dict(plain_state_dict(getattr(unet, name)))
         p = next(unet.parameters())
@@ -221,14 +229,39 @@ def save_branch(branch: ControlBranch, path, layout: str = "file") -> Path:
     return path
 
 
+# A file's config is bounded before anything is built from it (weights.check_config); the meta build then
+# compares every key and shape with the header.
+CONFIG_BOUNDS = dict(sample_size=(1, 4096), in_channels=(1, 64), out_channels=(1, 64), block_out_channels=(1, 8192),
+                     addition_time_embed_dim=(1, 8192), projection_class_embeddings_input_dim=(1, 1 << 16),
+                     layers_per_block=(1, 16), cross_attention_dim=(1, 1 << 16), transformer_layers_per_block=(1, 16),
+                     num_attention_heads=(1, 256), num_frames=(1, 1024), conditioning_channels=(1, 64),
+                     conditioning_embedding_out_channels=(1, 8192))
+BLOCK_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
+_WHAT = "InterDyn branch"
+
+
+def _checked_config(cfg: dict, w_path: Path) -> dict:
+    from ..weights import WeightsFileError, check_config
+
+    cfg = _clean_config(cfg)
+    kinds = cfg.get("down_block_types", BLOCK_TYPES[:1])
+    if not isinstance(kinds, (list, tuple)) or not 1 <= len(kinds) <= 8 or any(k not in BLOCK_TYPES for k in kinds):
+        raise WeightsFileError(f"{_WHAT}: {w_path}: config down_block_types={kinds!r}; expected 1 to 8 of "
+                               f"{', '.join(BLOCK_TYPES)}")
+    cfg.pop("up_block_types", None)  # not part of the branch
+    return check_config(cfg, CONFIG_BOUNDS, w_path, _WHAT)
+
+
 def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = None) -> ControlBranch:
     """Load an InterDyn branch by parameter name: a released-layout folder (config.json +
     diffusion_pytorch_model.safetensors), that safetensors file with its config.json beside it, or a single file
     written by :func:`save_branch`. Raises ValueError listing missing/unexpected keys.
 
-    ``residual_rule``: None keeps the file's rule; folders without one (the release) get "quirk".
+    The config (metadata or config.json) is bounded, the model built on the meta device and every key and shape
+    compared with the file's header before the weights are read: a small file cannot make it allocate a large
+    model. ``residual_rule``: None keeps the file's rule; folders without one (the release) get "quirk".
     """
-    from ..weights import read_metadata, read_safetensors
+    from ..weights import build_checked, metadata_json, read_header, read_json_config, read_safetensors
 
     path = Path(path)
     if path.is_dir():
@@ -236,36 +269,29 @@ def load_branch(path, *, dtype=None, device=None, residual_rule: str | None = No
         if not w_path.is_file():
             cands = sorted(path.glob("*.safetensors"))
             if len(cands) != 1:
-                raise FileNotFoundError(f"InterDyn branch: no {WEIGHTS_NAME} in {path}")
+                raise FileNotFoundError(f"{_WHAT}: no {WEIGHTS_NAME} in {path}")
             w_path = cands[0]
     elif path.is_file():
         w_path, cfg_path = path, path.parent / CONFIG_NAME
     else:
-        raise FileNotFoundError(f"InterDyn branch: {path} does not exist")
-    meta = read_metadata(w_path, "InterDyn branch")
+        raise FileNotFoundError(f"{_WHAT}: {path} does not exist")
+    header, meta = read_header(w_path, _WHAT)
     if "config" in meta:
-        cfg = json.loads(meta["config"])
+        cfg = metadata_json(meta, "config", w_path, _WHAT)
         file_rule = meta.get("residual_rule", "quirk")
     elif cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json_config(cfg_path, _WHAT)
         file_rule = cfg.get("interplay_residual_rule", "quirk")
     else:
-        raise ValueError(f"InterDyn branch: {w_path.name} has no config in its metadata and no {CONFIG_NAME} "
+        raise ValueError(f"{_WHAT}: {w_path.name} has no config in its metadata and no {CONFIG_NAME} "
                          f"beside it ({cfg_path}); put the release's config.json next to the weights")
-    module = InterDynBranch(**_clean_config(cfg))
-    sd = read_safetensors(w_path, "InterDyn branch")[0]
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = [k for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or bad:
-        raise ValueError(f"InterDyn branch {w_path}: weights do not match the config: missing {missing[:8]} "
-                         f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)}), wrong shape "
-                         f"{bad[:8]}")
-    module.load_state_dict(sd, strict=True)
+    args = _checked_config(cfg, w_path)
+    module = build_checked(lambda: InterDynBranch(**args), header, w_path, _WHAT,
+                           fix="Pick the InterDyn branch made for this SVD backbone, or save it again.")
+    sd = read_safetensors(w_path, _WHAT)[0]
+    module.load_state_dict(sd, strict=True, assign=True)
     module.requires_grad_(False).eval()
-    if device is not None or dtype is not None:
-        cast(module, device=device, dtype=dtype)
+    cast(module, device=device, dtype=dtype if dtype is not None else torch.float32)
     rule = residual_rule or file_rule
     return ControlBranch(kind="interdyn", family="svd", module=module,
                          config={"model": dict(module.config), "residual_rule": rule}, source=str(w_path))

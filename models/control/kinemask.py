@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import Attachment, cast, plain_state_dict
+from ..backbones.base import Attachment, cast, init_generator, plain_state_dict, seeded_init
 from . import registry
 from .base import ControlBranch
 
@@ -132,36 +132,44 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------- building
     @classmethod
     def from_transformer(cls, transformer, num_layers: int = 8, downscale: int = 8, in_channels: int = 3,
-                         out_proj: bool = True, init_blocks: bool = True) -> "KineMaskBranch":
+                         out_proj: bool = True, init_blocks: bool = True,
+                         generator: torch.Generator | None = None) -> "KineMaskBranch":
         """A branch sized like ``transformer`` (a CogVideoXTransformer3DModel): blocks, text projection, time
         embedding (and learned positions) copied from its first ``num_layers`` blocks; the patch-embedding
-        projection is new (more input channels); out projections zero."""
+        projection is new (more input channels); out projections zero. Whatever is not copied (the control
+        encoder) is drawn from ``generator`` (default: backbones.base.init_generator(0)), never the global RNG."""
         c = transformer.config
         if num_layers > c.num_layers:
             raise ValueError(f"KineMask branch: num_layers {num_layers} exceeds the backbone's {c.num_layers} blocks")
         vae_channels = c.out_channels
-        branch = cls(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
-                     vae_channels=vae_channels, in_channels=in_channels, downscale_coef=downscale,
-                     flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, time_embed_dim=c.time_embed_dim,
-                     num_layers=num_layers, attention_bias=c.attention_bias, sample_width=c.sample_width,
-                     sample_height=c.sample_height, sample_frames=c.sample_frames, patch_size=c.patch_size,
-                     temporal_compression_ratio=c.temporal_compression_ratio,
-                     max_text_seq_length=c.max_text_seq_length, activation_fn=c.activation_fn,
-                     timestep_activation_fn=c.timestep_activation_fn,
-                     norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
-                     spatial_interpolation_scale=c.spatial_interpolation_scale,
-                     temporal_interpolation_scale=c.temporal_interpolation_scale,
-                     use_rotary_positional_embeddings=c.use_rotary_positional_embeddings,
-                     use_learned_positional_embeddings=c.use_learned_positional_embeddings,
-                     text_embed_dim=c.text_embed_dim, out_proj=out_proj)
+        with torch.random.fork_rng(devices=[]):  # the default init is redrawn below: keep the global RNG unmoved
+            branch = cls(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+                         vae_channels=vae_channels, in_channels=in_channels, downscale_coef=downscale,
+                         flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, time_embed_dim=c.time_embed_dim,
+                         num_layers=num_layers, attention_bias=c.attention_bias, sample_width=c.sample_width,
+                         sample_height=c.sample_height, sample_frames=c.sample_frames, patch_size=c.patch_size,
+                         temporal_compression_ratio=c.temporal_compression_ratio,
+                         max_text_seq_length=c.max_text_seq_length, activation_fn=c.activation_fn,
+                         timestep_activation_fn=c.timestep_activation_fn,
+                         norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
+                         spatial_interpolation_scale=c.spatial_interpolation_scale,
+                         temporal_interpolation_scale=c.temporal_interpolation_scale,
+                         use_rotary_positional_embeddings=c.use_rotary_positional_embeddings,
+                         use_learned_positional_embeddings=c.use_learned_positional_embeddings,
+                         text_embed_dim=c.text_embed_dim, out_proj=out_proj)
+        src = plain_state_dict(transformer) if init_blocks else {}
+        own = branch.state_dict()
+        copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
+                and not k.startswith("patch_embed.proj.")
+                and (not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < num_layers)}
+        seeded_init(branch, generator if generator is not None else init_generator(0), skip=copy)
+        if branch.out_projs is not None:
+            for lin in branch.out_projs:
+                torch.nn.init.zeros_(lin.weight)
+                torch.nn.init.zeros_(lin.bias)
         p = next(transformer.parameters())
         cast(branch, device=p.device, dtype=p.dtype)
         if init_blocks:
-            src = plain_state_dict(transformer)
-            own = branch.state_dict()
-            copy = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
-                    and not k.startswith("patch_embed.proj.")
-                    and (not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < num_layers)}
             branch.load_state_dict(copy, strict=False)
             # the latent half of the new patch projection starts as the backbone's noisy-latent filter
             w = transformer.patch_embed.proj.weight
@@ -226,7 +234,8 @@ class KineMaskBranch(ModelMixin, ConfigMixin):
 
 # ------------------------------------------------------------------------------------------------- files
 def new_branch(transformer, *, num_layers: int = 8, downscale: int = 8, **kw) -> ControlBranch:
-    """A fresh trainable branch on ``transformer`` wrapped as a :class:`ControlBranch`."""
+    """A fresh trainable branch on ``transformer`` wrapped as a :class:`ControlBranch` (``generator=``: the run's
+    init generator; the same generator state gives the same branch)."""
     m = KineMaskBranch.from_transformer(transformer, num_layers=num_layers, downscale=downscale, **kw)
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(m.config), source="init")
 
@@ -270,68 +279,88 @@ def save_branch(branch, path) -> Path:
     return path
 
 
-def infer_branch_config(sd: dict) -> dict:
-    """Config from the weights of a KineMask/CogVideoX-ControlNet file without metadata."""
+# Config values no weight shape pins down, bounded so a file's config cannot size a model (or a loop) the file
+# does not hold; the shape-pinned ones must agree with the weights (weights.check_config).
+CONFIG_BOUNDS = dict(num_attention_heads=(1, 256), attention_head_dim=(1, 1024), vae_channels=(1, 1024),
+                     in_channels=(1, 64), downscale_coef=(1, 64), time_embed_dim=(1, 1 << 16), num_layers=(1, 256),
+                     dropout=(0, 1), sample_width=(1, 4096), sample_height=(1, 4096), sample_frames=(1, 4096),
+                     patch_size=(1, 64), temporal_compression_ratio=(1, 4), max_text_seq_length=(1, 4096),
+                     norm_eps=(0, 1), spatial_interpolation_scale=(0, 1e4), temporal_interpolation_scale=(0, 1e4),
+                     text_embed_dim=(1, 1 << 16), freq_shift=(-1e4, 1e4))
+_WHAT = "KineMask branch"
+
+
+def infer_branch_config(sd: dict, in_channels: int = 3) -> dict:
+    """Config from the weights (tensors or the meta tensors of ``weights.read_header``) of a KineMask/CogVideoX-
+    ControlNet file; every value here is pinned by a shape or a key (``in_channels`` is the control video's, 3 in
+    every release). Raises KeyError for a file that is not such a branch."""
     pe = sd["patch_embed.proj.weight"]
     first = sd["controlnet_encode_first.0.weight"]
     head_dim = sd["transformer_blocks.0.attn1.norm_q.weight"].shape[0]
     inner = pe.shape[0]
     n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks."))
     c0 = first.shape[1]
-    in_ch = 3
-    d = int(round((c0 / in_ch) ** 0.5))
+    d = int(round((c0 / in_channels) ** 0.5))
     return dict(num_attention_heads=inner // head_dim, attention_head_dim=head_dim,
-                vae_channels=pe.shape[1] - c0 // 4, in_channels=in_ch, downscale_coef=d,
+                vae_channels=pe.shape[1] - c0 // 4, downscale_coef=d,
                 time_embed_dim=sd["time_embedding.linear_1.weight"].shape[0], num_layers=n,
                 patch_size=pe.shape[-1], text_embed_dim=sd["patch_embed.text_proj.weight"].shape[1],
-                use_rotary_positional_embeddings=inner != 1920,
-                use_learned_positional_embeddings="patch_embed.pos_embedding" in sd,
                 out_proj=any(k.startswith("out_projs.") for k in sd))
 
 
 def load_branch(path, *, dtype=None, device=None) -> ControlBranch:
     """Load a branch: our safetensors file, a diffusers folder (config.json + diffusion_pytorch_model
-    .safetensors, e.g. the public CogVideoX ControlNets), or a bare safetensors file (config from shapes)."""
-    from ..weights import read_safetensors
+    .safetensors, e.g. the public CogVideoX ControlNets), or a bare safetensors file (config from shapes).
+
+    Nothing is allocated before the file is known to fit: the header is read first, the config (metadata or
+    config.json) must agree with the weights' shapes and stay in CONFIG_BOUNDS, the model is built on the meta
+    device and every key and shape compared; only then are the weights read and put in place."""
+    from ..backbones.cogvideox import _fix_buffers
+    from ..weights import (WeightsFileError, build_checked, check_config, metadata_json, read_header,
+                           read_json_config, read_safetensors)
 
     path = Path(path)
     if path.is_dir():
         cfg_file = path / "config.json"
         files = sorted(path.glob("*.safetensors"))
         if not cfg_file.is_file() or not files:
-            raise FileNotFoundError(f"KineMask branch: folder {path} needs config.json and a .safetensors file")
-        cfg = json.loads(cfg_file.read_text())
+            raise FileNotFoundError(f"{_WHAT}: folder {path} needs config.json and a .safetensors file")
+        cfg = read_json_config(cfg_file, _WHAT)
         wfile = files[0]
     elif path.is_file():
         cfg, wfile = None, path
     else:
-        raise FileNotFoundError(f"KineMask branch: {str(path)!r} not found (a .safetensors file or a folder)")
-    sd, meta = read_safetensors(wfile, "KineMask branch")
+        raise FileNotFoundError(f"{_WHAT}: {str(path)!r} not found (a .safetensors file or a folder)")
+    header, meta = read_header(wfile, _WHAT)
     if cfg is None and "interplay_config" in meta:
         kind = meta.get("kind", KIND)
         if kind != KIND:
-            raise ValueError(f"KineMask branch: {path.name} holds a {kind!r} branch, not a KineMask branch")
-        cfg = json.loads(meta["interplay_config"])
+            raise ValueError(f"{_WHAT}: {path.name} holds a {kind!r} branch, not a KineMask branch")
+        cfg = metadata_json(meta, "interplay_config", wfile, _WHAT)
+    cfg = _clean_config(cfg or {})
+    in_ch = cfg.get("in_channels", 3)
+    check_config({"in_channels": in_ch}, CONFIG_BOUNDS, wfile, _WHAT)
     try:
-        cfg = {**infer_branch_config(sd), **(cfg or {})} if cfg is None or "out_proj" not in cfg else cfg
-    except KeyError as e:
-        raise ValueError(f"KineMask branch: {path.name} is not a CogVideoX ControlNet/KineMask file (missing {e}; "
+        shaped = infer_branch_config(header, in_channels=int(in_ch))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{_WHAT}: {path.name} is not a CogVideoX ControlNet/KineMask file (missing {e}; "
                          "expected controlnet_encode_first.0.weight, patch_embed.proj.weight, transformer_blocks.*)")
-    cfg = _clean_config(cfg)
-    cfg["out_proj"] = cfg.get("out_proj", False) and any(k.startswith("out_projs.") for k in sd)
+    defaults = dict(in_channels=3, use_rotary_positional_embeddings=shaped["num_attention_heads"]
+                    * shaped["attention_head_dim"] != 1920,
+                    use_learned_positional_embeddings="patch_embed.pos_embedding" in header)
+    cfg = check_config({**defaults, **cfg}, CONFIG_BOUNDS, wfile, _WHAT, inferred=shaped)
     known = set(inspect.signature(KineMaskBranch.__init__).parameters) - {"self"}
-    m = KineMaskBranch(**{k: v for k, v in cfg.items() if k in known})
-    own = m.state_dict()
-    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in sd and not k.endswith("pos_embedding")]
-    if bad or missing:
-        raise ValueError(f"KineMask branch: {path.name} does not match its config: "
-                         + "; ".join(f"{k}: file {a} expected {b}" for k, a, b in bad[:4])
-                         + (f" missing {missing[:4]}" if missing else ""))
-    m.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    args = {k: v for k, v in cfg.items() if k in known}
+    m = build_checked(lambda: KineMaskBranch(**args), header, wfile, _WHAT, optional=("pos_embedding",),
+                      fix="Pick a KineMask branch trained for this backbone, or save it again.")
+    sd = read_safetensors(wfile, _WHAT)[0]
+    m.load_state_dict(sd, strict=False, assign=True)  # the file's tensors, no random init to throw away
+    _fix_buffers(m)
+    left = [n for n, t in list(m.named_parameters()) + list(m.named_buffers()) if t.is_meta]
+    if left:
+        raise WeightsFileError(f"{_WHAT}: {wfile}: {left[0]} was not restored from the file")
     m.requires_grad_(False).eval()
-    if dtype is not None or device is not None:
-        cast(m, device=device, dtype=dtype)
+    cast(m, device=device, dtype=dtype if dtype is not None else torch.float32)
     return ControlBranch(kind=KIND, family="cogvideox", module=m, config=dict(cfg), source=str(path))
 
 

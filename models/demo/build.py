@@ -229,7 +229,7 @@ class _FromLatents:
 
 def demo_backbone(cfg: C.DemoConfig, vae, transformer, device=None):
     from ..backbones.cogvideox import assemble_backbone
-    from .tokenizer import build_tokenizer
+    from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     te = new_text_encoder(tok)
@@ -356,10 +356,14 @@ def eval_control(clip, mode: str) -> torch.Tensor:
     return first_frame_only(full) if mode == "control" else torch.zeros_like(full)
 
 
-def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: dict, n: int = 50, log=print):
+def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: dict, n: int = 50, log=print,
+                      step_cache=None, stats: dict | None = None):
     """Write ``n`` held-out push scenes (sandbox format) to ``ref_dir`` and, for each mode in ``gen_dirs``
     (see :func:`eval_control`), the generated videos as <clip>.mp4 ... ready for `interplay eval GEN REF`.
-    Every mode samples clip i with seed i, so the modes differ only in their control."""
+    Every mode samples clip i with seed i, so the modes differ only in their control. ``step_cache`` (a
+    sampling.step_cache.StepCache) samples with the step cache; ``stats`` (a dict) receives per mode the model calls
+    made, the steps and the sampling seconds. Returns the clips."""
+    import time as _time
     from ..backbones.cogvideox import decode_latents, encode_prompt
     from ..control.base import ControlSignal
     from ..sampling.cogvideox import sample_cogvideox
@@ -372,6 +376,8 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
     emb = encode_prompt(bb, [cfg.caption], max_length=cfg.max_text_len)
     for d in [ref_dir, *gen_dirs.values()]:
         Path(d).mkdir(parents=True, exist_ok=True)
+    stats = {} if stats is None else stats
+    stats.update({m: {"calls": 0, "steps": 0, "seconds": 0.0} for m in gen_dirs})
     for i, clip in enumerate(clips):
         name = f"clip_{clip.seed:07d}"
         write_clip(clip, Path(ref_dir) / name)
@@ -381,8 +387,14 @@ def generate_eval_set(cfg: C.DemoConfig, bb, branch, ref_dir: Path, gen_dirs: di
                 save_video(torch.from_numpy(clip.frames).float() / 255.0, Path(d) / f"{name}.mp4", fps=cfg.fps)
                 continue
             sig = ControlSignal(video=eval_control(clip, mode), kind="velocity", weight=cfg.branch_weight)
+            t0 = _time.perf_counter()
             lat = sample_cogvideox(bb, image, emb, controls=[sig], branch=branch, num_frames=cfg.frames,
-                                   steps=cfg.sample_steps, cfg=cfg.sample_cfg, seed=i, desc=f"{mode} {i}")
+                                   steps=cfg.sample_steps, cfg=cfg.sample_cfg, seed=i, desc=f"{mode} {i}",
+                                   step_cache=step_cache)
+            st = stats[mode]
+            st["seconds"] += _time.perf_counter() - t0
+            st["steps"] += cfg.sample_steps
+            st["calls"] += step_cache.computed if step_cache is not None else cfg.sample_steps
             frames = decode_latents(bb, lat)[0]
             save_video(frames, Path(d) / f"{name}.mp4", fps=cfg.fps)
         log(f"[eval] {i + 1}/{n} {name}")
@@ -406,12 +418,24 @@ def eval_commands(ev: Path, modes) -> list[str]:
                               "--out", str(ev / f"{m}.json")]) for m in modes]
 
 
-def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes, device=None) -> Path:
-    """Load the demo model at ``root`` and write the evaluation sets under ``work``/eval; returns that folder."""
+def run_eval(cfg: C.DemoConfig, root: Path, work: Path, n: int, modes, device=None,
+             step_cache: float = 0.0) -> Path:
+    """Load the demo model at ``root`` and write the evaluation sets under ``work``/eval; returns that folder.
+    ``step_cache`` > 0 samples with the step cache at that threshold into ``<mode>_cache<threshold>`` folders
+    (the reference is shared, so they score against the same clips as the uncached sets)."""
+    from ..sampling.step_cache import StepCache
+
     bb, br = load_demo(root, device=device)
     ev = Path(work) / "eval"
-    generate_eval_set(cfg, bb, br, ev / "reference", {m: ev / m for m in modes}, n=n)
-    print("evaluate with:\n" + "\n".join(f"  {c}" for c in eval_commands(ev, modes)))
+    cache = StepCache(threshold=step_cache) if step_cache > 0 else None
+    names = {m: (f"{m}_cache{step_cache:g}" if cache is not None else m) for m in modes}
+    stats = {}
+    generate_eval_set(cfg, bb, br, ev / "reference", {m: ev / names[m] for m in modes}, n=n, step_cache=cache,
+                      stats=stats)
+    for m, st in stats.items():
+        if st["steps"]:
+            print(f"{names[m]}: {st['calls']}/{st['steps']} model calls, {st['seconds']:.1f} s sampling")
+    print("evaluate with:\n" + "\n".join(f"  {c}" for c in eval_commands(ev, [names[m] for m in modes])))
     return ev
 
 
@@ -447,6 +471,8 @@ def main(argv=None) -> int:
                         "present; training there autocasts in bf16, or fp16 on GPUs without bf16)")
     p.add_argument("--eval-only", action="store_true",
                    help="train nothing: evaluate the model already at --out (default: the embedded demo model)")
+    p.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
+                   help="sample the evaluation with the step cache at this threshold (0: off), into <mode>_cache<T>")
     a = p.parse_args(argv)
     modes = [m.strip() for m in a.eval_modes.split(",") if m.strip()]
     if not modes:
@@ -482,7 +508,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if a.eval_only:
         try:
-            run_eval(cfg, Path(a.out), work, a.eval, modes, device)
+            run_eval(cfg, Path(a.out), work, a.eval, modes, device, step_cache=a.step_cache)
         except FileNotFoundError as e:
             print(f"error: {e}")
             return 2

@@ -13,12 +13,15 @@ from typing import Sequence
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import cogvideox as cog
 from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import BoundControl, ControlBranch, ControlSignal, bind
+from ..fp8 import FP8Linear  # noqa: F401  (the one fp8 module of every family, importable here as before)
 from .guidance import classifier_free, guided_step, rows_like
+from .speed import running, with_fp8
+from .step_cache import active_key
 
 SCHEDULERS = ("ddim", "dpm")
 
@@ -39,40 +42,10 @@ def fast_attention(device):
 
 
 # ------------------------------------------------------------------------------------------------ fp8
-class FP8Linear(torch.nn.Module):
-    """W8A8 e4m3 Linear (opt-in speed path): per-output-channel weight scales, dynamic per-row activation scales,
-    ``torch._scaled_mm`` with rowwise scales on CUDA (bias added after); elsewhere the dequantised weight in a
-    plain matmul (same numbers up to the activation rounding). Pays only under torch.compile (which fuses the
-    activation quantisation); eager is slower than bf16 (research/performance.md)."""
-
-    def __init__(self, lin: torch.nn.Linear):
-        super().__init__()
-        w = lin.weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
-        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out] fp32
-        self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-        self.in_features, self.out_features = lin.in_features, lin.out_features
-
-    def forward(self, x):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.is_cuda:
-            xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
-            xq = (x2.float() / xs).to(torch.float8_e4m3fn)
-            out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale,
-                                   out_dtype=x.dtype)
-        else:
-            w = self.weight_fp8.float() * self.weight_scale.t()
-            out = (x2.float() @ w.t()).to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
-
-
 def enable_fp8_linears(blocks) -> int:
     """Swap the token-wise Linears (attention q/k/v/out, feed-forward) of CogVideoXBlocks for :class:`FP8Linear`
-    in place; the adaLN linears (one row per sample) stay. Returns how many were swapped."""
+    in place (benchmarks; the samplers' fp8 option uses ``fp8.convert``, which copies); the adaLN linears (one row
+    per sample) stay. Returns how many were swapped."""
     n = 0
     for block in blocks:
         for parent in (block.attn1, block.ff.net[0], block.ff.net):
@@ -109,9 +82,11 @@ def dynamic_guidance(cfg: float, t: float, steps: int) -> float:
 
 
 def check_control(video: torch.Tensor, num_frames: int, height: int, width: int, node: str = "CogVideoX sampler"):
-    """Control video [F,H,W,3] must match the generation (F frames at the image's size)."""
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{node}: control video must be [F,H,W,3]; got {tuple(video.shape)}")
+    """Control video [F,H,W,C] must match the generation (F frames at the image's size). C is 3 per video;
+    a branch that reads several videos gets them stacked on channels (multiples of 3)."""
+    if video.ndim != 4 or video.shape[-1] == 0 or video.shape[-1] % 3:
+        raise ValueError(f"{node}: control video must be [F,H,W,3] (or several stacked on channels); got "
+                         f"{tuple(video.shape)}")
     fr, hh, ww = video.shape[:3]
     if fr != num_frames or (hh, ww) != (height, width):
         raise ValueError(f"{node}: control is {fr} frames of {hh}x{ww} but the generation is {num_frames} frames "
@@ -135,9 +110,10 @@ def bound_controls(controls, branch: ControlBranch | None, family: str, where: s
 
 
 def fit_controls(bound: Sequence[BoundControl], num_frames: int, height: int, width: int,
-                 where: str) -> list[BoundControl]:
+                 where: str, rgb: bool = True) -> list[BoundControl]:
     """Each control video checked for the generation's frame count and fitted to its size like the image
-    (``video_io.fit_frames``: cover, then center-crop)."""
+    (``video_io.fit_frames``: cover, then center-crop). ``rgb`` False lets any channel count through (e.g. 6-channel
+    Plücker rays); the branch checks its own."""
     from ..video_io import fit_frames
 
     out = []
@@ -149,7 +125,8 @@ def fit_controls(bound: Sequence[BoundControl], num_frames: int, height: int, wi
                                  f"{sig.video.shape[1]}x{sig.video.shape[2]} but the generation is {num_frames} "
                                  f"frames of {height}x{width}; paint the control with num_frames={num_frames}")
             sig = sig.replace(video=fit_frames(sig.video.float(), height, width))
-            check_control(sig.video, num_frames, height, width, where)
+            if rgb:
+                check_control(sig.video, num_frames, height, width, where)
         out.append(bc.replace(signal=sig))
     return out
 
@@ -160,7 +137,9 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
                      steps: int = 50, cfg: float = 6.0, dynamic_cfg: bool = False, seed: int = 0,
                      scheduler: str = "ddim", eta: float = 0.0, sample_image_latent: bool = True,
                      preview: bool = False, latents: torch.Tensor | None = None, desc: str = "CogVideoX",
-                     control_cfg: float = 1.0, inputs: dict | None = None) -> torch.Tensor:
+                     control_cfg: float = 1.0, inputs: dict | None = None,
+                     decode: bool = False, step_cache=None, parallel="off",
+                     parallel_engine: str = "auto", speed=None) -> torch.Tensor:
     """Image-to-video sampling -> latents [B,f,C,h,w] (scaled; :func:`cog.decode_latents` turns them to frames).
 
     Args:
@@ -178,12 +157,27 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         seed: the CPU generator seed (image-latent sample, initial noise, DPM noise): same result on CPU/GPU.
         sample_image_latent: sample the image latent like the diffusers pipeline (else the posterior mode).
         inputs: extra input-layout parts by name ([B,f,C,h,w] latents, e.g. "id_map"), same for every row.
+        decode: the caller decodes the result next; the memory budget (checked before anything is allocated,
+            memory.check) then covers the decode too.
+        step_cache: a ``step_cache.StepCache``: steps whose prediction it expects to change little reuse the last
+            one instead of calling the model (None or threshold 0: every step calls it, as without).
+        parallel: in a torchrun launch, "auto" | "cfg" | "sequence" | "off" (``sampling.parallel.plan``): the
+            guidance rows and/or the latent frames split over the processes (every process runs this call and
+            returns the same latents). parallel_engine: "auto" (yunchang when installed) | "yunchang" | "torch".
+        speed: a ``speed.Speed`` (regional compile, fp8 compute, the SDPA backend); None: the defaults.
     """
-    tr = bb.denoiser
     where = "CogVideoX sampler"
+    bb = with_fp8(bb, speed, where)
+    tr = bb.denoiser
     b, height, width = image.shape[0], image.shape[1], image.shape[2]
     cog.check_frames(bb, num_frames, height, width, node=where)
     bound = fit_controls(bound_controls(controls, branch, "cogvideox", where), num_frames, height, width, where)
+    atts = registry.attachments(bound, bb) + list(attachments)
+    controls_of = atts[:len(atts) - len(attachments)]
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0).with_rows(extra_rows)
+    like = rows_like(guidance, extra_rows)
+    check_budget(bb, num_frames, height, width, rows=b * len(guidance.rows), attachments=atts, decode=decode)
     gen = torch.Generator().manual_seed(int(seed))
     f = cog.latent_frames(bb, num_frames)
     dev = bb.device
@@ -199,11 +193,6 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         latents = torch.randn(shape, generator=gen, dtype=dtype).to(dev)
     latents = (latents * sched.init_noise_sigma).to(dev, dtype)
 
-    atts = registry.attachments(bound, bb) + list(attachments)
-    controls_of = atts[:len(atts) - len(attachments)]
-    extra_rows = [r for a in atts for r in a.guidance_rows()]
-    guidance = classifier_free(cfg, control_cfg, has_control=len(bound) > 0).with_rows(extra_rows)
-    like = rows_like(guidance, extra_rows)
     pos = prompt_embeds.to(dev, dtype)
     if pos.shape[0] != b:
         pos = pos.expand(b, *pos.shape[1:])
@@ -215,6 +204,18 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         text["uncond"] = neg if neg.shape[0] == b else neg.expand(b, *neg.shape[1:])
     extra = {k: v.to(dev, dtype) for k, v in (inputs or {}).items()}
     rotary = cog.rotary_for(tr, shape[1], shape[3], shape[4], dev)
+    from .parallel import plan
+
+    par = plan(parallel, rows=len(guidance.rows), engine=parallel_engine, where=where, attachments=atts,
+               heads=tr.config.num_attention_heads, frames=f, multiple=tr.config.patch_size_t or 1)
+    sp = par is not None and par.sp > 1
+
+    def forward(latent_in, ts, emb, rows, step):
+        if not sp:
+            return cog.forward(bb, latent_in, ts, emb, attachments=atts, rows=rows, image_rotary_emb=rotary,
+                               step=step)
+        return sequence_forward(bb, par, latent_in, ts, emb, attachments=atts, rows=rows, rotary=rotary,
+                                step=step)
 
     def predict(x_rows, rows):
         n = len(rows)
@@ -223,21 +224,28 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
         if layout.has("image"):
             parts["image"] = torch.cat([img_lat] * n)
         emb = torch.cat([text[like[r]] for r in rows]) if n > 1 else text[like[next(iter(rows))]]
-        out = cog.forward(bb, layout.assemble(parts, dim=2), t.expand(n * b), emb, attachments=atts, rows=rows,
-                          image_rotary_emb=rotary, step=(i, len(timesteps)))
+        out = forward(layout.assemble(parts, dim=2), t.expand(n * b), emb, rows, (i, len(timesteps)))
         return out.float()
 
     old_x0 = None
     pbar = runtime.progress(len(timesteps), desc)
+    if step_cache is not None:
+        step_cache.start(len(timesteps))
     modules = [tr] + [m for a in atts for m in a.modules()]
-    with torch.no_grad(), cog.on_device(bb, *modules), fast_attention(dev):
+    attention = fast_attention(dev) if speed is None or speed.attention == "auto" else contextlib.nullcontext()
+    with torch.no_grad(), cog.on_device(bb, *modules), attention, \
+            running(bb, atts, speed, where, tr.config.attention_head_dim):
         for i, t in enumerate(timesteps):
             g = guidance
             if "no_control" in g.rows and not any(_runs(a, i, len(timesteps)) for a in controls_of):
                 g = g.without("no_control")  # a step with no control running has nothing to guide
             if dynamic_cfg and "uncond" in g.rows:
                 g = g.with_scale("cond", "uncond", dynamic_guidance(cfg, t.item(), steps))
-            out = guided_step(predict, latents, g)
+            if step_cache is not None:
+                key = (g.rows, active_key(controls_of, i, len(timesteps)))
+                out = step_cache(i, latents, lambda: guided_step(predict, latents, g, parallel=par), key=key)
+            else:
+                out = guided_step(predict, latents, g, parallel=par)
             if scheduler == "dpm":
                 prev_t = timesteps[i - 1] if i > 0 else None
                 latents, old_x0 = sched.step(out, old_x0, t, prev_t, latents, eta=eta, generator=gen,
@@ -250,12 +258,84 @@ def sample_cogvideox(bb: Backbone, image: torch.Tensor, prompt_embeds: torch.Ten
     return latents
 
 
+def sequence_forward(bb: Backbone, par, latent_in: torch.Tensor, timestep, prompt_embeds: torch.Tensor, *,
+                     attachments=(), rows=None, rotary=None, step=None) -> torch.Tensor:
+    """``cog.forward`` with this process's latent frames only (``par``: a sequence-parallel ``Parallel``) and
+    Ulysses attention in every ``attn1`` slot (the text prefix of the joint attention stays on every process); the
+    other processes' frames gathered after -> the whole output [B,f,C,h,w], as one process computes it.
+
+    Positions: the rotary rows of these frames; models with a positional table (CogVideoX-5B-I2V's learned one,
+    2B's sin-cos) see, for the duration of the call, the whole clip's table cut to the text rows and these frames'
+    rows, so the patch embedding adds exactly what it adds in one process."""
+    from .parallel import SequenceParallel
+
+    tr = bb.denoiser
+    cfg = tr.config
+    f, h, w = latent_in.shape[1], latent_in.shape[3], latent_in.shape[4]
+    p_t = cfg.patch_size_t or 1
+    a, e = par.frame_range(f, p_t)
+    hw = (h // cfg.patch_size) * (w // cfg.patch_size)
+    rot = rotary if rotary is not None else cog.rotary_for(tr, f, h, w, latent_in.device)
+    if rot is not None:
+        rot = tuple(r[a // p_t * hw:e // p_t * hw] for r in rot)
+    names = list(cog.attention_layers(tr))
+    sp_att = SequenceParallel(par, lambda ctx: names, text_prefix=lambda ctx: ctx.text_in.shape[1], frames=(a, e, f))
+    with _frame_positions(tr.patch_embed, f, a, e, h, w, hw, p_t):
+        out = cog.forward(bb, latent_in[:, a:e], timestep, prompt_embeds, attachments=list(attachments) + [sp_att],
+                          rows=rows, image_rotary_emb=rot, step=step)
+    return par.gather_frames(out, 1, f, p_t)
+
+
+@contextlib.contextmanager
+def _frame_positions(pe, f: int, a: int, e: int, h: int, w: int, hw: int, p_t: int):
+    """CogVideoXPatchEmbed with a positional table adds, while this is open, the rows the whole clip of ``f``
+    latent frames gives its frames [a, e) (and the text rows), instead of the table of a clip of e - a frames."""
+    if not (pe.use_positional_embeddings or pe.use_learned_positional_embeddings):
+        yield
+        return
+
+    def pre(frames):  # the pixel-frame count the patch embedding derives from latent frames
+        return (frames - 1) * pe.temporal_compression_ratio + 1
+
+    if (pe.sample_height, pe.sample_width, pe.sample_frames) == (h, w, pre(f)):
+        whole = pe.pos_embedding
+    else:
+        whole = pe._get_positional_embeddings(h, w, pre(f), device=pe.proj.weight.device)
+    n = pe.max_text_seq_length
+    table = torch.cat([whole[:, :n], whole[:, n + a // p_t * hw:n + e // p_t * hw]], dim=1)
+    saved = (pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames)
+    pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames = table, h, w, pre(e - a)
+    try:
+        yield
+    finally:
+        pe.pos_embedding, pe.sample_height, pe.sample_width, pe.sample_frames = saved
+
+
 def _runs(att, step: int, num_steps: int) -> bool:
     active = getattr(att, "active", None)
     return bool(active((step, num_steps))) if callable(active) else True
 
 
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, rows: int, attachments=(),
+                 decode: bool = True, what: str = "CogVideoX sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one transformer step at this
+    size over the guided step's batch rows with the attachments' modules (their transformer blocks hold
+    residuals), or the decode, on the device, and the frames in host RAM."""
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+    mods = [m for a in attachments for m in a.modules()]
+    layers = sum(isinstance(b, CogVideoXBlock) for m in mods for b in m.modules())
+    dev_parts, host = memory.cogvideox_sampling(bb, num_frames, height, width, rows=rows, branch_layers=layers,
+                                                decode=decode, modules=tuple(mods))
+    fix = (f"generate fewer frames or a smaller size than {num_frames} x {height} x {width}, turn vae_tiling on in "
+           "the loader, offload 'model', or cfg <= 1 (half the rows)")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", f"generate fewer frames or a smaller size than {num_frames} x {height} x "
+                     f"{width}")
+
+
 def sample_and_decode(bb: Backbone, image, prompt_embeds, negative_embeds=None, **kw):
     """(latents, frames [B,F,H,W,3] 0..1 CPU)."""
-    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **kw)
+    lat = sample_cogvideox(bb, image, prompt_embeds, negative_embeds, **{"decode": True, **kw})
     return lat, cog.decode_latents(bb, lat)

@@ -10,12 +10,14 @@ import math
 
 import torch
 
-from .. import runtime
+from .. import memory, runtime
 from ..backbones import svd as svdb
 from ..backbones.base import Backbone
 from ..control import registry
 from ..control.base import ControlBranch, ControlSignal, bind
 from .guidance import Guidance, guided_step, rows_like
+from .speed import running, with_fp8
+from .step_cache import active_key
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
@@ -90,7 +92,7 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                steps: int = 50, min_cfg: float = 1.0, max_cfg: float = 3.0, fps_id: float = 6,
                motion_bucket_id: float = 40, noise_aug: float = 0.02, seed: int = 0, num_samples: int = 1,
                image_embeds: torch.Tensor | None = None, image_latent: torch.Tensor | None = None, callback=None,
-               compile: bool = False) -> torch.Tensor:
+               compile: bool = False, decode: bool = False, step_cache=None, speed=None) -> torch.Tensor:
     """Sample SVD image-to-video with optional control branches.
 
     image [1,H,W,3] 0..1 (the first frame); control: ControlSignal (video [F,H,W,3] in [-1,1], weight, start/end)
@@ -100,9 +102,14 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     cond/uncond run as one batch. Noise from a CPU generator seeded with ``seed``.
     ``image_embeds``/``image_latent`` may be passed precomputed ([1,1,D], [1,C,h,w]) to skip the encoders.
     ``compile``: run the UNet(+branch) step under torch.compile (first call per shape compiles for minutes).
-    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``).
+    Returns latents [num_samples, F, 4, h, w] (scaled; decode with ``backbones.svd.decode_latents``). The memory
+    budget (memory.check, before anything is allocated) covers the decode too when ``decode`` says it follows.
+    ``step_cache``: a ``step_cache.StepCache`` reusing the last denoised estimate on steps it expects to change
+    little (None or threshold 0: every step calls the model). ``speed``: a ``speed.Speed`` (regional compile of the
+    UNet's blocks, fp8 compute, the SDPA backend); None: the defaults.
     """
     where = "SVD sampler"
+    bb = with_fp8(bb, speed, where)
     if image.ndim == 3:
         image = image[None]
     _, H, W, _ = image.shape
@@ -119,14 +126,6 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
         if bc.signal is not None:
             bound[k] = bc.replace(signal=bc.signal.replace(video=check_control(bc.signal.video, num_frames, H, W)))
     dev, f = bb.device, bb.extra["vae_scale_factor"]
-    gen = torch.Generator("cpu").manual_seed(int(seed))
-    if image_embeds is None:
-        image_embeds = svdb.encode_image_embeds(bb, image[:1])
-    if image_latent is None:
-        image_latent = svdb.encode_image_latent(bb, image[:1], noise_aug, gen)
-    cond_lat = image_latent[:, None].expand(num_samples, num_frames, *image_latent.shape[1:]).to(dev)
-    cond_emb = image_embeds.expand(num_samples, *image_embeds.shape[1:]).to(dev, bb.dtype)
-
     cfg_on = max_cfg > 1.0
     w = guidance_ramp(num_frames, min_cfg, max_cfg).to(dev, torch.float32).view(1, num_frames, 1, 1, 1)
     guidance = Guidance(("uncond", "cond"), "uncond", ((w, "cond", "uncond"),)) if cfg_on else Guidance(("cond",),
@@ -135,6 +134,16 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
     extra_rows = [r for a in atts for r in a.guidance_rows()]
     guidance = guidance.with_rows(extra_rows)
     like = rows_like(guidance, extra_rows)
+    check_budget(bb, num_frames, H, W, samples=num_samples, rows=num_samples * len(guidance.rows), attachments=atts,
+                 decode=decode)
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    if image_embeds is None:
+        image_embeds = svdb.encode_image_embeds(bb, image[:1])
+    if image_latent is None:
+        image_latent = svdb.encode_image_latent(bb, image[:1], noise_aug, gen)
+    cond_lat = image_latent[:, None].expand(num_samples, num_frames, *image_latent.shape[1:]).to(dev)
+    cond_emb = image_embeds.expand(num_samples, *image_embeds.shape[1:]).to(dev, bb.dtype)
+
     per_row = {"uncond": (torch.zeros_like(cond_lat), torch.zeros_like(cond_emb)), "cond": (cond_lat, cond_emb)}
     lat_in = torch.cat([per_row[like[r]][0] for r in guidance.rows])
     emb_in = torch.cat([per_row[like[r]][1] for r in guidance.rows])
@@ -148,7 +157,9 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
 
     pbar = runtime.progress(steps, "InterDyn sampling" if bound else "SVD sampling")
     modules = [bb.denoiser] + [m for a in atts for m in a.modules()]
-    with svdb.on_device(bb, *modules):
+    if step_cache is not None:
+        step_cache.start(steps)
+    with svdb.on_device(bb, *modules), running(bb, atts, speed, where, head_dim=64):
         denoised = x
         for i in range(steps):
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -157,7 +168,10 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                 return denoise(bb, x_rows, s, lat_in, emb_in, tids, attachments=atts, rows=rows, step=(i, steps),
                                compile=compile)
 
-            denoised = guided_step(predict, x, guidance)
+            if step_cache is not None:
+                denoised = step_cache(i, x, lambda: guided_step(predict, x, guidance), key=active_key(atts, i, steps))
+            else:
+                denoised = guided_step(predict, x, guidance)
             x = x + (x - denoised) / s * (s_next - s)
             if callback is not None:
                 callback(i, x, denoised)
@@ -165,6 +179,21 @@ def sample_svd(bb: Backbone, image: torch.Tensor, *, control: ControlSignal | to
                         text=f"sigma {s_next:.3f}")
     pbar.close()
     return x
+
+
+def check_budget(bb: Backbone, num_frames: int, height: int, width: int, *, samples: int = 1, rows: int = 2,
+                 attachments=(), decode: bool = True, what: str = "SVD sampler") -> None:
+    """Refuse a sample that cannot fit (memory.check) before anything is allocated: one UNet step (and the
+    attachments' residual branches) over the guided step's batch rows, or the chunked decode, on the device, and
+    the frames in host RAM."""
+    mods = [m for a in attachments for m in a.modules()]
+    dev_parts, host = memory.svd_sampling(bb, num_frames, height, width, rows=rows, samples=samples,
+                                          branch=bool(mods), decode=decode, modules=tuple(mods))
+    fix = (f"generate fewer frames, samples or a smaller size than {samples} x {num_frames} x {height} x {width}, "
+           "offload 'model', or lower decode_chunk in the SVD Loader")
+    memory.check(what, dev_parts, bb.device, fix)
+    if host:
+        memory.check(what, host, "cpu", fix)
 
 
 def check_control(video: torch.Tensor, num_frames: int, height: int, width: int,

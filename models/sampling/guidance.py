@@ -86,10 +86,14 @@ def rows_like(guidance: Guidance, extra) -> dict[str, str]:
 
 
 def guided_step(predict: Callable[[torch.Tensor, dict], torch.Tensor], x: torch.Tensor,
-                guidance: Guidance) -> torch.Tensor:
+                guidance: Guidance, parallel=None) -> torch.Tensor:
     """One guided prediction: ``x`` repeated once per row, ``predict(x_rows, rows)`` called once on the whole
-    batch (``rows``: name -> batch slice, passed on to the forward's attachments), the rows combined."""
+    batch (``rows``: name -> batch slice, passed on to the forward's attachments), the rows combined.
+    ``parallel`` (``sampling.parallel.Parallel`` with cfg > 1): the rows split over the CFG processes, each calling
+    ``predict`` on its rows only, the outputs gathered before they are combined."""
     n = len(guidance.rows)
+    if parallel is not None and parallel.cfg > 1:
+        return guidance.combine(parallel.split_rows(predict, x, guidance.rows))
     x_in = torch.cat([x] * n) if n > 1 else x
     out = predict(x_in, guidance.row_slices(x.shape[0]))
     return guidance.combine(out)

@@ -26,7 +26,8 @@ from .types import SceneClip
 FORMAT = "interplay-sandbox-clip"
 VERSION = 1
 SIDECAR, ARRAYS, FRAMES_DIR, VIDEO = "clip.json", "data.npz", "frames", "video.mp4"
-ARRAY_KEYS = ("masks", "id_map", "pusher_mask", "vel_world", "vel_image", "vel_control", "pos_world")
+ARRAY_KEYS = ("masks", "id_map", "pusher_mask", "vel_world", "vel_image", "vel_control", "pos_world", "hand_joints",
+              "object_pose")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -79,6 +80,10 @@ def write_clip(clip: SceneClip, folder, video: str = "png") -> Path:
                   vel_image=clip.vel_image.astype(np.float32), vel_control=clip.vel_control.astype(np.float32))
     if clip.pos_world is not None:
         arrays["pos_world"] = clip.pos_world.astype(np.float32)
+    if clip.hand_joints is not None:  # hand-object clips: what the HOI renderer needs for PAM's conditions
+        arrays["hand_joints"] = clip.hand_joints.astype(np.float32)
+    if clip.object_pose is not None:
+        arrays["object_pose"] = clip.object_pose.astype(np.float32)
     _save_npz(tmp / ARRAYS, arrays)
     (tmp / SIDECAR).write_text(json.dumps(sidecar(clip, video), indent=1) + "\n")
     if folder.exists():
@@ -181,13 +186,42 @@ def read_clip(folder, max_frames: int | None = None) -> SceneClip:
     if any(not 0 <= i < N for i in driven):
         raise ClipError(f"{side}: driven {driven} refers to objects outside 0..{N - 1}")
     pos = arrays.get("pos_world")
+    hand, opose = arrays.get("hand_joints"), arrays.get("object_pose")
+    if hand is not None and hand.shape[1:] != (21, 3):
+        raise ClipError(f"{npz}: hand_joints has shape {hand.shape}, expected [F,21,3]")
+    if opose is not None and (opose.ndim != 4 or opose.shape[0] != N or opose.shape[2:] != (4, 4)):
+        raise ClipError(f"{npz}: object_pose has shape {opose.shape}, expected [N,F,4,4] with N = {N}")
     return SceneClip(frames=frames, masks=masks, id_map=id_map, pusher_mask=pusher,
                      vel_world=vel("vel_world", 3), vel_image=vel("vel_image", 2), vel_control=vel("vel_control", 3),
                      objects=objects, driven=driven, caption=str(meta.get("caption", "")),
                      camera=meta.get("camera", {}), fps=float(meta["fps"]), seed=int(meta.get("seed", -1)),
                      preset=str(meta.get("preset", "user")),
                      pos_world=None if pos is None else pos.astype(np.float32)[:, :F],
-                     events=list(meta.get("events", [])), meta=dict(meta.get("meta", {})))
+                     events=list(meta.get("events", [])), meta=dict(meta.get("meta", {})),
+                     hand_joints=None if hand is None else hand.astype(np.float32)[:F],
+                     object_pose=None if opose is None else opose.astype(np.float32)[:, :F])
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+
+
+def check_frames(frames, where: str = "SandboxDataset") -> int | None:
+    """``frames``: None or 0 (every frame) or a whole number >= 1; anything else is refused by name."""
+    if frames is None or (_whole(frames) and int(frames) == 0):
+        return None
+    if not _whole(frames) or int(frames) < 1:
+        raise ValueError(f"{where}: 'frames' must be a whole number >= 1 (0 or none: all frames); got {frames!r}")
+    return int(frames)
+
+
+def check_size(size, where: str = "SandboxDataset") -> tuple[int, int] | None:
+    """``size``: None, or [H, W] of whole numbers from 8 to 4096 (the sizes the sandbox renders)."""
+    if size is None:
+        return None
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_whole(v) and 8 <= v <= 4096 for v in size):
+        raise ValueError(f"{where}: 'size' must be [H, W], two whole numbers from 8 to 4096; got {size!r}")
+    return int(size[0]), int(size[1])
 
 
 def list_clips(root) -> list[Path]:
@@ -217,8 +251,8 @@ class SandboxDataset(Dataset):
     def __init__(self, root, frames: int | None = None, size: tuple[int, int] | None = None, transform=None,
                  validate: bool = True):
         self.root = Path(root)
-        self.frames = frames
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.frames = check_frames(frames)
+        self.size = check_size(size)
         self.transform = transform
         self.skipped: list[tuple[str, str]] = []
         clips = list_clips(self.root)

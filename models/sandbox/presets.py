@@ -4,6 +4,8 @@ push    1-2 objects start moving (indices 0..k-1 in ``driven``), the others may 
 pusher  objects at rest; only the hand-like pusher is driven and only its mask is given (InterDyn)
 multi   3-6 objects, 2-3 driven, interaction captions "the red box pushes the blue cylinder to the left" (MATRIX)
 camera  static scene, camera path scripted from key presses W/A/S/D/left/right (GameCraft)
+hoi     a capsule hand reaches an object and either pushes it (physics) or grasps, lifts and carries it
+        (kinematic); the clip keeps the hand's 21 joints and the object poses per frame (PAM)
 
 Every random choice comes from one numpy Generator seeded by (seed, preset), so a seed gives the same bytes.
 """
@@ -15,9 +17,10 @@ import numpy as np
 
 from . import render as R
 from .types import SceneClip
+from ..conditions.hoi_trajectory import canonical_hand, min_jerk
 from .world import Body, Pusher, World, contact
 
-PRESETS = ("push", "pusher", "multi", "camera")
+PRESETS = ("push", "pusher", "multi", "camera", "hoi")  # append only: the index seeds each preset's stream
 SIM_RATE = 240.0  # Hz
 COLOURS = {
     "red": (0.85, 0.12, 0.10), "blue": (0.12, 0.30, 0.88), "yellow": (0.95, 0.85, 0.10),
@@ -200,6 +203,9 @@ def generate_scene(preset: str = "push", seed: int = 0, size: tuple[int, int] = 
     elif preset == "pusher":
         bodies, objects = _random_bodies(rng, int(rng.integers(1, 4)), 0.5, mu)
         pusher = _pusher_for(rng, bodies)
+    elif preset == "hoi":
+        return _generate_hoi(rng, H, W, frames, fps, seed, ground, yaw, pitch, dist, target, restitution, mu,
+                             camera_keys)
     else:  # camera
         bodies, objects = _random_bodies(rng, int(rng.integers(2, 6)), 0.7, mu)
         if camera_keys is None:
@@ -358,3 +364,189 @@ def _caption(preset, objects, driven, events, vel_control, fps, ground, keys, pu
         return scene
     text = "; ".join(parts)
     return f"{scene} {text[0].upper()}{text[1:]}."
+
+
+# ------------------------------------------------------------------------------------------ hand-object (PAM)
+HAND_SCALE = 2.4  # the sandbox hand is a human hand scaled to its objects (0.12-0.48 m)
+HAND_PITCH = 0.25  # rad, fingers pointing slightly down
+
+
+def _hand_world(wrist: np.ndarray, heading: float, curl: float, pitch: float = HAND_PITCH) -> np.ndarray:
+    """World joints [21,3]: the local hand pitched down by ``pitch`` rad, turned to ``heading``, at ``wrist``."""
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    Ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    ch, sh = math.cos(heading), math.sin(heading)
+    Rz = np.array([[ch, -sh, 0], [sh, ch, 0], [0, 0, 1]])
+    return canonical_hand(curl, HAND_SCALE) @ (Rz @ Ry).T + wrist
+
+
+def _convex_ccw(pts: np.ndarray) -> np.ndarray:
+    """Counter-clockwise convex hull of 2-D points (monotone chain)."""
+    p = sorted(map(tuple, np.round(pts, 9)))
+    if len(p) < 3:
+        return np.asarray(p)
+
+    def half(seq):
+        out = []
+        for q in seq:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (q[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (q[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(q)
+        return out
+
+    lower, upper = half(p), half(p[::-1])
+    return np.asarray(lower[:-1] + upper[:-1])
+
+
+def hand_prisms(joints: np.ndarray, sides: int = R.CYLINDER_SIDES) -> list:
+    """The hand as sandbox prisms (code -1, the pusher's): an oriented box per bone (radius from
+    conditions.hoi_render's capsule proxy) and the palm as the convex prism of the wrist and MCPs."""
+    from ..conditions.hoi_render import HAND_BONES, capsule_radii
+
+    r, h = capsule_radii(joints)
+    out = []
+    for (a, b), rad in zip(HAND_BONES, r):
+        pa, pb = joints[a], joints[b]
+        d = pb[:2] - pa[:2]
+        ln = float(np.hypot(*d))
+        z0, z1 = max(min(pa[2], pb[2]) - rad, 0.0), max(pa[2], pb[2]) + rad
+        if ln < 1e-6:
+            fp = R.box_footprint(pa[0], pa[1], rad, rad)
+        else:
+            u = d / ln
+            start = pa[:2] - u * rad
+            fp = R.oriented_footprint(start[0], start[1], ln + 2 * rad, 2 * rad, math.atan2(u[1], u[0]))
+        out.append(R.Prism(fp, z0, z1, SKIN, -1))
+    palm = joints[[0, 1, 5, 9, 13, 17]]
+    zc = float(palm[:, 2].mean())
+    out.append(R.Prism(_convex_ccw(palm[:, :2]), max(zc - h, 0.0), zc + h, SKIN, -1))
+    return out
+
+
+def _generate_hoi(rng, H, W, F, fps, seed, ground, yaw, pitch, dist, target, restitution, mu, camera_keys):
+    """The 'hoi' preset: one object; a hand comes from 0.5-0.8 m away, then either pushes it (a kinematic
+    pusher disc at the fingertips drives the physics) or closes its fingers on it, lifts it 8-15 cm and carries
+    it 0.3-0.6 m (the object rigidly follows the wrist after the contact frame)."""
+    bodies, objects = _random_bodies(rng, 1, 0.3, mu)
+    b = bodies[0]
+    mode = "carry" if rng.random() < 0.5 else "push"
+    heading = float(rng.uniform(0, 2 * math.pi))
+    u = np.array([math.cos(heading), math.sin(heading)])
+    duration = max(F - 1, 1) / fps
+    reach = float(rng.uniform(0.5, 0.8))
+    open_hand = canonical_hand(0.0, HAND_SCALE)
+    tip = float(open_hand[12, 0])        # wrist to middle fingertip along x
+    palm_c = float(open_hand[9, 0]) * 0.7  # over the object's centre when grasping
+    obj_c = np.array([b.x, b.y])
+    t_contact = 0.4 * duration
+    wrist = np.zeros((F, 3))
+    curl = np.zeros(F)
+    pusher = None
+    lift, carry = float(rng.uniform(0.08, 0.15)), float(rng.uniform(0.3, 0.6))
+    cdir = heading + float(rng.uniform(-0.8, 0.8))
+    cu = np.array([math.cos(cdir), math.sin(cdir)])
+    times = np.arange(F) / fps
+    if mode == "push":
+        # the fingertips travel from `reach` m before the object's near edge through its centre and beyond
+        radius = 0.06  # the invisible pusher disc under the fingertips
+        start = obj_c - u * (b.hx + radius + reach)
+        end = obj_c + u * float(rng.uniform(0.2, 0.45))
+        pusher = Pusher([(0.0, *start), (0.85 * duration, *end)], radius=radius, height=0.06, heading=heading + math.pi)
+        # a hand's push is inelastic: the object stays on the fingertips instead of bouncing ahead
+        world = World(bodies, restitution=0.0, pusher=pusher, rate=SIM_RATE)
+        tr = world.simulate(F, fps)
+        events = tr.events
+        for f in range(F):  # the middle fingertip rides near the disc's front edge, 4 cm above the ground
+            wrist[f, :2] = np.asarray(tr.pusher_pos[f]) + u * (0.6 * radius - tip * math.cos(HAND_PITCH))
+            wrist[f, 2] = 0.04 + tip * math.sin(HAND_PITCH)
+        obj_xy = np.array([tr.pos[f][0] for f in range(F)])
+        obj_z = np.full(F, b.height / 2)
+    else:
+        events = []
+        grasp_wrist = obj_c - u * palm_c
+        start = grasp_wrist - u * reach
+        # wrist height that keeps the pitched palm (and its thickness) just above the object's top
+        L = float(np.linalg.norm(open_hand[9] - open_hand[0]))
+        h_top = b.height + palm_c * math.sin(HAND_PITCH) + 0.12 * L + 0.02
+        for f, t in enumerate(times):
+            if t <= t_contact:
+                e = float(min_jerk(t / t_contact))
+                wrist[f, :2] = start + (grasp_wrist - start) * e
+                wrist[f, 2] = h_top + 0.12 * (1 - e)
+            else:
+                e = float(min_jerk((t - t_contact) / max(duration - t_contact, 1e-9) / 0.9))
+                wrist[f, :2] = grasp_wrist + cu * carry * e
+                wrist[f, 2] = h_top + lift * math.sin(math.pi * e)  # up, across, and down again
+            curl[f] = float(np.clip((t - 0.75 * t_contact) / (0.25 * t_contact), 0, 1))
+        c = int(np.searchsorted(times, t_contact))
+        obj_xy = np.tile(obj_c, (F, 1))
+        obj_z = np.full(F, b.height / 2)
+        for f in range(c, F):  # rigidly attached: the object keeps its offset from the wrist
+            obj_xy[f] = obj_c + (wrist[f, :2] - wrist[c, :2])
+            obj_z[f] = b.height / 2 + (wrist[f, 2] - wrist[c, 2])
+    keys, cam_state = _camera_path(F, fps, camera_keys, yaw)
+    cam0_pos = R.position_for(target, yaw, pitch, dist)
+
+    def cam_at(t: float) -> R.Camera:
+        if cam_state is None:
+            return R.camera_from(W, H, *cam0_pos, yaw, pitch)
+        dx, dy, dyaw = cam_state(t)
+        return R.camera_from(W, H, cam0_pos[0] + dx, cam0_pos[1] + dy, cam0_pos[2], yaw + dyaw, pitch)
+
+    frames_rgb = np.zeros((F, H, W, 3), np.uint8)
+    ids_all = np.zeros((F, H, W), np.int16)
+    joints = np.zeros((F, 21, 3), np.float32)
+    pos_world = np.zeros((1, F, 3), np.float32)
+    vel_world = np.zeros((1, F, 3), np.float32)
+    vel_image = np.zeros((1, F, 2), np.float32)
+    vel_control = np.zeros((1, F, 3), np.float32)
+    object_pose = np.tile(np.eye(4, dtype=np.float32), (1, F, 1, 1))
+    extr = []
+    cached = None
+    for f in range(F):
+        cam = cam_at(times[f])
+        sides = R.sides_for(cam)
+        extr.append(cam.world_to_camera().round(6).tolist())
+        if cached is None or cam_state is not None:
+            cached = R.ground_image(cam, ground)
+        g_rgb, X, Y = cached
+        j = _hand_world(wrist[f], heading, float(curl[f]))
+        joints[f] = j
+        x, y = obj_xy[f]
+        z0 = float(obj_z[f] - b.height / 2)
+        fp = R.box_footprint(x, y, b.hx, b.hy) if b.shape == "box" else R.disc_footprint(x, y, b.hx, sides)
+        prisms = [R.Prism(fp, z0, z0 + b.height, COLOURS[objects[0]["colour"]], 1)] + hand_prisms(j, sides)
+        pos_world[0, f] = (x, y, obj_z[f])
+        object_pose[0, f, :3, 3] = pos_world[0, f]
+        if f:
+            vel_world[0, f - 1] = (pos_world[0, f] - pos_world[0, f - 1]) * fps
+        rgb, ids = R.render_frame(cam, g_rgb, X, Y, prisms)
+        frames_rgb[f], ids_all[f] = rgb, ids
+    for f in range(F):  # forward differences, then the image velocity of the centre
+        cam = cam_at(times[f])
+        p, v = pos_world[0, f].astype(np.float64), vel_world[0, f].astype(np.float64)
+        vel_control[0, f] = cam.ground_axes() @ v
+        vel_image[0, f] = R.image_velocity(cam, cam, p - v * 1e-3, p + v * 1e-3, 2e-3) / fps
+    pusher_mask = ids_all == -1
+    id_map = np.where(ids_all > 0, ids_all, 0).astype(np.int16)
+    masks = (id_map == 1)[None]
+    camera = dict(K=cam_at(0.0).K.round(6).tolist(), world_to_camera=extr, fov_deg=40.0, pitch_deg=pitch,
+                  yaw_deg=yaw, distance=dist, keys=keys,
+                  convention=("OpenCV pinhole: x right, y down, z forward; world metres, ground z=0, +z up; "
+                              "world_to_camera per frame"))
+    d = (obj_xy[-1] - obj_xy[0]) if mode == "push" else cu
+    v = cam_at(0.0).ground_axes()[:2, :2] @ d
+    where = direction_word(float(v[0]), float(v[1]))
+    name = _name(objects[0])
+    verb = (f"a hand pushes the {name} {where}" if mode == "push"
+            else f"a hand picks up the {name} and carries it {where}")
+    caption = f"On a {_ground_name(ground)} floor there is {_listing(objects)}. {verb[0].upper()}{verb[1:]}."
+    return SceneClip(frames=frames_rgb, masks=masks, id_map=id_map, pusher_mask=pusher_mask, vel_world=vel_world,
+                     vel_image=vel_image, vel_control=vel_control, objects=objects, driven=[], caption=caption,
+                     camera=camera, fps=float(fps), seed=int(seed), preset="hoi", pos_world=pos_world, events=events,
+                     meta=dict(restitution=restitution, sim_rate=SIM_RATE, ground=ground.kind,
+                               ground_name=_ground_name(ground), hand_side="right", hoi_mode=mode,
+                               contact_frame=int(np.searchsorted(times, t_contact)) if mode == "carry" else None,
+                               hand_scale=HAND_SCALE),
+                     hand_joints=joints, object_pose=object_pose)

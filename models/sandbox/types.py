@@ -20,6 +20,9 @@ class SceneClip:
                                   the camera along the ground), +z out of the ground plane; what
                                   conditions.velocity.velocity_video consumes
     pos_world   float32[N,F,3]    centre of each object (m)
+    hand_joints float32[F,21,3]   'hoi' preset: the hand's 21 joints (world m; wrist, thumb, index, middle, ring,
+                                  little, as conditions.hoi), None otherwise
+    object_pose float32[N,F,4,4]  'hoi' preset: object-to-world poses (rotation, and the lift when carried)
     """
 
     frames: np.ndarray
@@ -39,6 +42,8 @@ class SceneClip:
     pos_world: np.ndarray | None = None
     events: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    hand_joints: np.ndarray | None = None
+    object_pose: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:

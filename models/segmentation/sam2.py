@@ -3,7 +3,8 @@
 Uses the ``sam2`` package (facebookresearch/sam2, an optional dependency) for the architecture and the
 predictors; this module only adds safe loading, one in-memory video path and plain-tensor interfaces:
 
-- configs by name (``sam2.1_hiera_t`` ... ``sam2_hiera_l``, the package's own YAML files) or a YAML path;
+- configs by name (``sam2.1_hiera_t`` ... ``sam2_hiera_l``, the package's own YAML files) or a YAML path whose
+  every ``_target_`` is one of SAM2's own classes (nothing else in a config file is ever called);
 - weights only from ``.safetensors`` whose keys and shapes must match the config (mismatches are listed);
   official ``.pt`` checkpoints go through ``convert_sam2_checkpoint`` (``torch.load(weights_only=True)``);
 - one model (the package's ``SAM2VideoPredictor``, a ``SAM2Base``) serves both the image predictor and
@@ -71,26 +72,108 @@ def resolve_config(config: str | os.PathLike) -> Path:
                      "SAM2 model .yaml file")
 
 
+_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+
+
+def _targets(node, where: str = "model"):
+    """(path, value) of every ``_target_`` at any depth of a plain (resolved) config container."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "_target_":
+                yield where, v
+            yield from _targets(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{where}[{i}]")
+
+
+def allowed_targets() -> frozenset:
+    """The classes a SAM2 config may build: every ``_target_`` of the package's own model configs (the CONFIGS
+    files) plus the video predictor. Hydra calls whatever a ``_target_`` names, so nothing else may appear."""
+    global _ALLOWED
+    if _ALLOWED is None:
+        from omegaconf import OmegaConf
+
+        found = {_PREDICTOR}
+        for rel in CONFIGS.values():
+            cfg = OmegaConf.to_container(OmegaConf.load(_sam2_package() / rel), resolve=False)
+            found.update(str(v) for _, v in _targets(cfg))
+        _ALLOWED = frozenset(found)
+    return _ALLOWED
+
+
+_ALLOWED: frozenset | None = None
+
+
+def _safe_model_config(path: Path, config) -> dict:
+    """The ``model`` section of a SAM2 YAML as a plain dict, refused by name when any ``_target_`` (at any depth)
+    is not a SAM2 class or a value would be interpolated again: no code from a config file runs."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as ex:  # YAML syntax, a failing interpolation: the file is not a usable config
+        raise ValueError(f"`config`: {path} is not a readable SAM2 model config ({type(ex).__name__}: {ex})") from ex
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"`config`: {config} has no `model` section; is it a SAM2 model config?")
+    model = cfg["model"]
+    allowed = allowed_targets()
+    bad = [(w, v) for w, v in _targets(model) if str(v) not in allowed and w != "model"]
+    if bad:
+        w, v = bad[0]
+        raise ValueError(f"`config`: {path.name} asks to build {v!r} at {w}; a SAM2 config may only name SAM2's own "
+                         f"classes (those of the package's configs, e.g. sam2.modeling.backbones.hieradet.Hiera). "
+                         "Refused: a config file never runs other code. Use a config shipped with sam2 (or one "
+                         "written by write_tiny_config) instead.")
+    for k in ("_args_", "_partial_", "_convert_", "_recursive_"):
+        if any(k in d for d in _dicts(model)):
+            raise ValueError(f"`config`: {path.name} sets hydra's {k}, which SAM2 configs never use; refused")
+    text = [v for v in _strings(model) if "${" in v]
+    if text:
+        raise ValueError(f"`config`: {path.name} holds an interpolation {text[0]!r} after resolving; refused")
+    return model
+
+
+def _dicts(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _dicts(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _dicts(v)
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
 def build_model(config: str | os.PathLike, image_size: int | None = None) -> torch.nn.Module:
     """Instantiate the (random-init) SAM2 video predictor of a config, on CPU in eval mode.
 
+    The config is one shipped with the sam2 package or a YAML whose every ``_target_`` is one of SAM2's own
+    classes (:func:`allowed_targets`); anything else is refused before hydra sees it.
     ``image_size`` overrides the model's input resolution (1024 in every release); tests use a small one.
     """
     _sam2_package()
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(resolve_config(config))
-    if "model" not in cfg:
-        raise ValueError(f"`config`: {config} has no `model` section; is it a SAM2 model config?")
-    cfg.model._target_ = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    cfg = OmegaConf.create({"model": _safe_model_config(resolve_config(config), config)})
+    cfg.model._target_ = _PREDICTOR
     for k, v in _OVERRIDES.items():
         cfg.model[k] = v
     if image_size is not None:
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32; got {image_size}")
         cfg.model.image_size = int(image_size)
-    OmegaConf.resolve(cfg)
     model = instantiate(cfg.model, _recursive_=True)
     model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)
     return model.eval()

@@ -5,6 +5,15 @@
 A progress bar shows step, loss and ETA. Ctrl-C stops after the current step with a checkpoint saved (a
 second Ctrl-C aborts at once); running the same command again resumes from the output folder.
 Exit codes: 0 done, 2 bad config or input, 130 interrupted (checkpoint saved).
+
+The same command runs on several GPUs (or CPU processes) under a launcher, unchanged:
+
+    torchrun --nproc-per-node 4 -m interplay.models.training.cli run.toml      # or: accelerate launch -m ...
+
+DDP for control branches and LoRAs, FSDP2 for whole backbones ([train] parallel = auto | ddp | fsdp). The global
+batch per step stays batch_size x grad_accum (each process takes grad_accum / N micro-batches, so grad_accum must
+be a multiple of N) in the one-process order; rank 0 writes the files, and the state resumes with any number of
+processes.
 """
 from __future__ import annotations
 
@@ -71,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main:
             signal.signal(signal.SIGINT, old)
+    from .. import distributed
+
+    if not distributed.is_main():  # one report per launch
+        return 0
     last = f"{res.losses[-1]:.5f}" if res.losses else "n/a"
     print(f"interplay train: {rc.task} done, {res.steps} steps (resumed from {res.resumed_from}), final loss "
           f"{last}; weights {res.checkpoint}")

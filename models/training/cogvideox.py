@@ -170,6 +170,12 @@ class CogVideoXBackboneTask(CogVideoXI2VBase):
     def enable_gradient_checkpointing(self):
         self.bb.denoiser.enable_gradient_checkpointing()
 
+    def fsdp_modules(self):
+        """(root, units) for FSDP2 in a multi-process launch: each transformer block sharded on its own, the
+        transformer's other weights with the root (``trainable_state_dict`` is the root's state dict)."""
+        den = self.bb.denoiser
+        return den, list(den.transformer_blocks)
+
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         frames = self._frames(batch)
         return self._loss({**batch, "_frames": frames}, generator)

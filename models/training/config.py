@@ -189,7 +189,7 @@ def _task_class(task: str):
 
 def _check_options(task: str, opts: dict, where: str) -> None:
     params = inspect.signature(_task_class(task).__init__).parameters
-    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train"}
+    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train", "generator"}
     if task in branch_tasks():
         allowed.add("branch")
     if task == "lora":
@@ -232,8 +232,7 @@ def load_backbone(bbd: dict):
 def load_dataset(ds: dict):
     from ..sandbox.dataset import SandboxDataset
 
-    size = tuple(int(v) for v in ds["size"]) if ds.get("size") else None
-    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=size)
+    return SandboxDataset(ds["root"], frames=ds.get("frames"), size=ds.get("size"))  # it checks both by name
 
 
 def load_branch_file(task: str, path):
@@ -242,14 +241,19 @@ def load_branch_file(task: str, path):
     return registry.load(path, kind=registry.by_task(task).kind)
 
 
-def build_task(task: str, backbone, options: dict, branch=None):
-    """A Task for ``task`` on ``backbone``; ``branch`` (a ControlBranch) or options['branch'] (a file) to continue."""
+def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
+    """A Task for ``task`` on ``backbone``; ``branch`` (a ControlBranch) or options['branch'] (a file) to continue.
+    New trainable weights (a new branch, a LoRA) are drawn from the run seed's init generator, so the same seed
+    gives the same run whatever the global RNG went through."""
+    from ..backbones.base import init_generator
+
     opts = dict(options)
     path = opts.pop("branch", None)
+    gen = init_generator(seed)
     if task in branch_tasks():
         if branch is None and path:
             branch = load_branch_file(task, path)
-        return _task_class(task)(backbone, branch, **opts)
+        return _task_class(task)(backbone, branch, generator=gen, **opts)
     if task in ("cogvideox_backbone", "matrix_lora"):
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
@@ -258,15 +262,17 @@ def build_task(task: str, backbone, options: dict, branch=None):
     if "target_modules" in lora:
         lora["target_modules"] = tuple(lora["target_modules"])
     base_cls = _task_class("lora")
-    return LoraTask(backbone, lambda bb: base_cls(bb, train=False, **opts), **lora)
+    return LoraTask(backbone, lambda bb: base_cls(bb, train=False, **opts), generator=gen, **lora)
 
 
 def run(rc: RunConfig, on_step=None):
     """Load, build, train. Returns (TrainResult, task)."""
+    from .. import distributed
     from .trainer import train
 
+    distributed.init()  # before loading: under a launch each process takes its own GPU
     bb = load_backbone(rc.backbone)
     ds = load_dataset(rc.dataset)
-    task = build_task(rc.task, bb, rc.options)
+    task = build_task(rc.task, bb, rc.options, seed=rc.train.seed)
     res = train(task, ds, rc.train, rc.out_dir, on_step=on_step, resume=rc.resume, desc=rc.task)
     return res, task

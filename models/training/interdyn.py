@@ -24,10 +24,11 @@ class InterDynTask(SVDTaskBase):
 
     def __init__(self, backbone: Backbone, branch: ControlBranch | None = None, *, p_mean: float = 0.7,
                  p_std: float = 1.6, p_drop_image: float = 0.05, fps_id: float = 6, motion_bucket_id: float = 40,
-                 noise_aug: float = 0.02, lr: float = 1e-5, residual_rule: str = "once"):
+                 noise_aug: float = 0.02, lr: float = 1e-5, residual_rule: str = "once",
+                 generator: torch.Generator | None = None):
         self._setup(backbone, dict(p_mean=p_mean, p_std=p_std, p_drop_image=p_drop_image, fps_id=fps_id,
                                    motion_bucket_id=motion_bucket_id, noise_aug=noise_aug, lr=lr), "InterDynTask")
-        self.branch = branch or new_branch(backbone.denoiser, residual_rule=residual_rule)
+        self.branch = branch or new_branch(backbone.denoiser, residual_rule=residual_rule, generator=generator)
         # trainable weights in fp32 (Adam at lr 1e-5 underflows bf16); model_forward autocasts to the
         # backbone's dtype for the compute
         cast(self.branch.module, backbone.device, torch.float32)

@@ -40,7 +40,7 @@ class KineMaskTask(CogVideoXI2VBase):
                  prefix_mode: str = "early_biased", gamma: float = 3.0, p_first: float = 0.2, v_ref: float = V_REF,
                  caption: str | None = None, num_layers: int = 8, downscale: int | None = None,
                  weight: float = 1.0, noise_aug: bool = True, image_dropout: float = 0.0,
-                 max_text_length: int = 226):
+                 max_text_length: int = 226, generator: torch.Generator | None = None):
         from ..control.kinemask import new_branch
 
         if stage not in (1, 2):
@@ -54,7 +54,7 @@ class KineMaskTask(CogVideoXI2VBase):
         if branch is None:
             d = downscale or backbone.extra.get("vae_scale_factor_spatial", 8)
             num_layers = min(num_layers, backbone.denoiser.config.num_layers)
-            branch = new_branch(backbone.denoiser, num_layers=num_layers, downscale=d)
+            branch = new_branch(backbone.denoiser, num_layers=num_layers, downscale=d, generator=generator)
         elif branch.kind != KIND:
             raise ValueError(f"KineMaskTask: the branch is a {branch.kind!r} branch; continue a KineMask branch")
         self.branch = branch

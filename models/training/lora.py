@@ -84,12 +84,17 @@ def activate_all(module: torch.nn.Module) -> None:
 
 
 def add_lora(module: torch.nn.Module, rank: int = 16, alpha: float | None = None, target_modules=DEFAULT_TARGETS,
-             dropout: float = 0.0, adapter: str = ADAPTER) -> torch.nn.Module:
+             dropout: float = 0.0, adapter: str = ADAPTER, generator: torch.Generator | None = None) -> torch.nn.Module:
     """Inject LoRA layers into ``module`` in place (B zero-initialised: output unchanged); returns it.
-    Adapters already on ``module`` keep running beside the new one."""
+    Adapters already on ``module`` keep running beside the new one. A is drawn from ``generator`` (default:
+    backbones.base.init_generator(0)) with peft's own distribution, not from the global RNG peft uses."""
+    import math
     import warnings
 
     from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from ..backbones.base import init_generator
 
     names = {n.rsplit(".", 1)[-1] for n, _ in module.named_modules()} | {n for n, _ in module.named_modules()}
     if not any(t in names or any(n.endswith("." + t) for n in names) for t in target_modules):
@@ -99,7 +104,16 @@ def add_lora(module: torch.nn.Module, rank: int = 16, alpha: float | None = None
         raise ValueError(f"LoRA: adapter {adapter!r} is already on this model")
     with warnings.catch_warnings():  # "multiple adapters in the model": stacking is intended here
         warnings.filterwarnings("ignore", message=".*peft_config.*")
-        inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=adapter)
+        with torch.random.fork_rng(devices=[]):  # peft's own init draws from the global RNG: keep it unmoved
+            inject_adapter_in_model(lora_config(rank, alpha, target_modules, dropout), module, adapter_name=adapter)
+    g = generator if generator is not None else init_generator(0)
+    with torch.no_grad():  # peft's init_lora_weights=True: A kaiming-uniform(a=sqrt(5)), B zero
+        for _, m in sorted((n, m) for n, m in module.named_modules() if isinstance(m, LoraLayer)
+                           and adapter in m.lora_A):
+            a = m.lora_A[adapter].weight
+            fresh = torch.empty(a.shape, dtype=torch.float32)  # drawn in fp32 (A may sit in fp8 storage)
+            a.copy_(torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=g))
+            m.lora_B[adapter].weight.zero_()
     activate_all(module)
     return module
 
@@ -139,22 +153,30 @@ def save_lora(sd: dict, path, meta: dict) -> Path:
 
 def read_lora(path) -> tuple[dict, dict]:
     """(state dict, interplay_lora metadata or {}) of a LoRA safetensors file. A file saved by diffusers'
-    ``save_lora_weights`` carries its peft config as ``lora_adapter_metadata``: its ``lora_alpha`` is used."""
+    ``save_lora_weights`` carries its peft config as ``lora_adapter_metadata``: its ``lora_alpha`` is used. Bad,
+    non-object or wrong-typed metadata is reported with the file's name."""
+    import math
+
+    from ..weights import WeightsFileError, metadata_json
+
     out, raw = read_safetensors(path, "LoRA")
-    key = "interplay_lora"
-    try:
-        meta = json.loads(raw.get(key, "{}"))
-        if "alpha" not in meta and raw.get("lora_adapter_metadata"):
-            key = "lora_adapter_metadata"
-            d = json.loads(raw[key])
-            for prefix in ("", *(f"{p}." for p in sorted(set(PREFIX.values())))):
-                if d.get(prefix + "alpha_pattern") or d.get(prefix + "rank_pattern"):
-                    raise ValueError(f"LoRA: {Path(path).name} sets a different alpha or rank per layer "
-                                     "(alpha_pattern/rank_pattern), which this loader does not support")
-                if prefix + "lora_alpha" in d:
-                    meta["alpha"] = float(d[prefix + "lora_alpha"])
-    except json.JSONDecodeError as ex:
-        raise ValueError(f"LoRA: {path}: its {key!r} metadata is not JSON ({ex}); save it again") from ex
+    meta = metadata_json(raw, "interplay_lora", path, "LoRA") if "interplay_lora" in raw else {}
+    if "alpha" not in meta and raw.get("lora_adapter_metadata"):
+        d = metadata_json(raw, "lora_adapter_metadata", path, "LoRA")
+        for prefix in ("", *(f"{p}." for p in sorted(set(PREFIX.values())))):
+            if d.get(prefix + "alpha_pattern") or d.get(prefix + "rank_pattern"):
+                raise ValueError(f"LoRA: {Path(path).name} sets a different alpha or rank per layer "
+                                 "(alpha_pattern/rank_pattern), which this loader does not support")
+            if prefix + "lora_alpha" in d:
+                meta["alpha"] = d[prefix + "lora_alpha"]
+    alpha = meta.get("alpha")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+                                  and math.isfinite(alpha) and 0 <= alpha <= 1e6):
+        raise WeightsFileError(f"LoRA: {path}: its metadata gives alpha {alpha!r}; expected a number in 0..1e6. "
+                               "Save the LoRA again.")
+    if not isinstance(meta.get("prefix", ""), str):
+        raise WeightsFileError(f"LoRA: {path}: its metadata gives prefix {meta['prefix']!r}; expected a string "
+                               "such as 'transformer'")
     return out, meta
 
 
@@ -176,13 +198,13 @@ def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:
                          + ". Kohya-style lora_down/lora_up files: convert them with diffusers first.")
     prefix = meta.get("prefix", PREFIX.get(bb.family, "transformer"))
     strip = f"{prefix}." if prefix else ""
-    paths = sorted({k[len(strip):] if k.startswith(strip) else k for k in a_keys})
-    paths = [k[: -len(".lora_A.weight")] for k in paths]
+    a_of = {(k[len(strip):] if k.startswith(strip) else k)[: -len(".lora_A.weight")]: k for k in a_keys}
+    paths = sorted(a_of)
     ranks = {sd[k].shape[0] for k in a_keys}
     if len(ranks) != 1:
         raise ValueError(f"LoRA: {path.name} mixes ranks {sorted(ranks)}; only one rank per file is supported")
     rank = ranks.pop()
-    alpha = float(meta.get("alpha", rank)) * float(strength)
+    alpha = float(meta.get("alpha", rank)) * float(strength)  # read_lora vetted it
     den = shared_copy(bb.denoiser)
     adapter = free_adapter_name(den)
     known = {n for n, _ in den.named_modules()}
@@ -190,6 +212,18 @@ def apply_lora(bb: Backbone, path, strength: float = 1.0) -> Backbone:
     if absent:
         raise ValueError(f"LoRA: {len(absent)} of the {len(paths)} layers {path.name} adapts do not exist in this "
                          f"{bb.family} model (e.g. {absent[0]!r}); it was trained for a different model")
+    # the file's shapes against the layers before peft allocates anything at the file's rank
+    mods = dict(den.named_modules())
+    for p in paths:
+        lin = mods[p]
+        if isinstance(lin, torch.nn.Linear):
+            a_key = a_of[p]
+            a_shape = tuple(sd[a_key].shape)
+            b_shape = tuple(sd.get(a_key[: -len("lora_A.weight")] + "lora_B.weight", torch.empty(0)).shape)
+            if a_shape != (rank, lin.in_features) or b_shape != (lin.out_features, rank):
+                raise ValueError(f"LoRA: {path.name} does not fit this model's layer sizes ({p}: lora_A {a_shape} / "
+                                 f"lora_B {b_shape}, the layer needs ({rank}, {lin.in_features}) / "
+                                 f"({lin.out_features}, {rank})); it was trained for a different model")
     add_lora(den, rank, alpha, paths, adapter=adapter)
     load_lora_state_dict(den, sd, prefix, adapter, source=path.name)  # copied, and cast, into the adapter
     place_adapter(den, adapter, bb.dtype)
@@ -208,12 +242,12 @@ class LoraTask:
 
     def __init__(self, backbone: Backbone, base: Callable[[Backbone], object], *, rank: int = 16,
                  alpha: float | None = None, target_modules=DEFAULT_TARGETS, dropout: float = 0.0,
-                 prefix: str | None = None):
+                 prefix: str | None = None, generator: torch.Generator | None = None):
         self.source_backbone = backbone
         backbone.denoiser.requires_grad_(False)
         den = shared_copy(backbone.denoiser)
         self.adapter = free_adapter_name(den)
-        add_lora(den, rank, alpha, target_modules, dropout, adapter=self.adapter)
+        add_lora(den, rank, alpha, target_modules, dropout, adapter=self.adapter, generator=generator)
         place_adapter(den, self.adapter, torch.float32)
         self.lora_params = adapter_parameters(den, self.adapter)
         for p in self.lora_params:

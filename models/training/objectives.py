@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ..sampling.flow import shift_sigma  # noqa: F401  (the one shift; the trainer and the sampler share it)
+
 
 def _bview(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(v.shape[0], *([1] * (x.ndim - 1)))
@@ -129,9 +131,6 @@ def edm_loss(model_fn, x0: torch.Tensor, generator: torch.Generator, *, p_mean: 
 
 
 # ----------------------------------------------------------------------------------------- flow matching
-def shift_sigma(s: torch.Tensor, shift: float) -> torch.Tensor:
-    """Wan's timestep shift: sigma = shift s / (1 + (shift - 1) s)."""
-    return shift * s / (1 + (shift - 1) * s)
 
 
 def flow_matching_loss(model_fn, x0: torch.Tensor, generator: torch.Generator, *, shift: float = 5.0,

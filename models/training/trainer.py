@@ -16,6 +16,9 @@ Task protocol (duck-typed; ``models/training/interdyn.py``, ``kinemask.py`` and 
     save_weights(path, state_dict)                  write ``checkpoint.safetensors`` in the branch loader's
                                                     format (default: safetensors + {"config": json} metadata)
     enable_gradient_checkpointing()                 called when TrainConfig.grad_checkpointing
+    fsdp_modules() -> (root, [units])               whole-backbone tasks: FSDP2 shards each unit (block) and the
+                                                    root's other weights under a launch; trainable_state_dict()
+                                                    must be root.state_dict()
     train() / eval()                                module modes around the loop
 
 Output folder ``out_dir``:
@@ -36,6 +39,14 @@ weights of an uninterrupted run (tested).
 
 Interrupt (ComfyUI cancel, ``runtime.Interrupted``): the trainer saves a checkpoint at the last completed
 step and re-raises; ComfyUI reports an interrupted prompt, and re-queueing the same graph resumes.
+
+Several processes (torchrun / accelerate launch; ``models/distributed.py``): micro-batch m of a step runs on rank
+m % world (``grad_accum`` a multiple of the world size), so the global batch and its order are the one-process
+run's; the global RNG is reseeded per micro-batch (``micro_seed``) so dropout draws the same wherever it runs.
+Gradients are averaged by DDP (branches, LoRAs) or reduce-scattered by FSDP2 (tasks with ``fsdp_modules``), the
+loss scaled by the world size to keep the one-process sum. Only rank 0 writes; under FSDP every save first gathers
+the weights, Adam moments and EMA whole, so the state file is the one-process format and resumes at any world size.
+A cancel is agreed on by all ranks at the next step boundary.
 """
 from __future__ import annotations
 
@@ -55,12 +66,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .. import runtime
+from .. import distributed, runtime
 from ..weights import WeightsFileError, read_safetensors
 
 SCHEDULES = ("constant", "cosine", "linear", "cosine_restarts")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam")
+PARALLEL = ("auto", "ddp", "fsdp")
 CHECKPOINT, EMA_CHECKPOINT, STATE, LOSSES, CURVE = (
     "checkpoint.safetensors", "checkpoint_ema.safetensors", "state.safetensors", "losses.csv", "loss_curve.png")
 STATE_VERSION = 1
@@ -92,6 +104,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     num_workers: int = 0
+    parallel: str = "auto"          # multi-process launches: auto | ddp | fsdp (auto: fsdp for whole backbones)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -134,6 +147,8 @@ class TrainConfig:
             bad("log_every", ">= 1")
         if self.num_workers < 0:
             bad("num_workers", ">= 0")
+        if self.parallel not in PARALLEL:
+            bad("parallel", f"one of {', '.join(PARALLEL)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -142,11 +157,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "TrainConfig") -> "TrainConfig":
+        """A config from user data (TOML/JSON, the node's 'extra'): unknown keys and wrongly typed values (a string
+        where a number goes) are refused by name before any check compares them."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        d = dict(d)
+        for f in fields(cls):
+            if f.name in d:
+                _check_type(where, f.name, d[f.name], type(f.default))
+                if isinstance(f.default, int) and not isinstance(f.default, bool):
+                    d[f.name] = int(d[f.name])  # 10.0 from JSON is the whole number 10
         return cls(**d)
+
+
+def _check_type(where: str, name: str, value, kind: type) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float)
+          and value.is_integer(),
+          float: number and math.isfinite(value), bool: isinstance(value, bool), str: isinstance(value, str),
+          tuple: isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value)}.get(kind, True)
+    if not ok:
+        expected = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
+                    tuple: "a list of numbers"}[kind]
+        raise ValueError(f"{where}: '{name}' must be {expected}; got {value!r}")
 
 
 @dataclass
@@ -221,14 +257,15 @@ def batch_indices(n: int, seed: int, cursor: int, batch_size: int) -> list[int]:
 class _Batches(torch.utils.data.Sampler):
     """Infinite deterministic batch sampler from a cursor (for DataLoader workers)."""
 
-    def __init__(self, n, seed, cursor, batch_size):
+    def __init__(self, n, seed, cursor, batch_size, stride=None):
         self.n, self.seed, self.cursor, self.bs = n, seed, cursor, batch_size
+        self.stride = batch_size if stride is None else stride  # a rank of W takes every W-th micro-batch
 
     def __iter__(self):
         c = self.cursor
         while True:
             yield batch_indices(self.n, self.seed, c, self.bs)
-            c += self.bs
+            c += self.stride
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -243,6 +280,32 @@ def _replace_atomic(tmp: Path, final: Path) -> None:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: keep its files
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files (``_tmp``: ``.<name>.tmp<pid>``) that a run killed mid-write left in ``folder``,
+    only those whose process is gone (a live run may still be writing its own). Returns what was removed."""
+    import re
+
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -466,10 +529,60 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
     ``on_step(step, loss, lr)`` is called after each optimizer step (1-based step). With ``resume`` and a
     state file in ``out_dir``, training continues from it. Raises runtime.Interrupted after saving when
     cancelled.
+
+    Whatever draws from the global torch RNG inside the loop (dropout, a LoRA's dropout) starts from the run's
+    seed (the saved state on resume) in a forked RNG, so the same seed gives the same run whatever the process
+    did before, and the caller's RNG is left as it was.
     """
+    params = list(task.trainable_parameters())
+    device = params[0].device if params else torch.device("cpu")
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(global_seed(cfg.seed))
+        if cuda:
+            torch.cuda.manual_seed(global_seed(cfg.seed))  # this device only: the others stay untouched
+        return _train(task, dataset, cfg, out_dir, on_step, resume, desc)
+
+
+def global_seed(seed: int) -> int:
+    """The global torch RNG's seed inside a fresh run with seed ``seed`` (apart from the data and loss streams)."""
+    return (int(seed) * 1_000_003 + 977) % (2 ** 63)
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """The global torch RNG's seed for micro-batch ``micro`` of step ``step`` (dropout draws): reseeded per
+    micro-batch, so whichever process of a launch runs it, it draws the same numbers."""
+    return (int(seed) * 1_000_003 + step * 7_919 + micro * 104_729 + 31) % (2 ** 63)
+
+
+def _parallel_mode(task, cfg: TrainConfig, world: int) -> str:
+    """"none" (one process), "ddp" or "fsdp" (FSDP2: tasks that name their shardable modules, ``fsdp_modules``)."""
+    if world == 1:
+        return "none"
+    if cfg.grad_accum % world:
+        raise ValueError(f"train: grad_accum {cfg.grad_accum} with {world} processes; each process takes "
+                         f"grad_accum / {world} of a step's micro-batches, so set grad_accum to a multiple of "
+                         f"{world} (the global batch per step stays batch_size x grad_accum)")
+    can_shard = callable(getattr(task, "fsdp_modules", None))
+    mode = cfg.parallel if cfg.parallel != "auto" else ("fsdp" if can_shard else "ddp")
+    if mode == "fsdp" and not can_shard:
+        raise ValueError(f"train: parallel 'fsdp' needs a task that names its shardable modules (whole-backbone "
+                         f"tasks); {task.config().get('task')!r} does not. Use parallel 'ddp' or 'auto'.")
+    if mode == "fsdp" and cfg.precision == "fp16":
+        raise ValueError("train: fp16 with FSDP is not supported (its loss scaler does not shard); use precision "
+                         "bf16 or fp32")
+    return mode
+
+
+def _train(task, dataset, cfg: TrainConfig, out_dir, on_step, resume: bool, desc: str) -> TrainResult:
     cfg.validate()
+    world = distributed.init()
+    rank, main = distributed.rank(), distributed.is_main()
+    mode = _parallel_mode(task, cfg, world)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if main:
+        remove_stale_tmp(out)
     n = len(dataset)
     if n < 1:
         raise ValueError("train: the dataset is empty")
@@ -483,13 +596,6 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
     device = params[0].device
     if cfg.grad_checkpointing and callable(getattr(task, "enable_gradient_checkpointing", None)):
         task.enable_gradient_checkpointing()
-
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(optimizer_groups(task, params, cfg.lr), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                  weight_decay=cfg.weight_decay)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    ema = _Ema(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     step, cursor, losses, lrs, resumed_from = 0, 0, [], [], 0
     st = read_state(out) if resume else None
@@ -507,18 +613,50 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
         if old_task is not None and old_task != task.config().get("task"):
             raise ValueError(f"train: {out} holds a '{old_task}' run; this task is '{task.config().get('task')}'. "
                              "Use a new output folder.")
+        # the full weights go in before any wrapper shards them (the state holds unsharded tensors)
         task.load_trainable_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+
+    # one process: the task itself; a launch: DDP (branches, LoRAs) or FSDP2 (whole backbones) around it
+    model, root = None, None
+    if mode == "ddp":
+        model = distributed.ddp(task, params)
+    elif mode == "fsdp":
+        root, units = task.fsdp_modules()
+        model = distributed.fsdp(task, root, units)
+        params = list(task.trainable_parameters())  # now DTensors, in the same order
+
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(optimizer_groups(task, params, cfg.lr), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                  weight_decay=cfg.weight_decay)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    ema = _Ema(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    if st is not None:
+        opt_sd = unflatten_optimizer(tensors, meta["optimizer"])
+        if mode == "fsdp":  # full tensors from the file cut like each parameter's shard
+            order = [p for g in opt.param_groups for p in g["params"]]
+            for pid, state in opt_sd["state"].items():
+                opt_sd["state"][pid] = {k: (distributed.shard_like(v, order[pid]) if isinstance(v, torch.Tensor)
+                                            and v.shape == order[pid].shape else v) for k, v in state.items()}
+        opt.load_state_dict(opt_sd)
         if meta.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(meta["scaler"])
         if ema is not None and "ema.0" in tensors:
-            ema.shadow = [tensors[f"ema.{i}"].to(device).float() for i in range(len(params))]
+            ema.shadow = [distributed.shard_like(tensors[f"ema.{i}"].to(device).float(), p.detach().float())
+                          for i, p in enumerate(params)]
         _rng_restore(tensors, meta["rng"])
         step, cursor = int(meta["step"]), int(meta["cursor"])
         losses, lrs = list(meta["losses"]), list(meta["lrs"])
         resumed_from = step
 
     writer = None if callable(getattr(task, "save_weights", None)) else branch_writer(task)
+
+    def current_sd() -> dict:
+        """The weights a checkpoint holds, whole: under FSDP gathered from every rank (collective)."""
+        if mode == "fsdp":
+            return {k: distributed.full_tensor(v).clone() for k, v in root.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
 
     def write_current(path: Path, sd: dict) -> None:
         """Write the task's current weights (``sd``) atomically in the task's / branch's own format."""
@@ -532,50 +670,77 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
         _replace_atomic(tmp, path)
 
     def save(final: bool = False, rng=None) -> None:
-        sd = {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
+        if not main and mode != "fsdp":
+            return  # DDP ranks hold rank 0's weights: only rank 0 writes, and nothing needs gathering
+        sd = current_sd()
+        ot, om = flatten_optimizer(opt)
+        if mode == "fsdp":
+            ot = {k: distributed.full_tensor(v) for k, v in ot.items()}
+        ema_sd, shadow = None, None
+        if ema is not None:
+            shadow = {f"ema.{i}": distributed.full_tensor(s) for i, s in enumerate(ema.shadow)}
+            with ema.swapped(params):
+                ema_sd = current_sd()
+        if not main:
+            return
         write_current(out / CHECKPOINT, sd)
         tensors = {f"model.{k}": v for k, v in sd.items()}
-        ot, om = flatten_optimizer(opt)
         tensors.update(ot)
         if ema is not None:
-            tensors.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
+            tensors.update(shadow)
             with ema.swapped(params):
-                write_current(out / EMA_CHECKPOINT,
-                              {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()})
+                write_current(out / EMA_CHECKPOINT, ema_sd)
         rt, rm = rng if rng is not None else _rng_capture()
         tensors.update(rt)
         meta = {"version": STATE_VERSION, "step": step, "cursor": cursor, "losses": losses, "lrs": lrs,
                 "optimizer": om, "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rm,
-                "train_config": cfg.to_dict(), "task_config": task.config(), "final": final}
+                "train_config": cfg.to_dict(), "task_config": task.config(), "final": final,
+                "world_size": world}
         _write_csv(out / LOSSES, losses, lrs)
         _write_curve(out / CURVE, losses)
         # the state goes last: resume trusts only it, and it is never ahead of the files above
         save_safetensors_atomic(tensors, out / STATE, metadata={"state": json.dumps(meta)})
 
-    _write_csv(out / LOSSES, losses, lrs)  # drops lines logged after the checkpoint being resumed
+    if main:
+        _write_csv(out / LOSSES, losses, lrs)  # drops lines logged after the checkpoint being resumed
 
+    # Micro-batch m of a step runs on rank m % world: the global batch (batch_size x grad_accum) and its order
+    # are the one-process run's, whatever the world size, and so is a resume with another world size.
+    mine = [m for m in range(cfg.grad_accum) if m % world == rank]
     loader_iter = None
     if cfg.num_workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Batches(n, cfg.seed, cursor, cfg.batch_size),
-                                             collate_fn=collate, num_workers=cfg.num_workers)
+        sampler = _Batches(n, cfg.seed, cursor + rank * cfg.batch_size, cfg.batch_size,
+                           stride=world * cfg.batch_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=cfg.num_workers)
         loader_iter = iter(loader)
 
-    def next_batch():
-        nonlocal cursor
+    def next_batch(start: int, micro: int):
         if loader_iter is not None:
-            b = next(loader_iter)
-        else:
-            b = collate([dataset[i] for i in batch_indices(n, cfg.seed, cursor, cfg.batch_size)])
-        cursor += cfg.batch_size
-        return b
+            return next(loader_iter)
+        return collate([dataset[i] for i in batch_indices(n, cfg.seed, start + micro * cfg.batch_size,
+                                                          cfg.batch_size)])
 
-    bar = runtime.progress(cfg.steps, desc)
-    bar.value = min(step, bar.total)
+    def interrupted_everywhere() -> bool:
+        """A cancel on any rank stops every rank at the same step boundary (a launch cannot stop mid-step)."""
+        try:
+            runtime.check_interrupt()
+            local = False
+        except runtime.Interrupted:
+            local = True
+        return distributed.any_true(local)
+
+    bar = runtime.progress(cfg.steps, desc) if main else None
+    if bar is not None:
+        bar.value = min(step, bar.total)
     t0, s0 = time.monotonic(), step
     mid_step, step_start = False, None
+    cuda_rng = device.type == "cuda"
     _set_mode(task, True)
     try:
         while step < cfg.steps:
+            if world > 1 and interrupted_everywhere():
+                raise runtime.Interrupted("interrupted")
             # what a save must record if a cancel lands inside this step (before the optimizer update)
             step_start = (cursor, _rng_capture())
             mid_step = True
@@ -584,15 +749,29 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             opt.zero_grad(set_to_none=True)
             total = 0.0
-            for micro in range(cfg.grad_accum):
-                batch = next_batch()
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = task.loss(batch, step_generator(cfg.seed, step, micro))
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"train: loss is {float(loss)} at step {step + 1}; lower lr "
-                                             "or use fp32/bf16 precision")
-                scaler.scale(loss / cfg.grad_accum).backward()
+            for k, micro in enumerate(mine):
+                batch = next_batch(cursor, micro)
+                seed = micro_seed(cfg.seed, step, micro)
+                torch.default_generator.manual_seed(seed)
+                if cuda_rng:
+                    torch.cuda.manual_seed(seed)  # this process's GPU only
+                last = k == len(mine) - 1
+                sync = contextlib.nullcontext() if (mode != "ddp" or last) else model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        gen = step_generator(cfg.seed, step, micro)
+                        loss = task.loss(batch, gen) if model is None else model(batch, gen)
+                    if not torch.isfinite(loss.detach()):
+                        raise FloatingPointError(f"train: loss is {float(loss)} at step {step + 1}; lower lr "
+                                                 "or use fp32/bf16 precision")
+                    # DDP and FSDP average gradients over the ranks: scale by the world size so the sum over
+                    # all micro-batches / grad_accum is the one-process gradient
+                    scaled = loss / cfg.grad_accum if world == 1 else loss * (world / cfg.grad_accum)
+                    scaler.scale(scaled).backward()
                 total += float(loss.detach()) / cfg.grad_accum
+            cursor += cfg.grad_accum * cfg.batch_size
+            if world > 1:
+                total = distributed.sum_float(total)
             if cfg.clip_norm > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
@@ -604,15 +783,23 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
             mid_step = False
             losses.append(total)
             lrs.append(lr)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if main and (step % cfg.log_every == 0 or step == cfg.steps):
                 with open(out / LOSSES, "a", newline="") as f:
                     f.write(f"{step},{total:.8g},{lr:.8g}\n")
             if on_step is not None:
                 on_step(step, total, lr)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save()
-            eta = (time.monotonic() - t0) / (step - s0) * (cfg.steps - step)
-            bar.update(1, text=f"step {step}/{cfg.steps} loss {total:.4f} ETA {runtime._fmt_seconds(eta)}")
+            if bar is not None:
+                eta = (time.monotonic() - t0) / (step - s0) * (cfg.steps - step)
+                text = f"step {step}/{cfg.steps} loss {total:.4f} ETA {runtime._fmt_seconds(eta)}"
+                if world == 1:
+                    bar.update(1, text=text)
+                else:  # the cancel this finds is agreed on at the next step boundary
+                    try:
+                        bar.update(1, text=text)
+                    except runtime.Interrupted:
+                        runtime.request_interrupt()
     except runtime.Interrupted:
         if mid_step:  # roll the data cursor and RNG back to the start of the unfinished step
             cursor = step_start[0]
@@ -623,10 +810,16 @@ def train(task, dataset, cfg: TrainConfig, out_dir, on_step: Callable | None = N
         raise
     finally:
         _set_mode(task, False)
-        bar.close()
+        if bar is not None:
+            bar.close()
     save(final=True)
-    sd = {k: v.detach().cpu().clone() for k, v in task.trainable_state_dict().items()}
-    esd = ema.state_dict_of(task, params) if ema is not None else None
+    sd = current_sd()
+    esd = None
+    if ema is not None:
+        with ema.swapped(params):
+            esd = current_sd()
+    if mode == "fsdp":
+        distributed.fsdp_release(model)  # the trained model samples afterwards as an ordinary one
     return TrainResult(state_dict=sd, losses=list(losses), steps=step, checkpoint=out / CHECKPOINT,
                        ema_state_dict=esd, resumed_from=resumed_from, out_dir=out, curve=plot_losses(losses))
 

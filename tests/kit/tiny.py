@@ -11,7 +11,10 @@ Builders (all return paths; fixtures of the same names live in tests/conftest.py
 - :func:`tiny_cogvideox_dir` -> diffusers ``CogVideoXImageToVideoPipeline`` folder.
 - :func:`tiny_cogvideox_files` -> ``dict(transformer=, vae=, text_encoder=, tokenizer=)`` single files.
 - :func:`tiny_svd_dir` -> diffusers ``StableVideoDiffusionPipeline`` folder.
-- :func:`tiny_wan_dir` -> diffusers ``WanImageToVideoPipeline`` folder (two experts: transformer + transformer_2).
+- :func:`tiny_wan_dir` -> diffusers ``WanImageToVideoPipeline`` folder (variant "2.2": two experts, "2.1": CLIP
+  branch, "2.1-t2v", "2.2-ti2v": 48-channel VAE).
+- :func:`tiny_wan_comfy_files` -> the same weights as ComfyUI-native single files (+ fp8 copies);
+  :func:`tiny_wan_files` -> the "2.2" model as diffusers-named single files.
 - :func:`tiny_sam2` -> ``(yaml_path, weights_safetensors)``.
 - :func:`tiny_models_root` / :func:`models_root` -> a ComfyUI-style models root holding all of the above.
 
@@ -207,9 +210,9 @@ COGVIDEOX_INDEX = {
 def build_t5_tokenizer():
     """``T5TokenizerFast`` over a small local Unigram vocabulary (pad 0, eos 1, unk 2; no download).
 
-    The package's demo tokenizer (interplay.models.demo.tokenizer) is reused so the kit and the demo agree.
+    The package's local tokenizer (interplay.models.tokenizer) is reused so the kit and the demo agree.
     """
-    from interplay.models.demo.tokenizer import build_tokenizer
+    from interplay.models.tokenizer import build_tokenizer
 
     return build_tokenizer()
 
@@ -472,34 +475,60 @@ def sam2_hydra_dir(config_dir: Path):
 
 
 # ================================================================================================== Wan
-WAN_Z = 4
+# Four tiny Wan models of the real classes at the release channel counts (16/48-channel latents, 36/16/48-channel
+# transformer inputs), each a diffusers folder and ComfyUI-native single files. Facts in tiny_wan_dir's docstring.
+WAN_Z = 16
+WAN22_Z = 48
+
+
+def _release_latent_stats():
+    from interplay.models.backbones import wan
+
+    return wan.WAN21_LATENTS_MEAN, wan.WAN21_LATENTS_STD, wan.WAN22_LATENTS_MEAN, wan.WAN22_LATENTS_STD
+
+
+_M21, _S21, _M22, _S22 = _release_latent_stats()
 WAN_VAE = dict(
-    base_dim=8, z_dim=WAN_Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-    temperal_downsample=[False, True, True], dropout=0.0,
-    latents_mean=[0.1, -0.2, 0.3, -0.1], latents_std=[1.5, 2.0, 1.2, 1.8],
+    base_dim=4, z_dim=WAN_Z, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, latents_mean=_M21, latents_std=_S21,
     scale_factor_temporal=4, scale_factor_spatial=8,
 )
-"""Wan2.1 VAE structure (also Wan2.2 A14B's): 8x space, 4x time keeping frame 0 apart; latents_mean/std have z_dim
-entries (the pipeline normalises latents with them instead of a scaling factor)."""
+"""Wan2.1 VAE structure (also Wan2.2-A14B's) at base width 4: 8x space, 4x time keeping frame 0 apart, the
+release's 16 latent channels and latents_mean/std (the pipeline normalises latents with them, no scaling factor);
+num_res_blocks 2 as released, so diffusers' own single-file converter reads the native file."""
 
-WAN_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=2 * WAN_Z + 4,
-    out_channels=WAN_Z, text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-    pos_embed_seq_len=None,
+WAN22_VAE = dict(
+    base_dim=4, decoder_base_dim=8, z_dim=WAN22_Z, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, is_residual=True, in_channels=12, out_channels=12,
+    patch_size=2, latents_mean=_M22, latents_std=_S22, scale_factor_temporal=4, scale_factor_spatial=16,
 )
-"""Wan2.2 I2V-A14B expert layout: input = noisy latent (z) ++ 4 first-frame mask channels ++ image latent (z);
-no CLIP branch (image_dim None). head_dim 16: RoPE splits it t/h/w = 8/4/4."""
+"""Wan2.2 VAE (TI2V-5B): residual blocks, 2x2 pixel patches (12 channels in), 16x space, 48 latent channels."""
+
+_WAN_BASE = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=256, ffn_dim=64,
+    num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None,
+    added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
+)
+WAN_TRANSFORMER = dict(_WAN_BASE, in_channels=2 * WAN_Z + 4, out_channels=WAN_Z)
+"""Wan2.2 I2V-A14B expert layout: input = noisy latent (16) ++ 4 first-frame mask channels ++ image latent (16) =
+36, like the release; no CLIP branch (image_dim None). head_dim 16: RoPE splits it t/h/w = 8/4/4."""
 
 WAN21_TRANSFORMER = dict(WAN_TRANSFORMER, image_dim=32, added_kv_proj_dim=32)
-"""Wan2.1 I2V layout: the same plus a CLIP image branch (image_dim = CLIP hidden size, added K/V projections of
-width inner_dim)."""
+"""Wan2.1 I2V layout: the same 36 channels plus a CLIP image branch (image_dim = CLIP hidden size, added K/V
+projections of width inner_dim)."""
+
+WAN21_T2V_TRANSFORMER = dict(_WAN_BASE, in_channels=WAN_Z, out_channels=WAN_Z)
+"""Wan2.1 T2V layout (1.3B/14B): the noisy latent only."""
+
+WAN22_TI2V_TRANSFORMER = dict(_WAN_BASE, in_channels=WAN22_Z, out_channels=WAN22_Z)
+"""Wan2.2 TI2V-5B layout: 48 in = 48 out; the image enters as the first latent frame (per-token timestep 0)."""
 
 WAN_CLIP = dict(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
                 image_size=224, patch_size=32, hidden_act="gelu")
-"""Wan2.1 I2V uses CLIPVisionModel hidden_states[-2] (penultimate layer) at 224 px."""
+"""Wan2.1 I2V uses CLIPVisionModel hidden_states[-2] (penultimate layer) at 224 px (tiny: 7x7 patches + class)."""
 
-UMT5_CONFIG = dict(T5_CONFIG)
+UMT5_CONFIG = dict(T5_CONFIG, num_layers=2)
+"""umT5 keeps a relative-attention bias in every block (T5 only in block 0): two blocks show it."""
 
 WAN_SCHEDULER = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
                      flow_shift=5.0, solver_order=2, solver_type="bh2", lower_order_final=True,
@@ -508,10 +537,23 @@ WAN_SCHEDULER = dict(num_train_timesteps=1000, prediction_type="flow_prediction"
 
 WAN_BOUNDARY_RATIO = 0.9  # Wan2.2 A14B: high-noise expert `transformer` for t >= 900, `transformer_2` below
 
+WAN_VARIANTS = ("2.2", "2.1", "2.1-t2v", "2.2-ti2v")
+"""Kit variant names: "2.2" = Wan2.2-I2V-A14B (two experts), "2.1" = Wan2.1-I2V-14B (CLIP branch), "2.1-t2v" =
+Wan2.1-T2V, "2.2-ti2v" = Wan2.2-TI2V-5B (48-channel VAE)."""
+
+_WAN_TCFG = {"2.2": WAN_TRANSFORMER, "2.1": WAN21_TRANSFORMER, "2.1-t2v": WAN21_T2V_TRANSFORMER,
+             "2.2-ti2v": WAN22_TI2V_TRANSFORMER}
+
+
+def _check_wan_variant(variant: str) -> None:
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"tiny Wan: variant must be one of {WAN_VARIANTS}; got {variant!r}")
+
 
 def _wan_index(variant: str) -> dict:
+    i2v = variant in ("2.2", "2.1")
     idx = {
-        "_class_name": "WanImageToVideoPipeline", "_diffusers_version": "0.35.0",
+        "_class_name": "WanImageToVideoPipeline" if i2v else "WanPipeline", "_diffusers_version": "0.35.0",
         "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": ["transformers", "UMT5EncoderModel"],
         "tokenizer": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "WanTransformer3DModel"],
         "vae": ["diffusers", "AutoencoderKLWan"],
@@ -519,31 +561,41 @@ def _wan_index(variant: str) -> dict:
     if variant == "2.2":
         idx |= {"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": WAN_BOUNDARY_RATIO,
                 "expand_timesteps": False, "image_encoder": [None, None], "image_processor": [None, None]}
-    else:
+    elif variant == "2.1":
         idx |= {"image_encoder": ["transformers", "CLIPVisionModel"],
                 "image_processor": ["transformers", "CLIPImageProcessor"]}
+    elif variant == "2.2-ti2v":  # as Wan-AI/Wan2.2-TI2V-5B-Diffusers: one model, per-token timesteps
+        idx |= {"transformer_2": [None, None], "boundary_ratio": None, "expand_timesteps": True}
     return idx
 
 
+def new_wan_clip(seed: int = 4):
+    """The tiny CLIP vision tower with its projection (ComfyUI's clip_vision_h layout keeps visual_projection)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**WAN_CLIP)).eval()
+
+
 def new_wan_modules(seed: int = 0, variant: str = "2.2") -> dict:
-    """In-memory tiny Wan parts. ``variant`` "2.2" (A14B: two experts, no CLIP) or "2.1" (one expert + CLIP)."""
+    """In-memory tiny Wan parts for a kit ``variant`` (:data:`WAN_VARIANTS`)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
-    if variant not in ("2.1", "2.2"):
-        raise ValueError(f"tiny Wan: variant must be '2.1' or '2.2'; got {variant!r}")
+    _check_wan_variant(variant)
     torch.manual_seed(seed)
-    out = dict(vae=AutoencoderKLWan(**WAN_VAE).eval())
-    tcfg = WAN_TRANSFORMER if variant == "2.2" else WAN21_TRANSFORMER
+    out = dict(vae=AutoencoderKLWan(**(WAN22_VAE if variant == "2.2-ti2v" else WAN_VAE)).eval())
     torch.manual_seed(seed + 1)
-    out["transformer"] = WanTransformer3DModel(**tcfg).eval()
+    out["transformer"] = WanTransformer3DModel(**_WAN_TCFG[variant]).eval()
     if variant == "2.2":
         torch.manual_seed(seed + 3)
-        out["transformer_2"] = WanTransformer3DModel(**tcfg).eval()
-    else:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+        out["transformer_2"] = WanTransformer3DModel(**_WAN_TCFG[variant]).eval()
+    if variant == "2.1":
+        from transformers import CLIPImageProcessor, CLIPVisionModel
 
-        torch.manual_seed(seed + 4)
-        out["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(**WAN_CLIP)).eval()
+        full = new_wan_clip(seed + 4)
+        clip = CLIPVisionModel(full.config).eval()
+        getattr(clip, "vision_model", clip).load_state_dict(full.vision_model.state_dict())  # transformers 4 / 5
+        out["image_encoder"] = clip
         out["image_processor"] = CLIPImageProcessor(
             size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
             image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
@@ -554,24 +606,32 @@ def new_wan_modules(seed: int = 0, variant: str = "2.2") -> dict:
     return out
 
 
+def _wan_spec(seed, variant):
+    return dict(vae=WAN22_VAE if variant == "2.2-ti2v" else WAN_VAE, transformer=_WAN_TCFG[variant],
+                clip=WAN_CLIP if variant == "2.1" else None, t5=UMT5_CONFIG, sched=WAN_SCHEDULER,
+                index=_wan_index(variant), seed=seed)
+
+
 def tiny_wan_dir(seed: int = 0, variant: str = "2.2") -> Path:
-    """Diffusers folder loadable by ``WanImageToVideoPipeline.from_pretrained``.
+    """Diffusers folder loadable by ``WanImageToVideoPipeline.from_pretrained`` (``WanPipeline`` for T2V).
 
     variant "2.2" (default, the Wan2.2 I2V-A14B layout): transformer/ (high-noise expert), transformer_2/
     (low-noise expert), vae/, text_encoder/ (UMT5EncoderModel), tokenizer/ (T5TokenizerFast, local vocab),
     scheduler/ (UniPC, flow shift 5), model_index.json with boundary_ratio 0.9 and no image encoder.
     variant "2.1": one transformer with image_dim/added_kv_proj_dim + image_encoder/ (CLIPVisionModel) and
-    image_processor/.
+    image_processor/. "2.1-t2v": one 16-channel transformer (WanPipeline). "2.2-ti2v": one 48-channel transformer,
+    the Wan2.2 VAE, expand_timesteps true.
 
-    Shapes: frames F = 4k+1 (81 in the release; 5 or 9 here), pixels multiples of 16 (VAE 8x, patch 2):
-    32 px, 5 frames -> latents [B, C=4, f=2, 4, 4] (diffusers order), transformer tokens 2 x 2 x 2 = 8.
-    Single-file keys are diffusers names (``patch_embedding.weight`` [inner, in, 1, 2, 2], ``blocks.<i>.*``,
-    ``condition_embedder.text_embedder.linear_1.weight`` [inner, text_dim], ``proj_out.weight``
-    [out*4, inner], ``blocks.0.attn2.add_k_proj`` only for 2.1 I2V). ComfyUI's Wan files use the original names
-    (``patch_embedding``, ``blocks.<i>.self_attn.q``, ``blocks.<i>.ffn.0``, ``text_embedding.0``, ``head.head``,
-    ``head.modulation``, ``img_emb.proj.*`` for 2.1 I2V) and need a key map; note ComfyUI's own detection
-    (comfy/model_detection.py) assumes head_dim 128 (num_heads = dim // 128), which a tiny model breaks.
+    Shapes: frames F = 4k+1 (81 in the release; 5 or 9 here). VAE 2.1: pixels multiples of 16 (VAE 8x, patch 2),
+    32 px, 5 frames -> latents [B, 16, f=2, 4, 4] (diffusers order), 2 x 2 x 2 = 8 tokens. VAE 2.2: multiples of
+    32 (16x, patch 2), 64 px, 5 frames -> [B, 48, 2, 4, 4]. The I2V transformers take 36 channels: 16 noisy +
+    4 mask + 16 image latent.
+
+    Native (ComfyUI) keys: see :func:`tiny_wan_comfy_files` and interplay.models.backbones.wan_convert. ComfyUI's
+    own detection (comfy/model_detection.py) assumes head_dim 128 (num_heads = dim // 128) and a 1280-wide CLIP,
+    which a tiny model breaks; the pack's loader reads both from the shapes.
     """
+    _check_wan_variant(variant)
 
     def build(tmp: Path):
         m = new_wan_modules(seed, variant)
@@ -579,17 +639,19 @@ def tiny_wan_dir(seed: int = 0, variant: str = "2.2") -> Path:
             mod.save_pretrained(tmp / name)
         (tmp / "model_index.json").write_text(json.dumps(_wan_index(variant), indent=2))
 
-    tcfg = WAN_TRANSFORMER if variant == "2.2" else WAN21_TRANSFORMER
-    spec = dict(vae=WAN_VAE, transformer=tcfg, clip=WAN_CLIP if variant == "2.1" else None, t5=UMT5_CONFIG,
-                sched=WAN_SCHEDULER, index=_wan_index(variant), seed=seed)
-    return cached(f"wan{variant.replace('.', '')}", spec, build)
+    return cached("wan" + variant.replace(".", "").replace("-", "_"), _wan_spec(seed, variant), build)
+
+
+WAN_FILES = dict(transformer="diffusion_models/tiny_wan22_i2v_high_noise_diffusers.safetensors",
+                 transformer_2="diffusion_models/tiny_wan22_i2v_low_noise_diffusers.safetensors",
+                 vae="vae/tiny_wan_vae.safetensors", text_encoder="text_encoders/tiny_umt5.safetensors",
+                 tokenizer="text_encoders/tiny_umt5_tokenizer")
+"""Diffusers-layout single files of the "2.2" model (what diffusers' save_pretrained names)."""
 
 
 def tiny_wan_files(seed: int = 0) -> dict:
-    """The Wan2.2 experts, VAE and umT5 of :func:`tiny_wan_dir` as single files (diffusers key names).
-
-    Returns ``dict(transformer=, transformer_2=, vae=, text_encoder=, tokenizer=, root=)``.
-    """
+    """The Wan2.2 experts, VAE and umT5 of :func:`tiny_wan_dir` as single files with diffusers key names
+    (:data:`WAN_FILES`). Returns ``dict(transformer=, transformer_2=, vae=, text_encoder=, tokenizer=, root=)``."""
     src = tiny_wan_dir(seed, "2.2")
 
     def build(tmp: Path):
@@ -597,7 +659,9 @@ def tiny_wan_files(seed: int = 0) -> dict:
         from transformers import T5TokenizerFast, UMT5EncoderModel
 
         for k in ("transformer", "transformer_2"):
-            save_single_file(WanTransformer3DModel.from_pretrained(src / k), tmp / WAN_FILES[k])
+            tr = WanTransformer3DModel.from_pretrained(src / k)  # its diffusers config as the file's metadata
+            save_single_file(tr, tmp / WAN_FILES[k], metadata={"config": json.dumps({k2: v for k2, v in tr.config.items()
+                                                                                    if not k2.startswith("_")})})
         save_single_file(AutoencoderKLWan.from_pretrained(src / "vae"), tmp / WAN_FILES["vae"])
         save_single_file(UMT5EncoderModel.from_pretrained(src / "text_encoder"), tmp / WAN_FILES["text_encoder"])
         T5TokenizerFast.from_pretrained(src / "tokenizer").save_pretrained(tmp / WAN_FILES["tokenizer"])
@@ -606,14 +670,153 @@ def tiny_wan_files(seed: int = 0) -> dict:
     return {k: root / v for k, v in WAN_FILES.items()} | {"root": root}
 
 
-WAN_FILES = dict(transformer="diffusion_models/tiny_wan22_i2v_high_noise.safetensors",
-                 transformer_2="diffusion_models/tiny_wan22_i2v_low_noise.safetensors",
-                 vae="vae/tiny_wan_vae.safetensors", text_encoder="text_encoders/tiny_umt5.safetensors",
-                 tokenizer="text_encoders/tiny_umt5_tokenizer")
+# ComfyUI-native single files, named like the Comfy-Org repackaged releases (models root relative)
+WAN_COMFY_FILES = {
+    "2.2": dict(transformer="diffusion_models/tiny_wan2.2_i2v_high_noise_14B.safetensors",
+                transformer_2="diffusion_models/tiny_wan2.2_i2v_low_noise_14B.safetensors",
+                vae="vae/tiny_wan_2.1_vae.safetensors"),
+    "2.1": dict(transformer="diffusion_models/tiny_wan2.1_i2v_480p_14B.safetensors",
+                vae="vae/tiny_wan_2.1_vae.safetensors", clip_vision="clip_vision/tiny_clip_vision_h.safetensors"),
+    "2.1-t2v": dict(transformer="diffusion_models/tiny_wan2.1_t2v_1.3B.safetensors",
+                    vae="vae/tiny_wan_2.1_vae.safetensors"),
+    "2.2-ti2v": dict(transformer="diffusion_models/tiny_wan2.2_ti2v_5B.safetensors",
+                     vae="vae/tiny_wan2.2_vae.safetensors"),
+}
+WAN_COMFY_TEXT_ENCODER = "text_encoders/tiny_umt5_xxl.safetensors"
+WAN_COMFY_TEXT_ENCODER_FP8 = "text_encoders/tiny_umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def fp8_path(rel: str, scaled: bool = False) -> str:
+    """The fp8 copy's name of a kit file: ``<stem>_fp8_e4m3fn[_scaled].safetensors`` (Comfy-Org's suffixes)."""
+    stem = rel[: -len(".safetensors")]
+    return stem + ("_fp8_e4m3fn_scaled" if scaled else "_fp8_e4m3fn") + ".safetensors"
+
+
+def spiece_model_proto(vocab) -> bytes:
+    """A SentencePiece Unigram ModelProto (serialised protobuf) over ``vocab`` [(piece, score)], pad 0, eos 1,
+    unk 2, no bos, identity normaliser: the same tokenizer as ``T5TokenizerFast(vocab=vocab)``. ComfyUI umT5 files
+    carry the real model as a ``spiece_model`` byte tensor; this writes a tiny one without the protobuf package."""
+    import struct
+
+    def varint(n):
+        n &= (1 << 64) - 1
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def ld(num, data):  # length-delimited field
+        return varint(num << 3 | 2) + varint(len(data)) + data
+
+    def vi(num, n):
+        return varint(num << 3) + varint(n)
+
+    def f32(num, x):
+        return varint(num << 3 | 5) + struct.pack("<f", x)
+
+    kinds = {0: 3, 1: 3, 2: 2}  # SentencePiece.Type: NORMAL 1, UNKNOWN 2, CONTROL 3
+    pieces = b"".join(ld(1, ld(1, p.encode()) + f32(2, s) + vi(3, kinds.get(i, 1))) for i, (p, s) in enumerate(vocab))
+    trainer = vi(3, 1) + vi(4, len(vocab)) + vi(40, 2) + vi(41, -1) + vi(42, 1) + vi(43, 0)  # unigram, ids
+    normalizer = ld(1, b"identity") + vi(3, 1) + vi(4, 1) + vi(5, 1)  # dummy prefix, trim spaces, escape spaces
+    return pieces + ld(2, trainer) + ld(3, normalizer)
+
+
+def _fp8_state_dict(sd: dict, scaled: bool) -> dict:
+    """ComfyUI-style fp8 copy: the 2-D Linear weights of the blocks (and the umT5 layers) in float8_e4m3fn, the rest
+    as is. ``scaled``: per-tensor ``<layer>.scale_weight`` (max|w| / 448, float32) and the ``scaled_fp8`` marker."""
+    out = {}
+    for k, v in sd.items():
+        big = v.ndim == 2 and k.endswith(".weight") and (k.startswith("blocks.") or k.startswith("encoder.block."))
+        if not big or "relative_attention_bias" in k:
+            out[k] = v
+            continue
+        if scaled:
+            s = (v.abs().max().float() / 448.0).clamp(min=1e-12)
+            out[k] = (v.float() / s).to(torch.float8_e4m3fn)
+            out[k[: -len("weight")] + "scale_weight"] = s.reshape(())
+        else:
+            out[k] = v.to(torch.float8_e4m3fn)
+    if scaled:
+        out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def _save_sd(sd: dict, path: Path, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(path),
+              metadata={"format": "pt", **(metadata or {})})
+    return path
+
+
+def tiny_wan_comfy_files(seed: int = 0, variant: str = "2.2") -> dict:
+    """The weights of :func:`tiny_wan_dir` as the single files a ComfyUI user keeps (ComfyUI-native key names).
+
+    Returns paths ``dict(transformer=, [transformer_2=,] vae=, text_encoder=, text_encoder_fp8=, [clip_vision=,]
+    transformer_fp8=, [transformer_2_fp8=,] [transformer_fp8_scaled=,] root=)`` inside one models root laid out
+    as :data:`WAN_COMFY_FILES`.
+
+    - transformers: native names (``patch_embedding.weight`` [32, 36, 1, 2, 2], ``blocks.<i>.self_attn.q.weight``,
+      ``blocks.<i>.cross_attn.k_img.weight`` (2.1 I2V), ``head.head.weight``, ``head.modulation`` [1, 2, 32],
+      ``img_emb.proj.{0,1,3,4}.*`` (2.1 I2V)), float32; plus an ``_fp8_e4m3fn`` copy (block Linear weights fp8),
+      and for "2.1" an ``_fp8_e4m3fn_scaled`` copy (``scale_weight`` per Linear + ``scaled_fp8`` marker).
+    - VAE: original names (``encoder.conv1.weight``, ``decoder.middle.0.residual.0.gamma``, ``conv1``/``conv2``;
+      2.2: ``decoder.upsamples.0.upsamples.0.residual.2.weight``).
+    - text encoder: HF UMT5 names (``shared.weight``, ``encoder.block.<i>.layer.0.SelfAttention.q.weight``; no
+      tied ``encoder.embed_tokens.weight``) + ``spiece_model`` (uint8 SentencePiece model, the tokenizer); an fp8
+      scaled copy beside it.
+    - CLIP vision ("2.1"): HF ``CLIPVisionModelWithProjection`` names (``vision_model.*``, ``visual_projection``).
+    """
+    from interplay.models.backbones import wan_convert
+
+    _check_wan_variant(variant)
+    src = tiny_wan_dir(seed, variant)
+    files = dict(WAN_COMFY_FILES[variant], text_encoder=WAN_COMFY_TEXT_ENCODER,
+                 text_encoder_fp8=WAN_COMFY_TEXT_ENCODER_FP8)
+    experts = ["transformer", "transformer_2"] if variant == "2.2" else ["transformer"]
+    for k in experts:
+        files[k + "_fp8"] = fp8_path(files[k])
+    if variant == "2.1":
+        files["transformer_fp8_scaled"] = fp8_path(files["transformer"], scaled=True)
+
+    def build(tmp: Path):
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        for k in experts:
+            tr = WanTransformer3DModel.from_pretrained(src / k)
+            native = {wan_convert.transformer_key_to_native(n): v for n, v in tr.state_dict().items()}
+            # released files carry no config (their head width is 128); the tiny one's 16 is recorded as the pack
+            # records it in files it saves
+            meta = {"config": json.dumps({"attention_head_dim": tr.config.attention_head_dim})}
+            _save_sd(native, tmp / files[k], meta)
+            _save_sd(_fp8_state_dict(native, scaled=False), tmp / files[k + "_fp8"], meta)
+            if k + "_fp8_scaled" in files:
+                _save_sd(_fp8_state_dict(native, scaled=True), tmp / files[k + "_fp8_scaled"], meta)
+        vsd = AutoencoderKLWan.from_pretrained(src / "vae").state_dict()
+        names = wan_convert.vae_keys_to_native(vsd)
+        _save_sd({names[n]: v for n, v in vsd.items()}, tmp / files["vae"])
+        te = UMT5EncoderModel.from_pretrained(src / "text_encoder").state_dict()
+        te = {k: v for k, v in te.items() if k != "encoder.embed_tokens.weight"}  # tied to shared.weight
+        from interplay.models.tokenizer import demo_vocab
+
+        spm = torch.frombuffer(bytearray(spiece_model_proto(demo_vocab())), dtype=torch.uint8)
+        _save_sd(te | {"spiece_model": spm}, tmp / files["text_encoder"])
+        _save_sd(_fp8_state_dict(te, scaled=True) | {"spiece_model": spm}, tmp / files["text_encoder_fp8"])
+        if variant == "2.1":
+            clip = new_wan_clip(seed + 4)
+            save_single_file(clip, tmp / files["clip_vision"])
+
+    spec = dict(src=src.name, files=files, convert=_source_digest("interplay.models.backbones.wan_convert"))
+    root = cached("wan_comfy_" + variant.replace(".", "").replace("-", "_"), spec, build)
+    return {k: root / v for k, v in files.items()} | {"root": root}
 
 
 # ============================================================================================ models root
-ROOT_DIFFUSERS = ("tiny_cogvideox", "tiny_svd", "tiny_wan", "tiny_wan21")
+ROOT_DIFFUSERS = ("tiny_cogvideox", "tiny_svd", "tiny_wan", "tiny_wan21", "tiny_wan21_t2v", "tiny_wan22_ti2v")
 MODEL_KINDS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "checkpoints", "controlnet", "loras",
                "diffusers", "sam2", "interplay")
 SVD_CHECKPOINT = "checkpoints/tiny_svd.safetensors"
@@ -647,11 +850,16 @@ def tiny_models_root(seed: int = 0) -> Path:
     Layout::
 
         diffusers/tiny_cogvideox/  diffusers/tiny_svd/  diffusers/tiny_wan/ (2.2 A14B)  diffusers/tiny_wan21/
+        diffusers/tiny_wan21_t2v/  diffusers/tiny_wan22_ti2v/
         diffusion_models/tiny_cogvideox_transformer.safetensors
-        diffusion_models/tiny_wan22_i2v_{high,low}_noise.safetensors
-        vae/tiny_cogvideox_vae.safetensors  vae/tiny_wan_vae.safetensors
+        diffusion_models/tiny_wan22_i2v_{high,low}_noise_diffusers.safetensors   (diffusers key names)
+        diffusion_models/tiny_wan2.2_i2v_{high,low}_noise_14B[_fp8_e4m3fn].safetensors   (ComfyUI-native, and so on:
+            tiny_wan2.1_i2v_480p_14B[_fp8_e4m3fn|_fp8_e4m3fn_scaled], tiny_wan2.1_t2v_1.3B, tiny_wan2.2_ti2v_5B)
+        vae/tiny_cogvideox_vae.safetensors  vae/tiny_wan_vae.safetensors (diffusers names)
+        vae/tiny_wan_2.1_vae.safetensors  vae/tiny_wan2.2_vae.safetensors   (ComfyUI-native)
         text_encoders/tiny_t5.safetensors + tiny_t5_tokenizer/  text_encoders/tiny_umt5.safetensors + tiny_umt5_tokenizer/
-        clip_vision/tiny_svd_clip_vision.safetensors
+        text_encoders/tiny_umt5_xxl[_fp8_e4m3fn_scaled].safetensors   (ComfyUI: spiece_model inside)
+        clip_vision/tiny_svd_clip_vision.safetensors  clip_vision/tiny_clip_vision_h.safetensors
         checkpoints/tiny_svd.safetensors   (original SGM layout, written by the pack's svd_convert.save_single_file)
         sam2/sam2.1_hiera_tiny_test.yaml + sam2/sam2.1_hiera_tiny_test.safetensors
         controlnet/ loras/ interplay/      (empty)
@@ -659,8 +867,10 @@ def tiny_models_root(seed: int = 0) -> Path:
     Tests that write into a models root use :func:`models_root` (a private copy made of links).
     """
     parts = dict(cog=tiny_cogvideox_dir(seed), svd=tiny_svd_dir(seed), wan=tiny_wan_dir(seed, "2.2"),
-                 wan21=tiny_wan_dir(seed, "2.1"))
+                 wan21=tiny_wan_dir(seed, "2.1"), wan21_t2v=tiny_wan_dir(seed, "2.1-t2v"),
+                 wan22_ti2v=tiny_wan_dir(seed, "2.2-ti2v"))
     files = [tiny_cogvideox_files(seed)["root"], tiny_svd_files(seed)["root"], tiny_wan_files(seed)["root"]]
+    files += [tiny_wan_comfy_files(seed, v)["root"] for v in WAN_VARIANTS]
     try:
         sam = tiny_sam2(seed)[0].parent.parent
     except ImportError:  # sam2 is optional
@@ -671,13 +881,14 @@ def tiny_models_root(seed: int = 0) -> Path:
     def build(tmp: Path):
         for kind in MODEL_KINDS:
             (tmp / kind).mkdir(parents=True, exist_ok=True)
-        for name, key in zip(ROOT_DIFFUSERS, ("cog", "svd", "wan", "wan21")):
+        for name, key in zip(ROOT_DIFFUSERS, ("cog", "svd", "wan", "wan21", "wan21_t2v", "wan22_ti2v")):
             _link_or_copy(parts[key], tmp / "diffusers" / name)
         for froot in files:
             for kind_dir in froot.iterdir():
                 if kind_dir.is_dir():
                     for entry in kind_dir.iterdir():
-                        _link_or_copy(entry, tmp / kind_dir.name / entry.name)
+                        if not (tmp / kind_dir.name / entry.name).exists():  # Wan variants share VAE and umT5
+                            _link_or_copy(entry, tmp / kind_dir.name / entry.name)
         from interplay.models.backbones import svd, svd_convert
 
         bb = svd.load_svd(str(parts["svd"]), dtype=torch.float32, device="cpu")
@@ -689,8 +900,9 @@ def tiny_models_root(seed: int = 0) -> Path:
 
 
 def models_root(dest: Path, seed: int = 0) -> Path:
-    """Lay out a private, writable models root at ``dest``: real kind folders whose entries are symlinks to
-    :func:`tiny_models_root` (so files a test adds never reach the shared cache). Returns ``dest``."""
+    """Lay out a private, writable models root at ``dest``: real kind folders whose entries are hard links to
+    :func:`tiny_models_root` (so files a test adds never reach the shared cache; not symlinks, which the path rule
+    refuses when they lead out of the folder). Returns ``dest``."""
     src = tiny_models_root(seed)
     dest = Path(dest)
     for kind in src.iterdir():
@@ -700,8 +912,61 @@ def models_root(dest: Path, seed: int = 0) -> Path:
         for entry in kind.iterdir():
             target = dest / kind.name / entry.name
             if not target.exists():
-                try:
-                    target.symlink_to(entry, target_is_directory=entry.is_dir())
-                except OSError:
-                    _link_or_copy(entry, target)
+                _link_or_copy(entry, target)
     return dest
+
+
+# ================================================================================================== PAM
+PAM_BLOCKS = 2
+PAM_CLASS = "CogVideoXTransformer3DModelTracking"
+
+
+def new_pam_released_state(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> tuple[dict, dict]:
+    """(state dict, config) of a tiny released PAM transformer: the tiny CogVideoX transformer (the weights of
+    :func:`tiny_cogvideox_dir` for the same seed) plus a trained-looking branch under the release's names:
+    ``transformer_blocks_copy.<i>`` = main block i + noise, ``combine_linears.<i>`` [D, D] and
+    ``initial_combine_linear`` [D, 5D] random (non-zero, so the block order shows in the output)."""
+    tr = new_cogvideox_modules(seed)["transformer"]
+    sd = {k: v.detach().clone() for k, v in tr.state_dict().items()}
+    inner = COGVIDEOX_TRANSFORMER["num_attention_heads"] * COGVIDEOX_TRANSFORMER["attention_head_dim"]
+    g = torch.Generator().manual_seed(seed + 11)
+    for i in range(num_blocks):
+        for k, v in tr.transformer_blocks[i].state_dict().items():
+            sd[f"transformer_blocks_copy.{i}.{k}"] = v + 0.05 * torch.randn(v.shape, generator=g)
+        sd[f"combine_linears.{i}.weight"] = 0.2 * torch.randn(inner, inner, generator=g)
+        sd[f"combine_linears.{i}.bias"] = 0.05 * torch.randn(inner, generator=g)
+    sd["initial_combine_linear.weight"] = 0.1 * torch.randn(inner, 5 * inner, generator=g)
+    sd["initial_combine_linear.bias"] = 0.05 * torch.randn(inner, generator=g)
+    return sd, dict(tr.config)
+
+
+def tiny_pam_released_dir(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> Path:
+    """A tiny PAM checkpoint in the released layout: a WHOLE CogVideoX transformer folder as the release's
+    ``save_pretrained`` writes it (diffusers' own sharded writer: ``diffusion_pytorch_model-0000k-of-0000n
+    .safetensors`` + ``diffusion_pytorch_model.safetensors.index.json``) with the branch keys among the main ones,
+    and a config.json with ``_class_name: CogVideoXTransformer3DModelTracking`` and WITHOUT ``num_tracking_blocks``
+    (the block count must be read from the keys). Main weights = :func:`tiny_cogvideox_dir`'s transformer."""
+
+    def build(tmp: Path):
+        from diffusers import CogVideoXTransformer3DModel
+        from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+        sd, _ = new_pam_released_state(seed, num_blocks)
+        tr = CogVideoXTransformer3DModel(**COGVIDEOX_TRANSFORMER)
+        # the branch modules as the released class has them, so diffusers' writer saves every key
+        inner = tr.config.num_attention_heads * tr.config.attention_head_dim
+        tr.transformer_blocks_copy = torch.nn.ModuleList([
+            CogVideoXBlock(dim=inner, num_attention_heads=tr.config.num_attention_heads,
+                           attention_head_dim=tr.config.attention_head_dim, time_embed_dim=tr.config.time_embed_dim,
+                           attention_bias=tr.config.attention_bias) for _ in range(num_blocks)])
+        tr.combine_linears = torch.nn.ModuleList([torch.nn.Linear(inner, inner) for _ in range(num_blocks)])
+        tr.initial_combine_linear = torch.nn.Linear(5 * inner, inner)
+        tr.load_state_dict(sd, strict=True)
+        tr.save_pretrained(tmp, safe_serialization=True, max_shard_size="100KB")
+        conf = json.loads((tmp / "config.json").read_text())
+        conf["_class_name"] = PAM_CLASS  # what the release's save_pretrained writes over diffusers' config
+        conf.pop("num_tracking_blocks", None)
+        (tmp / "config.json").write_text(json.dumps(conf, indent=2))
+
+    spec = dict(transformer=COGVIDEOX_TRANSFORMER, seed=seed, num_blocks=num_blocks, cls=PAM_CLASS, shard="100KB")
+    return cached("pam_released", spec, build)

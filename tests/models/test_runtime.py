@@ -67,18 +67,29 @@ def test_model_path_rejects_escapes(tmp_path, name):
         runtime.model_path("diffusion_models", name)
 
 
-def test_model_path_accepts_symlinked_models(tmp_path):
-    # Shared model stores are often symlinked into models/<kind>/: the link is inside the folder.
+def test_model_path_symlinks_count_by_their_target(tmp_path, monkeypatch):
+    # A symlink whose target leaves the folder is refused (the same message whether the target exists or not);
+    # one inside the folder is fine; the owner's switch lifts the rule.
     store = tmp_path / "store"
     store.mkdir()
     (store / "big.safetensors").write_bytes(b"x")
-    (tmp_path / "models" / "vae").mkdir(parents=True)
-    (tmp_path / "models" / "vae" / "big.safetensors").symlink_to(store / "big.safetensors")
+    vae = tmp_path / "models" / "vae"
+    vae.mkdir(parents=True)
+    (vae / "big.safetensors").symlink_to(store / "big.safetensors")
+    (vae / "gone.safetensors").symlink_to(store / "gone.safetensors")
+    (vae / "real.safetensors").write_bytes(b"y")
+    (vae / "alias.safetensors").symlink_to(vae / "real.safetensors")
     runtime.set_models_root(tmp_path / "models")
-    assert runtime.list_models("vae") == ["big.safetensors"]
-    path = runtime.model_path("vae", "big.safetensors")
-    assert path == (tmp_path / "models" / "vae").resolve() / "big.safetensors"
-    assert path.read_bytes() == b"x"
+    assert runtime.list_models("vae") == ["alias.safetensors", "big.safetensors", "real.safetensors"]
+    msgs = []
+    for name in ("big.safetensors", "gone.safetensors"):
+        with pytest.raises(runtime.PathRefused) as ei:
+            runtime.model_path("vae", name)
+        msgs.append(str(ei.value).replace(name, "NAME"))
+    assert msgs[0] == msgs[1] and "INTERPLAY_ALLOW_ANY_PATH=1" in msgs[0] and "extra_model_paths.yaml" in msgs[0]
+    assert runtime.model_path("vae", "alias.safetensors").read_bytes() == b"y"
+    monkeypatch.setenv("INTERPLAY_ALLOW_ANY_PATH", "1")
+    assert runtime.model_path("vae", "big.safetensors").read_bytes() == b"x"
 
 
 def test_model_path_errors_name_folders(tmp_path):
@@ -327,3 +338,58 @@ def test_comfyui_devices_dtypes_and_directories(comfy, tmp_path):
     assert runtime.output_directory() == tmp_path / "comfy_output"
     assert runtime.temp_directory() == tmp_path / "comfy_temp"
     assert runtime.input_directory() == tmp_path / "comfy_input"
+
+
+# ------------------------------------------------------------------------------------------ the path rule
+def test_confined_path_names_annotations_and_refusals(tmp_path, monkeypatch):
+    runtime.set_models_root(tmp_path / "models")
+    inp, out = runtime.input_directory(), runtime.output_directory()
+    for d in (inp / "a", out / "b", tmp_path / "models" / "vae", tmp_path / "elsewhere"):
+        d.mkdir(parents=True)
+    (out / "a").mkdir()
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"x")
+    kw = dict(node="N", input_name="path")
+    assert runtime.confined_path("a", **kw) == inp / "a"
+    assert runtime.confined_path("b", search=("input", "output"), **kw) == out / "b"  # first that exists
+    assert runtime.confined_path("a", search=("output", "input"), **kw) == out / "a"
+    assert runtime.confined_path("new.png", search=("input", "output"), **kw) == inp / "new.png"  # none: the first
+    # ComfyUI's annotated names (folder_paths.annotated_filepath): the annotation picks the folder
+    assert runtime.split_annotation("clip 1.mp4 [output]") == ("clip 1.mp4", "output")
+    assert runtime.confined_path("b [output]", **kw) == out / "b"
+    assert runtime.confined_path("x.png [temp]", **kw) == runtime.temp_directory() / "x.png"
+    assert runtime.confined_path(str(tmp_path / "models" / "vae"), **kw) == tmp_path / "models" / "vae"
+    msgs = []
+    for v in ("../elsewhere/x.png", str(tmp_path / "elsewhere" / "x.png"), str(tmp_path / "elsewhere" / "no.png"),
+              "b [output]/../../../elsewhere/x.png", "~/x.png"):
+        with pytest.raises(runtime.PathRefused) as ei:
+            runtime.confined_path(v, **kw)
+        msgs.append(str(ei.value).replace(repr(v), "VALUE"))
+    assert len(set(msgs)) == 1 and msgs[0].startswith("N: 'path' VALUE points outside ComfyUI's input, output")
+    assert "INTERPLAY_ALLOW_ANY_PATH=1" in msgs[0] and str(inp) in msgs[0]
+    with pytest.raises(ValueError, match="'path' is empty"):
+        runtime.confined_path("  ", **kw)
+    monkeypatch.setenv("INTERPLAY_ALLOW_ANY_PATH", "1")
+    assert runtime.confined_path(str(tmp_path / "elsewhere" / "x.png"), **kw) == tmp_path / "elsewhere" / "x.png"
+
+
+def test_confined_glob_and_guard(tmp_path):
+    inp = runtime.input_directory()
+    (inp / "seq").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (inp / "seq" / "link.png").symlink_to(tmp_path / "elsewhere" / "gone.png")  # dangling: refused all the same
+    kw = dict(node="N", input_name="pattern")
+    runtime.confined_glob(inp / "seq", "frame_*.png", **kw)
+    runtime.confined_glob(inp / "seq", "../seq/*.png", **kw)  # climbs, but stays inside
+    for pat in ("../../*", str(tmp_path / "elsewhere") + "/*.png", "../../elsewhere/[ab]*"):
+        with pytest.raises(runtime.PathRefused, match="'pattern'"):
+            runtime.confined_glob(inp / "seq", pat, **kw)
+    guard = runtime.path_guard("N", "pattern")
+    assert guard(inp / "seq" / "a.png") == inp / "seq" / "a.png"
+    with pytest.raises(runtime.PathRefused, match="reaches 'link.png'"):
+        guard(inp / "seq" / "link.png")
+
+
+def test_comfyui_path_roots(comfy, tmp_path):
+    roots = [p for _, p in runtime.path_roots()]
+    assert roots == [tmp_path / "comfy_input", tmp_path / "comfy_output", tmp_path / "comfy_temp",
+                     tmp_path / "models", tmp_path / "extra" / "unet"]  # extra_model_paths.yaml folders too

@@ -154,3 +154,21 @@ def test_real_webm_decodes():
     m, _ = vio.load_video(clips[0].parent / "mask_hand.webm", max_frames=5)
     hand = vio.frames_to_mask(m, "luminance", 0.5)
     assert 0 < float(hand.mean()) < 0.9  # a hand, not an empty or full frame
+
+
+def test_undecodable_video_is_named(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
+    with pytest.raises(vio.VideoFileError, match=r"could not decode video .*bad.mp4: .*Re-export it"):
+        vio.load_video(bad)
+    (tmp_path / "fake.webp").write_bytes(b"RIFF....WEBPnothing")
+    with pytest.raises(vio.VideoFileError, match="could not decode video .*fake.webp"):
+        vio.load_video(tmp_path / "fake.webp")
+
+
+def test_absolute_glob_pattern_is_named(tmp_path):
+    (tmp_path / "seq").mkdir()
+    vio.save_image_sequence(torch.zeros(2, 8, 8, 3), tmp_path / "seq")
+    with pytest.raises(ValueError, match="pattern '/.*/seq/\\*.png' is an absolute path; it matches file names"):
+        vio.list_image_sequence(tmp_path / "seq", str(tmp_path / "seq" / "*.png"))
+    assert len(vio.list_image_sequence(tmp_path / "seq", "frame_*.png")) == 2

@@ -9,6 +9,7 @@ from interplay.models.control import kinemask as km
 from interplay.models.control.base import ControlSignal
 from interplay.models.sampling.cogvideox import sample_cogvideox
 from interplay.nodes import cogvideox as nd
+from interplay.nodes import kinemask as kn
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +17,12 @@ def root(tiny_cogvideox, tiny_cogvideox_files, tmp_path_factory):
     r = tmp_path_factory.mktemp("models")
     for kind in ("diffusers", "diffusion_models", "vae", "text_encoders", "controlnet", "interplay"):
         (r / kind).mkdir()
-    (r / "diffusers" / "tiny_cogvideox").symlink_to(tiny_cogvideox, target_is_directory=True)
+    from kit.tiny import _link_or_copy  # hard links: a symlink out of the folder is refused by the path rule
+
+    _link_or_copy(tiny_cogvideox, r / "diffusers" / "tiny_cogvideox")
     for role in ("transformer", "vae", "text_encoder", "tokenizer"):
         p = tiny_cogvideox_files[role]
-        (r / p.parent.name / p.name).symlink_to(p, target_is_directory=p.is_dir())
+        _link_or_copy(p, r / p.parent.name / p.name)
     return r
 
 
@@ -74,32 +77,32 @@ def test_loader_folder_and_single_files(root, bb):
 def test_branch_loader_new_and_saved(root, bb):
     runtime.set_models_root(root)
     with pytest.raises(ValueError, match="connect 'backbone'"):
-        nd.InterplayKineMaskBranchLoader().load(nd.NEW_BRANCH, 1)
-    (new,) = nd.InterplayKineMaskBranchLoader().load(nd.NEW_BRANCH, 2, backbone=bb)
+        kn.InterplayKineMaskBranchLoader().load(kn.NEW_BRANCH, 1)
+    (new,) = kn.InterplayKineMaskBranchLoader().load(kn.NEW_BRANCH, 2, backbone=bb)
     assert new.kind == "kinemask" and new.module.config.downscale_coef == 4 and new.module.config.num_layers == 2
     with pytest.raises(ValueError, match="'num_layers' 3 exceeds the backbone's 2 blocks"):
-        nd.InterplayKineMaskBranchLoader().load(nd.NEW_BRANCH, 3, backbone=bb)
+        kn.InterplayKineMaskBranchLoader().load(kn.NEW_BRANCH, 3, backbone=bb)
     trained = _trained_branch(bb)
     km.save_branch(trained, root / "interplay" / "kinemask_tiny.safetensors")
-    assert "interplay/kinemask_tiny.safetensors" in nd.InterplayKineMaskBranchLoader.INPUT_TYPES()["required"][
+    assert "interplay/kinemask_tiny.safetensors" in kn.InterplayKineMaskBranchLoader.INPUT_TYPES()["required"][
         "branch"][0]
-    (got,) = nd.InterplayKineMaskBranchLoader().load("interplay/kinemask_tiny.safetensors", 8, backbone=bb)
+    (got,) = kn.InterplayKineMaskBranchLoader().load("interplay/kinemask_tiny.safetensors", 8, backbone=bb)
     sa, sb = trained.module.state_dict(), got.module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_interaction_prompt_template():
-    (p,) = nd.InterplayInteractionPrompt().build("interaction", "the red cube", "a wooden floor", "right", 0.0,
+    (p,) = kn.InterplayInteractionPrompt().build("interaction", "the red cube", "a wooden floor", "right", 0.0,
                                                  "collides", "")
     assert p == ("On a wooden floor there is the red cube. The red cube moves to the right. It collides with the "
                  "objects in its path, which are pushed and then come to rest.")
-    (p,) = nd.InterplayInteractionPrompt().build("simple motion", "a blue cylinder", "grass", "left", 1.2, "none",
+    (p,) = kn.InterplayInteractionPrompt().build("simple motion", "a blue cylinder", "grass", "left", 1.2, "none",
                                                  "Shadows stay sharp.")
     assert p == "A blue cylinder on grass moves to the left at 1.2 m/s. Shadows stay sharp."
-    (p,) = nd.InterplayInteractionPrompt().build("c0 (ablation)", "x", "y", "z", 0, "none", "")
+    (p,) = kn.InterplayInteractionPrompt().build("c0 (ablation)", "x", "y", "z", 0, "none", "")
     assert p == "An object moving on a surface"
     with pytest.raises(ValueError, match="prompt is empty"):
-        nd.InterplayInteractionPrompt().build("free text", "x", "y", "z", 0, "none", "  ")
+        kn.InterplayInteractionPrompt().build("free text", "x", "y", "z", 0, "none", "  ")
 
 
 def test_sampler_seed_and_values(bb):

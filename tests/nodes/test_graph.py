@@ -677,21 +677,25 @@ def test_validate_only_and_print_prompt(tmp_path, capsys):
 
 
 def test_ui_workflow_saved_before_a_new_optional_widget_still_converts():
-    # the shipped sandbox workflow, as saved before CogVideoX Sampler gained `control_guidance` (its last
-    # widget): the missing trailing value means the default, every other value keeps its place
+    # the shipped sandbox workflow, as saved before CogVideoX Sampler gained `control_guidance` and the speed
+    # inputs after it (its last widgets): the missing trailing values mean the defaults, every other value keeps
+    # its place
     from interplay.nodes import NODE_CLASS_MAPPINGS
 
     path = Path(__file__).resolve().parents[2] / "workflows" / "sandbox_push.json"
     ui = json.loads(path.read_text())
     now = graph.ui_to_api(ui, NODE_CLASS_MAPPINGS)
+    later = ["control_guidance", "step_cache", "cache_threshold", "compile", "fp8", "attention", "parallel"]
     for node in ui["nodes"]:
         if node["type"] == "InterplayCogVideoXSampler":
-            node["widgets_values"] = node["widgets_values"][:-1]
+            node["widgets_values"] = node["widgets_values"][:-len(later)]
     old = graph.ui_to_api(ui, NODE_CLASS_MAPPINGS)
     sampler = [k for k, v in now.items() if v["class_type"] == "InterplayCogVideoXSampler"]
     assert sampler and now[sampler[0]]["inputs"]["control_guidance"] == 1.0
-    assert "control_guidance" not in old[sampler[0]]["inputs"]
-    now[sampler[0]]["inputs"].pop("control_guidance")
+    assert [now[sampler[0]]["inputs"][k] for k in later[1:]] == [False, 0.2, False, "off", "auto", "auto"]
+    assert not set(later) & set(old[sampler[0]]["inputs"])
+    for k in later:
+        now[sampler[0]]["inputs"].pop(k)
     assert old == now
     assert graph.validate(old, NODE_CLASS_MAPPINGS) == []  # the sandbox graph needs no model files
 

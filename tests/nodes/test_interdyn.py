@@ -7,6 +7,7 @@ import torch
 from interplay.models import runtime
 from interplay.models.backbones import svd, svd_convert
 from interplay.nodes import interdyn as nd
+from interplay.nodes import svd as sv
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +22,15 @@ def tiny(tmp_path_factory):
 def test_loader_folder_and_single_file(tiny):
     bb, root = tiny
     runtime.set_models_root(root)
-    choices = nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0]
+    choices = sv.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0]
     assert "diffusers/tiny_svd" in choices and "svd_tiny.safetensors" in choices
-    (a,) = nd.InterplaySVDLoader().load("diffusers/tiny_svd", nd.FROM_CHECKPOINT, "fp32", "none", 14)
-    (b,) = nd.InterplaySVDLoader().load("svd_tiny.safetensors", nd.FROM_CHECKPOINT, "fp32", "none", 14)
+    (a,) = sv.InterplaySVDLoader().load("diffusers/tiny_svd", sv.FROM_CHECKPOINT, "fp32", "none", 14)
+    (b,) = sv.InterplaySVDLoader().load("svd_tiny.safetensors", sv.FROM_CHECKPOINT, "fp32", "none", 14)
     for m in ("denoiser", "vae", "image_encoder"):
         sa, sb = getattr(a, m).state_dict(), getattr(b, m).state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     with pytest.raises(FileNotFoundError, match="not found; searched"):
-        nd.InterplaySVDLoader().load("missing.safetensors", nd.FROM_CHECKPOINT, "fp32", "none", 14)
+        sv.InterplaySVDLoader().load("missing.safetensors", sv.FROM_CHECKPOINT, "fp32", "none", 14)
 
 
 def test_branch_loader_new_and_saved(tiny, tmp_path):
@@ -74,7 +75,7 @@ def test_sampler_node_and_compare(tiny):
     bb, _ = tiny
     (br,) = nd.InterplayInterDynBranchLoader().load(nd.NEW_BRANCH, "auto", backbone=bb)
     ctrl, _, prev, first, _ = nd.InterplayDrivingMask().render(4, 64, 64, 0.0, 6.0, 0, "center", masks=_masks())
-    s = nd.InterplayInterDynSampler()
+    s = sv.InterplayInterDynSampler()
     (a,) = s.sample(bb, first, 3, 2, 4, 1.0, 3.0, 6, 40, 0.02, 1, branch=br, control=ctrl)
     (b,) = s.sample(bb, first, 3, 2, 4, 1.0, 3.0, 6, 40, 0.02, 1)
     assert a.shape == (4, 64, 64, 3) and 0 <= float(a.min()) and float(a.max()) <= 1
@@ -111,14 +112,14 @@ def test_compare_never_overwrites_an_earlier_file(tmp_path):
 def test_svd_choices_offer_only_installed_svd_models(tmp_path):
     runtime.set_models_root(tmp_path)
     try:
-        assert nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == []  # nothing fake to pick
+        assert sv.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == []  # nothing fake to pick
         for name, cls in (("svd_folder", "StableVideoDiffusionPipeline"), ("cog", "CogVideoXImageToVideoPipeline")):
             (tmp_path / "diffusers" / name).mkdir(parents=True)
             (tmp_path / "diffusers" / name / "model_index.json").write_text(json.dumps({"_class_name": cls}))
         (tmp_path / "controlnet" / "interdyn").mkdir(parents=True)
         (tmp_path / "controlnet" / "interdyn" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
         (tmp_path / "controlnet" / "other.safetensors").write_bytes(b"")
-        assert nd.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == ["diffusers/svd_folder"]
+        assert sv.InterplaySVDLoader.INPUT_TYPES()["required"]["model"][0] == ["diffusers/svd_folder"]
         from interplay.nodes import cogvideox as cn
 
         assert cn.InterplayCogVideoXLoader.INPUT_TYPES()["required"]["model"][0] == ["diffusers/cog", cn.SINGLE_FILES]
@@ -134,7 +135,7 @@ def test_branch_loaders_list_only_their_kind(tmp_path):
     left out; entries that declare nothing stay in both lists."""
     from safetensors.torch import save_file
 
-    from interplay.nodes import cogvideox as cn
+    from interplay.nodes import kinemask as cn
 
     runtime.set_models_root(tmp_path)
     try:

@@ -28,10 +28,12 @@ def trained(clips, tmp_path_factory):
     """(source backbone, backbone out of Train LoRA, models root): one 2-step run, rank 2, alpha 4."""
     root = tmp_path_factory.mktemp("models")
     runtime.set_models_root(root)
+    runtime.set_input_directory(clips)  # the node reads datasets only inside the input (or output) folder
     bb = cvx.random_backbone("tiny", seed=0)
     out = NT.InterplayTrainLora().train(bb, str(clips), "run1", 9, 2, 4.0, "to_q,to_v,to_out.0", extra=EXTRA,
                                         **TRAIN)
     runtime.set_models_root(None)
+    runtime.set_input_directory(None)
     return bb, out["result"][0], root
 
 

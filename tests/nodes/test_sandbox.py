@@ -60,11 +60,16 @@ def test_preview_tints_masks_and_draws_arrows(push):
 
 def test_load_clip_node(tmp_path, push):
     _, _, scene, _ = push
-    write_clip(scene, tmp_path / "c")
-    frames, driven, back, fps = InterplayLoadSandboxClip().load(str(tmp_path / "c"))
+    from interplay.models import runtime
+
+    write_clip(scene, runtime.input_directory() / "c")
+    frames, driven, back, fps = InterplayLoadSandboxClip().load("c")
     assert torch.equal(frames, push[0]) and torch.equal(driven, push[1]) and fps == 8.0
+    write_clip(scene, runtime.output_directory() / "d")  # relative names: input first, then output
+    assert torch.equal(InterplayLoadSandboxClip().load("d")[0], frames)
+    assert torch.equal(InterplayLoadSandboxClip().load(str(runtime.input_directory() / "c"))[0], frames)
     with pytest.raises(FileNotFoundError, match="clip.json"):
-        InterplayLoadSandboxClip().load(str(tmp_path / "missing"))
+        InterplayLoadSandboxClip().load("missing")
 
 
 def test_node_metadata():

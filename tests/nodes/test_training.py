@@ -15,9 +15,14 @@ TRAIN = dict(steps=2, lr=1e-3, batch_size=1, grad_accum=1, precision="fp32", see
              resume=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def clips(push_clips):
-    return push_clips
+    """The shared clips, linked into this test's input folder (the training nodes read only inside it)."""
+    from kit.tiny import _link_or_copy
+
+    dst = runtime.input_directory() / "push"
+    _link_or_copy(push_clips, dst)
+    return dst
 
 
 @pytest.fixture
@@ -97,7 +102,7 @@ def test_relative_dataset_dir_and_named_errors(bb, clips, models, tmp_path):
     shutil.copytree(clips, runtime.output_directory() / "sandbox" / "push")
     assert N.resolve_dataset("X", "sandbox/push") == runtime.output_directory() / "sandbox" / "push"
     node = N.InterplayTrainControlBranch()
-    with pytest.raises(FileNotFoundError, match="dataset folder 'nope' not found; searched: "):
+    with pytest.raises(FileNotFoundError, match="dataset folder 'nope' not found; searched "):
         node.train(bb, "nope", "x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
     with pytest.raises(ValueError, match="'output_name' '../x' points outside"):
         node.train(bb, str(clips), "../x", 9, "kinemask_branch", 1, extra=EXTRA, **TRAIN)
@@ -131,11 +136,11 @@ def test_interdyn_branch_node_writes_a_file_the_interdyn_loader_reads(models, tm
     from interplay.models.sandbox.presets import generate_scene
 
     for s in range(2):
-        write_clip(generate_scene("push", seed=s, size=(64, 64), frames=4), tmp_path / "id" / f"c{s}")
+        write_clip(generate_scene("push", seed=s, size=(64, 64), frames=4), runtime.output_directory() / "id" / f"c{s}")
     sbb = svd.random_backbone("tiny", seed=0)
     before = _state(sbb)
     branch, curve, path = N.InterplayTrainControlBranch().train(
-        sbb, str(tmp_path / "id"), "interdyn", 4, "interdyn_branch", 1, **TRAIN)["result"]
+        sbb, "id", "interdyn", 4, "interdyn_branch", 1, **TRAIN)["result"]
     assert branch.kind == "interdyn" and _same(before, sbb.denoiser.state_dict())
     loaded = load_branch(path)
     assert _same({k: v.float() for k, v in loaded.module.state_dict().items()},
@@ -184,3 +189,74 @@ def test_queued_graph_trains_then_samples_with_the_new_branch(clips, tmp_path):
     assert tuple(outs["7"][1].shape) == (1, 320, 640, 3)
     video = outs["9"][0]
     assert tuple(video.shape) == (9, 32, 32, 3) and 0 <= float(video.min()) <= float(video.max()) <= 1
+
+
+def test_wrongly_typed_settings_are_named(bb, clips, models):
+    node = N.InterplayTrainControlBranch()
+    for extra, match in (({"train": {"warmup": "10"}}, "'warmup' must be a whole number; got '10'"),
+                         ({"train": {"lr": "fast"}}, "'lr' must be a finite number; got 'fast'"),
+                         ({"train": {"betas": "0.9"}}, "'betas' must be a list of numbers"),
+                         ({"train": {"ema_decay": None}}, "'ema_decay' must be a finite number; got None"),
+                         ({"dataset": {"frames": -1}}, "'frames' must be a whole number >= 1"),
+                         ({"dataset": {"size": [-5, 3]}}, r"'size' must be \[H, W\]")):
+        with pytest.raises(ValueError, match="Train Control Branch: .*" + match):
+            node.train(bb, str(clips), "typed", 9, "kinemask_branch", 1,
+                       extra=json.dumps({"v": 1, "options": {"num_layers": 1}, **extra}), **TRAIN)
+    from interplay.models.training import config as C
+
+    with pytest.raises(ValueError, match=r"\[train\]: 'steps' must be a whole number; got '10'"):
+        C.parse_config({"task": "lora", "out_dir": "x", "backbone": {"random": "tiny"}, "dataset": {"root": "d"},
+                        "train": {"steps": "10"}})
+
+
+def _moved_global_rng(seed):
+    torch.manual_seed(seed)
+    torch.rand(1000)
+
+
+def test_one_seed_gives_one_run_whatever_the_global_rng_did(bb, clips, models):
+    """Two fresh runs with one seed, the global RNG deliberately moved in between, end with bitwise-identical
+    weights: Train LoRA (its A drawn from the run's generator; with LoRA dropout, which draws from the global
+    RNG inside the trainer) and Train Control Branch with a new KineMask branch. Another seed gives another run,
+    and the caller's global RNG is left where it was."""
+    def lora(name, seed):
+        extra = json.dumps({"v": 1, "options": {"max_text_length": 8, "dropout": 0.1}})
+        out = N.InterplayTrainLora().train(bb, str(clips), name, 9, 2, 4.0, "to_q,to_v", extra=extra,
+                                           **{**TRAIN, "steps": 3, "seed": seed})
+        return load_file(out["result"][2])
+
+    def branch(name, seed):
+        out = N.InterplayTrainControlBranch().train(bb, str(clips), name, 9, "kinemask_branch", 1, extra=EXTRA,
+                                                    **{**TRAIN, "steps": 3, "seed": seed})
+        return load_file(out["result"][2])
+
+    for run in (lora, branch):
+        _moved_global_rng(123)
+        a = run(f"{run.__name__}_a", 7)
+        _moved_global_rng(999)
+        state = torch.get_rng_state()
+        b = run(f"{run.__name__}_b", 7)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run.__name__
+        assert torch.equal(torch.get_rng_state(), state), "the trainer moved the caller's global RNG"
+        c = run(f"{run.__name__}_c", 8)
+        assert any(not torch.equal(a[k], c[k]) for k in a), f"{run.__name__}: seed 8 gave seed 7's weights"
+
+
+def test_new_branches_do_not_depend_on_the_global_rng():
+    from interplay.models.backbones import svd
+    from interplay.models.backbones.base import init_generator
+    from interplay.models.control import interdyn, kinemask
+
+    cbb, sbb = cvx.random_backbone("tiny", seed=0), svd.random_backbone("tiny", seed=0)
+    for make in (lambda g: kinemask.new_branch(cbb.denoiser, num_layers=1, downscale=4, generator=g),
+                 lambda g: interdyn.new_branch(sbb.denoiser, generator=g)):
+        _moved_global_rng(1)
+        a = make(init_generator(3)).module.state_dict()
+        _moved_global_rng(2)
+        b = make(init_generator(3)).module.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        c = make(init_generator(4)).module.state_dict()
+        assert any(not torch.equal(a[k], c[k]) for k in a)
+        assert all(float(v.abs().sum()) == 0 for k, v in a.items()  # zero convs / out projections stay zero
+                   if k.startswith(("out_projs.", "controlnet_down_blocks.", "controlnet_mid_block.",
+                                    "controlnet_cond_embedding.conv_out.")))

@@ -41,18 +41,22 @@ def test_load_video_combo_lists_input_folder_and_loads(input_dir):
 
 
 def test_load_video_path_and_errors(input_dir, tmp_path):
-    p = vio.save_video(_clip(), tmp_path / "elsewhere.webp", fps=5)
+    p = vio.save_video(_clip(), runtime.output_directory() / "elsewhere.webp", fps=5)
     frames, fps, _ = nv.InterplayLoadVideo().load("ignored.mp4", path=str(p))
     assert frames.shape == (6, 32, 48, 3) and fps == 5.0
     frames, _, _ = nv.InterplayLoadVideo().load(str(p))  # an absolute path in the combo (API prompts)
     assert frames.shape[0] == 6
+    frames, _, _ = nv.InterplayLoadVideo().load("elsewhere.webp [output]")  # ComfyUI's annotated names
+    assert frames.shape[0] == 6
     with pytest.raises(FileNotFoundError, match="missing.mp4.*searched"):
         nv.InterplayLoadVideo().load("missing.mp4")
     assert nv.InterplayLoadVideo.VALIDATE_INPUTS(video=str(p)) is True
+    outside = vio.save_video(_clip(), tmp_path / "outside.webp", fps=5)
+    assert "INTERPLAY_ALLOW_ANY_PATH" in nv.InterplayLoadVideo.VALIDATE_INPUTS(video=str(outside))
 
 
 def test_load_video_validates_absolute_path_in_graph(input_dir, tmp_path):
-    p = vio.save_video(_clip(), tmp_path / "abs.webp", fps=5)
+    p = vio.save_video(_clip(), input_dir / "sub" / "abs.webp", fps=5)
     prompt = {"1": {"class_type": "InterplayLoadVideo", "inputs": {
         "video": str(p), "frame_cap": 0, "start_frame": 0, "every_nth": 1, "force_width": 0, "force_height": 0}},
         "2": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": ["1", 1]}}}
@@ -113,3 +117,23 @@ def test_node_metadata_complete():
         for cat in cls.INPUT_TYPES().values():
             for inp, spec in cat.items():
                 assert "tooltip" in spec[1], f"{name}.{inp} has no tooltip"
+
+
+def test_headless_previews_do_not_pile_up(tmp_path):
+    """Each `interplay run` starts by clearing Preview Frames' files from the temp folder, as ComfyUI clears its
+    temp folder at start: after three runs only the last run's previews are there; other files stay."""
+    import json
+
+    prompt = {"1": {"class_type": "InterplaySandboxScene",
+                    "inputs": {"preset": "push", "seed": 0, "width": 32, "height": 32, "frames": 2, "fps": 8.0}},
+              "2": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": 8.0}},
+              "3": {"class_type": "InterplayPreviewFrames", "inputs": {"images": ["1", 0], "fps": 4.0}}}
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(prompt))
+    out = tmp_path / "out"
+    (out / "temp").mkdir(parents=True)
+    (out / "temp" / "mine.webp").write_bytes(b"x")
+    for _ in range(3):
+        assert graph.cli_main([str(wf), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "temp").iterdir()) == [
+        "interplay_preview_00001_.webp", "interplay_preview_00002_.webp", "mine.webp"]

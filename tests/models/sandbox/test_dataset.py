@@ -124,3 +124,19 @@ def test_user_clip_with_id_map_only(tmp_path):
 def test_missing_root_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SandboxDataset(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("frames,size,match", [
+    (-1, None, r"'frames' must be a whole number >= 1 \(0 or none: all frames\); got -1"),
+    (2.5, None, "'frames' must be a whole number"), ("9", None, "'frames' must be a whole number"),
+    (None, [-5, 3], r"'size' must be \[H, W\], two whole numbers from 8 to 4096; got \[-5, 3\]"),
+    (None, [32], "'size' must be"), (None, ["32", 32], "'size' must be"), (None, 32, "'size' must be")])
+def test_frames_and_size_are_checked_by_name(push_clips, frames, size, match):
+    with pytest.raises(ValueError, match=match):
+        SandboxDataset(push_clips, frames=frames, size=size)
+
+
+def test_frames_zero_means_all_and_whole_floats_pass(push_clips):
+    assert SandboxDataset(push_clips, frames=0).frames is None
+    ds = SandboxDataset(push_clips, frames=9.0, size=[16.0, 24])
+    assert ds.frames == 9 and ds.size == (16, 24) and ds[0]["frames"].shape == (9, 16, 24, 3)

@@ -51,6 +51,65 @@ def test_config_names_and_errors():
         S.resolve_config("sam3")
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a pickle's code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+HOSTILE = """model:
+  _target_: sam2.modeling.sam2_base.SAM2Base
+  image_encoder:
+    _target_: torch.load
+    f: {pickle}
+    weights_only: false
+  memory_attention:
+    _target_: sam2.modeling.memory_attention.MemoryAttention
+    d_model: 256
+"""
+
+
+def test_a_config_never_runs_code(tmp_path, tiny):
+    """The issue's YAML: SAM2Base at the top, a nested ``_target_: torch.load`` of a pickle with
+    ``weights_only: false``. It is refused by name and the pickle's payload never runs; the package's own
+    configs and the pack's tiny config still build."""
+    marker = tmp_path / "payload_ran"
+    torch.save(_Payload(marker), tmp_path / "evil.pt")
+    (tmp_path / "sam2").mkdir()
+    cfg = tmp_path / "sam2" / "evil.yaml"
+    cfg.write_text(HOSTILE.format(pickle=tmp_path / "evil.pt"))
+    with pytest.raises(Exception) as ei:
+        S.build_model(str(cfg))
+    assert not marker.exists(), "the pickle's payload ran"
+    assert isinstance(ei.value, ValueError)
+    assert "evil.yaml asks to build 'torch.load' at model.image_encoder;" in str(ei.value)
+    # the Load SAM2 node refuses it the same way (a YAML dropped into models/sam2)
+    from interplay.models import runtime
+    from interplay.nodes.segmentation import InterplaySam2Loader
+
+    runtime.set_models_root(tmp_path)
+    import shutil
+
+    shutil.copy(tiny[1], tmp_path / "sam2" / "sam2.1_hiera_tiny_x.safetensors")
+    with pytest.raises(ValueError, match="Load SAM2: `config`: evil.yaml asks to build 'torch.load'"):
+        InterplaySam2Loader().load("sam2.1_hiera_tiny_x.safetensors", config="evil.yaml", device="cpu")
+    assert not marker.exists()
+    # hydra's other doors and a re-interpolation are shut too
+    for body, what in (("  _args_: [1]\n", "_args_"), ("  x: {_target_: os.system, _args_: [id]}\n", "os.system"),
+                       ("  y: [{_target_: builtins.eval}]\n", "builtins.eval"),
+                       ("  z: \"${oc.create:'{_target_: torch.load}'}\"\n", "torch.load"),
+                       ("  w: \\${oc.env:HOME}\n", "interpolation")):
+        cfg.write_text("model:\n  _target_: sam2.modeling.sam2_base.SAM2Base\n" + body)
+        with pytest.raises(ValueError, match=what.replace(".", r"\.")):
+            S.build_model(str(cfg))
+    assert "sam2.modeling.backbones.hieradet.Hiera" in S.allowed_targets() and "torch.load" not in S.allowed_targets()
+    assert S.build_model(tiny[0]) is not None
+
+
 def test_load_is_the_saved_model_and_mismatches_are_listed(tiny, sam, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -285,3 +285,23 @@ def test_param_groups_get_their_own_learning_rates(tmp_path):
 
     with pytest.raises(ValueError, match="exactly once"):
         T.train(Twice(), ToyDataset(), cfg, tmp_path / "b")
+def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
+    """A run killed mid-write leaves ``.<name>.tmp<pid>``; the next run in that folder removes those of processes
+    that are gone and keeps those of live ones (a run still writing)."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / f".checkpoint.safetensors.tmp{dead.pid}", out / f".losses.csv.tmp{dead.pid}"]
+    live = [out / f".scratch.bin.tmp{os.getpid()}", out / ".scratch.bin.tmp1"]  # this process, and init
+    other = [out / ".notes.txt", out / f"x.tmp{dead.pid}"]  # not the trainer's pattern
+    for p in stale + live + other:
+        p.write_bytes(b"half a file")
+    T.train(ToyTask(), ToyDataset(), cfg(), out)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in live + other)
+    assert (out / T.CHECKPOINT).is_file()

@@ -1,4 +1,4 @@
-"""A tiny T5 tokenizer built locally (no download): the embedded demo model's and the test kit's.
+"""A tiny T5 tokenizer built locally (no download): the embedded demo model's, random backbones' and the test kit's.
 
 A real T5 tokenizer is a SentencePiece Unigram model; this one is the same class (``T5TokenizerFast``) with a
 Unigram vocabulary of the words the sandbox captions use plus single characters, so any text tokenizes
