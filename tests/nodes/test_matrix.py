@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from interplay.models.backbones.base import Backbone
-from interplay.models.demo.tokenizer import build_tokenizer
+from interplay.models.tokenizer import build_tokenizer
 from interplay.models.sandbox.presets import generate_scene
 from interplay.nodes import graph
 from interplay.nodes import matrix as N
@@ -128,13 +128,25 @@ def cbb(tiny_cogvideox):
 
 
 @pytest.fixture(scope="module")
-def multi_clips(tmp_path_factory):
+def multi_src(tmp_path_factory):
     from interplay.models.sandbox.dataset import write_clip
 
     root = tmp_path_factory.mktemp("multi_nodes")
     for s in (0, 1):
         write_clip(generate_scene("multi", seed=s, size=(64, 64), frames=9), root / f"clip{s:03d}")
     return root
+
+
+@pytest.fixture
+def multi_clips(multi_src):
+    """The clips linked into this test's input folder (nodes read datasets only inside ComfyUI's folders)."""
+    from kit.tiny import _link_or_copy
+
+    from interplay.models import runtime
+
+    dst = runtime.input_directory() / "multi"
+    _link_or_copy(multi_src, dst)
+    return dst
 
 
 SAMPLE = dict(negative="", width=32, height=32, num_frames=9, steps=2, cfg=6.0, dynamic_cfg=False, scheduler="ddim",

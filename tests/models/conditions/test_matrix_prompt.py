@@ -3,7 +3,7 @@ import json
 import pytest
 
 from interplay.models.conditions import matrix_prompt as P
-from interplay.models.demo.tokenizer import build_tokenizer
+from interplay.models.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")
