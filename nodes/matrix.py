@@ -715,8 +715,9 @@ class InterplayTrainMatrix:
         from .training import _check_options, _dataset, _run, _train_config, output_folder, parse_extra
 
         node = "Train MATRIX"
-        if backbone.family != "cogvideox":
-            raise ValueError(f"{node}: MATRIX training runs on CogVideoX here; got a {backbone.family} backbone")
+        if backbone.family not in ("cogvideox", "wan"):
+            raise ValueError(f"{node}: MATRIX trains CogVideoX (paper preset) or Wan I2V (code preset); got a "
+                             f"{backbone.family} backbone")
         opts, tr, dse = parse_extra(node, extra)
         _check_options(node, "matrix_lora", opts)
         opts.update(preset=preset, lambda_sga=float(lambda_sga), lambda_spa=float(lambda_spa))

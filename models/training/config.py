@@ -254,7 +254,11 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
         if branch is None and path:
             branch = load_branch_file(task, path)
         return _task_class(task)(backbone, branch, generator=gen, **opts)
-    if task in ("cogvideox_backbone", "matrix_lora"):
+    if task == "matrix_lora":
+        from .matrix_wan import matrix_task
+
+        return matrix_task(backbone, **opts)  # CogVideoX or Wan by the backbone's family
+    if task == "cogvideox_backbone":
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
 

@@ -103,6 +103,7 @@ class MatrixTask(CogVideoXI2VBase):
     same LoRA and projection with the diffusion loss alone (no capture runs). ``pos_weight_cap`` <= 0 turns the cap
     off. ``proj_lr_scale`` / ``decoder_lr_scale``: learning rates of those groups relative to the LoRA's.
     """
+    FAMILY = "cogvideox"  # the Wan family's task (training.matrix_wan) swaps the training base
 
     def __init__(self, backbone: Backbone, *, preset: str = "paper", v2t_layers=None, v2v_layers=None,
                  lora_rank: int | None = None, lora_alpha: float | None = None, lambda_sga: float | None = None,
@@ -116,9 +117,9 @@ class MatrixTask(CogVideoXI2VBase):
         from .lora import LoraTask
 
         where = "MATRIX training"
-        if backbone.family != "cogvideox":
-            raise ValueError(f"{where}: the backbone is {backbone.family}; this task trains CogVideoX (Wan: with "
-                             "the Wan training base)")
+        if backbone.family != self.FAMILY:
+            raise ValueError(f"{where}: the backbone is {backbone.family}; this task trains {self.FAMILY} (Wan: "
+                             "matrix_wan.MatrixWanTask, which train_task picks by family)")
         if backbone.layout is None or not backbone.layout.has("image"):
             raise ValueError(f"{where}: MATRIX is image-to-video; the backbone has no image input")
         over = dict(v2t_layers=_ints(v2t_layers), v2v_layers=_ints(v2v_layers), lora_rank=lora_rank,
@@ -146,7 +147,8 @@ class MatrixTask(CogVideoXI2VBase):
         wide = widen_input(backbone, INPUT)
         self.lora = LoraTask(wide, lambda bb: None, rank=pr.lora_rank, alpha=pr.lora_alpha, target_modules=targets)
         bb = self.lora.backbone
-        self._setup(bb, caption, noise_aug, image_dropout, max_text_length)
+        self._base_setup(bb, caption=caption, noise_aug=noise_aug, image_dropout=image_dropout,
+                         max_text_length=max_text_length)
         # trainable weights in fp32 (the trainer autocasts the compute)
         self.proj = input_projection(bb)
         cast(self.proj, dtype=torch.float32).requires_grad_(True)
@@ -169,6 +171,10 @@ class MatrixTask(CogVideoXI2VBase):
                        max_text_length=int(max_text_length), lora_targets=targets, input=[INPUT, wide.layout.size(INPUT)],
                        decoder=dataclasses.asdict(dcfg))
         self.last_terms: dict = {}
+
+    def _base_setup(self, bb: Backbone, **kw) -> None:
+        """The family training base's setup (CogVideoX here)."""
+        self._setup(bb, kw["caption"], kw["noise_aug"], kw["image_dropout"], kw["max_text_length"])
 
     # -- Task protocol
     def trainable_parameters(self):
@@ -273,6 +279,10 @@ class MatrixTask(CogVideoXI2VBase):
             imgs.append(idm.image[0])
         return cvx.image_condition(self.bb, torch.stack(imgs), f)
 
+    def id_map_input(self, samples: list[MatrixSample], num_frames: int, height: int, width: int) -> torch.Tensor:
+        """The widened input part of a batch (the family's layout): CogVideoX :meth:`id_map_latent`."""
+        return self.id_map_latent(samples, (height, width), cvx.latent_frames(self.bb, num_frames))
+
     # -- loss
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         t = self.terms(batch, generator)
@@ -287,8 +297,7 @@ class MatrixTask(CogVideoXI2VBase):
         for s in samples:
             self._tokenizers[s.text] = s.tokenizer
         pr = self.preset
-        f = cvx.latent_frames(self.bb, F_)
-        inputs = {INPUT: self.id_map_latent(samples, (H, W), f)}
+        inputs = {INPUT: self.id_map_input(samples, F_, H, W)}
         use_sga, use_spa = pr.lambda_sga != 0, pr.lambda_spa != 0
         atts: list = []
         cap = None
@@ -432,6 +441,8 @@ def apply_matrix_weights(bb: Backbone, sd: dict, meta: dict, strength: float | N
         # prompts are encoded at the length MATRIX trained with (the denoiser here is the bundle's own copy)
         out.denoiser.register_to_config(max_text_seq_length=int(length))
     extra = dict(out.extra)
+    if out.family == "wan" and not meta.get("preset", {}).get("image_context", True):
+        extra["clip"] = False  # the code preset trains (and so samples) with no CLIP context in cross-attention
     extra["matrix"] = {"preset": meta.get("preset", {}).get("name"), "palette": meta.get("palette"),
                        "overlap": meta.get("overlap"), "markup": meta.get("markup"), "strength": float(strength)}
     return out.replace(extra=extra)
