@@ -85,39 +85,36 @@ def video_aas(bb, video: Video, layers: Sequence[int], *, timesteps: Sequence[in
     from ..conditions import id_map as I
     from ..conditions import matrix_prompt as P
 
-    if bb.family != "cogvideox":
-        raise ValueError(f"{where}: the {bb.family} analysis runs with the Wan forward; this backbone is "
-                         f"{bb.family}")
+    if bb.family not in ("cogvideox", "wan"):
+        raise ValueError(f"{where}: the layer analysis runs on CogVideoX or Wan; this backbone is {bb.family}")
+    is_wan = bb.family == "wan"
     frames = video.frames.float()
     fr, h, w = frames.shape[:3]
-    cvx.check_frames(bb, fr, h, w, node=where)
+    (_wan_check_frames if is_wan else cvx.check_frames)(bb, fr, h, w, node=where)
     rows = P.embedding_rows(bb.text_encoder) if bb.text_encoder is not None else None
-    length = int(max_length or getattr(bb.denoiser.config, "max_text_seq_length", 226) or 226)
+    if is_wan:
+        length = WAN_TEXT_LENGTH  # Wan's text is always 512 tokens
+    else:
+        length = int(max_length or getattr(bb.denoiser.config, "max_text_seq_length", 226) or 226)
     mp, toks, tok = P.prepare(video.prompt, bb.tokenizer, max_length=length, rows=rows, where=where)
     tracks = torch.as_tensor(video.tracks).bool()
     targets = C.MapTargets.from_prompt(toks, tracks[:, 0] if tracks.shape[0] else None)
     v2t, v2v = C.layer_names(bb, layers, "v2t"), C.layer_names(bb, layers, "v2v")
-    emb = cvx.encode_prompt(bb.replace(tokenizer=tok), [mp.text], length)
     stride = C.token_stride(bb)
     temporal = int(bb.extra.get("vae_scale_factor_temporal", 4))
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        x0 = cvx.encode_frames(bb, frames[None])
-        parts = {"image": cvx.image_condition(bb, frames[:1], x0.shape[1])}
-        if bb.layout.has("id_map"):
-            m0 = tracks[:, :1] if tracks.shape[0] else torch.zeros(0, 1, h, w, dtype=torch.bool)
-            idm = I.build_id_map(m0, palette, where=where)
-            parts["id_map"] = cvx.image_condition(bb, idm.image, x0.shape[1])
+        m0 = tracks[:, :1] if tracks.shape[0] else torch.zeros(0, 1, h, w, dtype=torch.bool)
+        idm = I.build_id_map(m0, palette, where=where) if bb.layout.has("id_map") else None
+        forward = (_wan_reconstruction if is_wan else _cogvideox_reconstruction)(bb, frames, mp.text, tok, length,
+                                                                                 idm)
         sums = {v: np.zeros(len(layers)) for v in VARIANTS}
         counts = {v: 0 for v in VARIANTS}
         lat = None
         for t in timesteps:
             cap = C.MatrixCapture(v2t, v2v, targets, mode=mode, head_reduce=head_reduce, chunk=chunk, row="all",
                                   stride=stride)
-            x_t = _noised(bb, x0, t, gen).to(bb.device, bb.dtype)
-            latent_in = bb.layout.assemble({"noise": x_t, **parts}, dim=2)
-            cvx.forward(bb, latent_in, torch.tensor([int(t)], device=bb.device), emb,
-                        attachments=list(attachments) + [cap])
+            forward(int(t), gen, list(attachments) + [cap])
             if lat is None:
                 lat = C.track_grid(tracks, cap.grid, stride, temporal) if tracks.shape[0] else None
             step = _variants(cap, v2t, v2v, lat)
@@ -126,6 +123,59 @@ def video_aas(bb, video: Video, layers: Sequence[int], *, timesteps: Sequence[in
                     sums[var] += vals
                     counts[var] += 1
     return {v: (sums[v] / counts[v]) if counts[v] else np.full(len(layers), np.nan) for v in VARIANTS}
+
+
+WAN_TEXT_LENGTH = 512
+
+
+def _wan_check_frames(bb, fr, h, w, node):
+    from ..backbones import wan
+
+    wan.check_frames(bb, fr, h, w, node=node)
+
+
+def _cogvideox_reconstruction(bb, frames, text, tok, length, idm):
+    """forward(t, generator, attachments): the clip's latents noised to t (DDPM, a seeded CPU draw), one forward."""
+    from ..backbones import cogvideox as cvx
+
+    emb = cvx.encode_prompt(bb.replace(tokenizer=tok), [text], length)
+    x0 = cvx.encode_frames(bb, frames[None])
+    parts = {"image": cvx.image_condition(bb, frames[:1], x0.shape[1])}
+    if idm is not None:
+        parts["id_map"] = cvx.image_condition(bb, idm.image, x0.shape[1])
+
+    def forward(t, gen, atts):
+        x_t = _noised(bb, x0, t, gen).to(bb.device, bb.dtype)
+        latent_in = bb.layout.assemble({"noise": x_t, **parts}, dim=2)
+        cvx.forward(bb, latent_in, torch.tensor([int(t)], device=bb.device), emb, attachments=atts)
+    return forward
+
+
+def _wan_reconstruction(bb, frames, text, tok, length, idm):
+    """forward(t, generator, attachments): flow matching, x_t = (1 - s) x0 + s n with s = t / 1000 (a seeded CPU
+    draw), the input the Wan sampler builds (I2V condition, the ID map as a widened model's part), the expert t
+    selects; one forward."""
+    from ..backbones import wan
+    from ..sampling import flow
+    from ..sampling import wan as WS
+
+    fr, h, w = frames.shape[:3]
+    emb = wan.encode_prompt(bb.replace(tokenizer=tok), [text])
+    x0 = wan.encode_video(bb, frames[None]).float()
+    conds = WS.prepare_conds(bb, frames[:1], emb, None, fr, h, w, rows=("cond",))
+    if idm is not None:
+        plain = bb.replace(extra={**bb.extra, "clip": False})
+        conds.parts["id_map"] = wan.i2v_condition(plain, idm.image.float(), fr, h, w).condition
+    ntt = bb.extra.get("num_train_timesteps", 1000)
+
+    def forward(t, gen, atts):
+        s = float(t) / ntt
+        n = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device)
+        x_t = (1 - s) * x0 + s * n
+        expert = flow.expert_for_timestep(float(t), bb.extra.get("boundary"), ntt) if bb.experts else None
+        wan.forward(bb, WS.model_input(bb, x_t, conds).to(bb.dtype), torch.tensor([float(t)], device=bb.device),
+                    conds.text["cond"], image_embeds=conds.image_embeds, attachments=atts, expert=expert)
+    return forward
 
 
 def _variants(cap: C.MatrixCapture, v2t: list, v2v: list, lat) -> dict:

@@ -102,3 +102,55 @@ def test_cli_analyse_writes_the_report(clips, tmp_path, capsys):
     assert len(rep["variants"]["noun_v2t"]["aas"]) == 2
     assert "noun_v2t (2 videos" in capsys.readouterr().out
     assert main(["matrix", "analyse", "--random", "tiny", "--data", str(clips), "--layers", "5"]) == 2
+
+
+class WanPlant(B.Attachment):
+    """The Wan form of :class:`Plant` on block ``i``: e_k on q and k of the video tokens inside M_k in self-attention
+    (v2v), on q of those tokens and k of ID k's text tokens (and its verbs) in cross-attention (v2t)."""
+
+    def __init__(self, bb, i, video, alpha=6.0):
+        from interplay.models.backbones import wan
+
+        self.layers = [wan.attention_layer(i, "self"), wan.attention_layer(i, "cross")]
+        self.video, self.alpha = video, alpha
+        self.toks = P.prepare(video.prompt, bb.tokenizer, max_length=512)[1]
+
+    def attention_layers(self, ctx):
+        return self.layers
+
+    def attention(self, ctx, layer, q, k, v, call):
+        lat = C.track_grid(self.video.tracks, ctx.grid, 16, 4).flatten(1)
+        q, k = q.clone(), k.clone()
+
+        def e(*ids):
+            u = torch.zeros(q.shape[-1])
+            u[list(ids)] = self.alpha
+            return u
+        for i, toks in self.toks.ids.items():
+            idx = lat[i - 1].nonzero().flatten()
+            q[:, :, idx] += e(i)
+            if layer.endswith("attn1"):
+                k[:, :, idx] += e(i)
+            else:
+                k[:, :, toks] += e(i)
+        if layer.endswith("attn2"):
+            for it in self.toks.interactions:
+                k[:, :, it["verb"]] += e(it["sub_id"], it["obj_id"])
+        return call(q, k, v)
+
+
+def test_wan_planted_aligned_layer_ranks_first(tiny_wan21, tmp_path):
+    """The analysis on the tiny Wan2.1 I2V (flow-matching reconstruction, cross- and self-attention maps)."""
+    from interplay.models.backbones import wan
+
+    bb = wan.load_wan(tiny_wan21, dtype="fp32", device="cpu")
+    for s in (0, 1):
+        write_clip(generate_scene("multi", seed=s, size=(64, 64), frames=5), tmp_path / f"clip{s:03d}")
+    vids = MA.videos_from_dataset(tmp_path)
+    rep = MA.analyse(bb, vids, timesteps=(700, 300), top_k=1, n_influential=2, progress=False,
+                     attachments=lambda i, v: [WanPlant(bb, 1, v)])
+    for var in MA.VARIANTS:
+        r = rep["variants"][var]
+        assert r["influential"][0] == 1, (var, r["influential"])
+        assert r["layers"]["1"]["frequency"] == len(r["videos"]) >= 1
+        assert r["layers"]["1"]["magnitude"] > 2 * r["layers"]["0"]["magnitude"], (var, r["layers"])
