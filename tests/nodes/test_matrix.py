@@ -242,3 +242,36 @@ def test_layer_analysis_node(cbb, multi_clips):
     assert r["layers"] == [0, 1] and r["videos"] == ["clip000", "clip001"] and "noun_v2t" in table
     with pytest.raises(ValueError, match="timesteps"):
         N.InterplayMatrixLayerAnalysis().analyse(cbb, str(multi_clips), "all", "1000", 2, 1, 2)
+
+
+def test_wan_sampler_with_capture_aas_and_guidance_nodes(tiny_wan21):
+    """The MATRIX nodes on a Wan backbone: the capture joins the Wan Sampler's controls (cross-attention v2t,
+    self-attention v2v), AAS scores it, and guidance at scale 0 is the plain Wan Sampler bitwise."""
+    from interplay.models.backbones import wan
+    from interplay.nodes.wan import InterplayWanSampler
+
+    wbb = wan.load_wan(tiny_wan21, dtype="fp32", device="cpu")
+    spans = N.InterplayMatrixPrompt().prepare(PROMPT, "auto", "auto", backbone=wbb)["result"][1]
+    masks = torch.zeros(2, 32, 32)
+    masks[0, 0:16, 0:16] = 1
+    masks[1, 16:, 16:] = 1
+    idm = N.InterplayMatrixIdMap().build("higher_id", "", masks=masks)["result"][1]
+    controls, sess = N.InterplayMatrixAttentionCapture().build(wbb, spans, "all", "all", "softmax", "mean",
+                                                               id_map=idm)["result"]
+    kw = dict(negative="", width=32, height=32, num_frames=5, steps=2, cfg=3.0, cfg_low_noise=0.0, shift=0.0,
+              scheduler="unipc", boundary=0.0, seed=3, decode=False, image=_img())
+    sampler = InterplayWanSampler()
+    plain = sampler.sample(wbb, "a red box pushes a blue cylinder", **kw)[1]["samples"]
+    seen = sampler.sample(wbb, "a red box pushes a blue cylinder", **kw, controls=controls)[1]["samples"]
+    assert torch.equal(seen, plain)  # the capture observes only
+    cap = sess.result()
+    assert sorted(cap.layers) == ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
+    assert cap.grid == (2, 2, 2) and cap.names("v2v") == ["id1", "id2", "verb1>2"]
+    rep, best, score = N.InterplayMatrixAAS().score(sess, torch.zeros(5, 32, 32, 3), idm, "v2t")["result"]
+    assert best in (0, 1) and 0 < score < 1 and set(json.loads(rep)["layers"]) == {"0", "1"}
+    off = N.InterplayMatrixGuidance().build(wbb, "cmg", "default", 0.0, 0.0, 1.0)["result"][0]
+    zero = sampler.sample(wbb, "a red box pushes a blue cylinder", **kw, controls=off)[1]["samples"]
+    assert torch.equal(zero, plain)
+    on = N.InterplayMatrixGuidance().build(wbb, "cag", "default", 2.0, 0.0, 1.0)["result"][0]
+    guided = sampler.sample(wbb, "a red box pushes a blue cylinder", **kw, controls=on)[1]["samples"]
+    assert (guided - plain).abs().max() > 1e-4
