@@ -169,7 +169,7 @@ class InterplayCogVideoXSampler:
             if bc.signal is not None and bc.signal.video.shape[0] != num_frames:
                 raise ValueError(f"{node}: 'control' has {bc.signal.video.shape[0]} frames but num_frames is "
                                  f"{num_frames}; paint the control with num_frames={num_frames}")
-        from ..models.conditions.latent_inputs import encode
+        from ..models.sampling.latent_inputs import encode
 
         extra = encode(backbone, inputs, height, width, cog.latent_frames(backbone, num_frames), where=node)
         cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)

@@ -191,7 +191,7 @@ class InterplayWanSampler:
                control_start=0.0, control_end=1.0, controls=None, batched_cfg=True, inputs=None, step_cache=False,
                cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import wan
-        from ..models.conditions.latent_inputs import encode
+        from ..models.sampling.latent_inputs import encode
         from ..models.sampling.wan import sample_wan
         from ..models.video_io import fit_frames
 

@@ -9,7 +9,8 @@ import torch
 
 from interplay.models.backbones import wan
 from interplay.models.backbones.widen import default_extra_channels, input_projection, widen_input
-from interplay.models.conditions.latent_inputs import LatentInputs, encode
+from interplay.models.conditions.latent_inputs import LatentInputs
+from interplay.models.sampling.latent_inputs import encode
 from interplay.models.control import matrix_capture as C
 from interplay.models.control import matrix_guidance as G
 from interplay.models.sampling import wan as S
