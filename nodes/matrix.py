@@ -273,12 +273,14 @@ MATRIX_PREFIX = "interplay/"
 
 
 def matrix_choices() -> list[str]:
-    """MATRIX weights files: loras/ and interplay/ entries whose header has interplay_matrix metadata."""
+    """MATRIX weights files: every loras/ entry (as the LoRA Loader lists them; a file without MATRIX metadata is
+    refused by name when loaded), then interplay/ entries whose header has interplay_matrix metadata (training writes
+    state files and other weights there too)."""
     from ..models import runtime
     from ..models.training.matrix import META
     from ._choices import header_metadata
 
-    out = [f for f in runtime.list_models("loras") if META in header_metadata("loras", f)]
+    out = list(runtime.list_models("loras"))
     out += [MATRIX_PREFIX + f for f in runtime.list_models("interplay") if META in header_metadata("interplay", f)]
     return out
 
@@ -580,7 +582,7 @@ class InterplayMatrixLoader:
             "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "The backbone MATRIX was trained on."}),
             "matrix": (matrix_choices(), {"tooltip": "A MATRIX file (Train MATRIX writes interplay/<run>/"
                                                      "checkpoint.safetensors), in interplay/ or loras/.",
-                                          "model_folder": ["interplay", "loras"]}),
+                                          "model_folder": ["interplay", "loras"], "interplay_path": "model"}),
             "strength": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 4.0, "step": 0.05, "tooltip": (
                 "LoRA strength; -1: the preset's (1.0 paper, 0.5 code). The projection always applies.")}),
         }}
@@ -622,8 +624,9 @@ class InterplayMatrixLayerAnalysis:
 
         return {"required": {
             "backbone": ("INTERPLAY_BACKBONE", {"tooltip": "CogVideoX (a MATRIX model too)."}),
-            "dataset_dir": ("STRING", {"default": "sandbox/multi", "tooltip": "Sandbox-format clips with masks and "
-                                       "captions (e.g. the 'multi' preset): absolute, or under input/ or output/."}),
+            "dataset_dir": ("STRING", {"default": "sandbox/multi", "interplay_path": "folder",
+                                       "tooltip": "Sandbox-format clips with masks and captions (e.g. the 'multi' "
+                                       "preset): under input/ or output/."}),
             "layers": ("STRING", {"default": "all", "tooltip": _LAYERS_TIP}),
             "timesteps": ("STRING", {"default": ",".join(str(t) for t in DEFAULT_TIMESTEPS),
                                      "tooltip": "Noise levels (0..999) each clip is reconstructed at."}),
@@ -683,7 +686,7 @@ class InterplayTrainMatrix:
         from .training import COMMON_TAIL, TRAIN_INPUTS, _common_inputs
 
         common = _common_inputs("matrix")
-        common["dataset_dir"] = ("STRING", {"default": "sandbox/multi", "tooltip": common["dataset_dir"][1]["tooltip"]})
+        common["dataset_dir"] = ("STRING", {**common["dataset_dir"][1], "default": "sandbox/multi"})
         train = dict(TRAIN_INPUTS)
         train["steps"] = ("INT", {"default": 4000, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps (the "
                                                                                           "paper: about 4000)."})
@@ -712,12 +715,11 @@ class InterplayTrainMatrix:
               extra=""):
         from ..models.training.alignment import get_preset
         from ..models.training.config import build_task
-        from .training import _check_options, _dataset, _run, _train_config, output_folder, parse_extra
+        from .training import (_check_options, _dataset, _run, _train_config, output_folder, parse_extra,
+                               resolve_dataset)
 
         node = "Train MATRIX"
-        if backbone.family not in ("cogvideox", "wan"):
-            raise ValueError(f"{node}: MATRIX trains CogVideoX (paper preset) or Wan I2V (code preset); got a "
-                             f"{backbone.family} backbone")
+        data, out = resolve_dataset(node, dataset_dir), output_folder(node, output_name)  # paths first
         opts, tr, dse = parse_extra(node, extra)
         _check_options(node, "matrix_lora", opts)
         opts.update(preset=preset, lambda_sga=float(lambda_sga), lambda_spa=float(lambda_spa))
@@ -729,8 +731,10 @@ class InterplayTrainMatrix:
         pr = get_preset(preset)
         cfg = _train_config(node, {**_base(steps, lr, batch_size, grad_accum, precision, seed, checkpoint_every),
                                    "schedule": pr.lr_schedule, "weight_decay": pr.weight_decay}, tr)
-        ds = _dataset(node, dataset_dir, frames, dse)
-        out = output_folder(node, output_name)
+        ds = _dataset(node, data, frames, dse)
+        if getattr(backbone, "family", None) not in ("cogvideox", "wan"):
+            raise ValueError(f"{node}: MATRIX trains CogVideoX (paper preset) or Wan I2V (code preset); got "
+                             f"{getattr(backbone, 'family', type(backbone).__name__)}")
         t = build_task("matrix_lora", backbone, opts)
         res, curve, text = _run(t, ds, cfg, out, resume, "matrix_lora")
         bb = t.output()

@@ -177,13 +177,13 @@ class InterplayWanSampler:
             "controls": CONTROLS_INPUT,
             "batched_cfg": ("BOOLEAN", {"default": True, "tooltip": "Run cond and uncond as one batch (fastest); off: "
                                         "one after the other (half the activation memory)."}),
-            **SPEED_INPUTS,
-            **PARALLEL_INPUT,
             "inputs": ("INTERPLAY_LATENT_INPUTS", {"tooltip": "Extra first-frame pictures for a widened model's "
                                                               "extra input channels (e.g. the MATRIX ID map from "
                                                               "ID Map Input); fitted like the image and encoded as "
                                                               "the I2V image is (latent + first-frame mask). "
                                                               "Unconnected: those channels get zeros."}),
+            **SPEED_INPUTS,
+            **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, prompt, negative, width, height, num_frames, steps, cfg, cfg_low_noise, shift,
