@@ -78,6 +78,20 @@ def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
 
 
+def fit_nearest(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """:func:`fit_frames`' cover-then-center-crop on the last two dims with NEAREST resizing, so no new values
+    appear (palette pictures, masks): [..., H, W] -> [..., height, width], same dtype."""
+    h, w = x.shape[-2:]
+    if (h, w) == (height, width):
+        return x
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    flat = x.reshape(-1, 1, h, w).float()
+    out = Fnn.interpolate(flat, size=(nh, nw), mode="nearest").reshape(*x.shape[:-2], nh, nw).to(x.dtype)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return out[..., top:top + height, left:left + width].contiguous()
+
+
 def _select(n_seen: int, start: int, every_nth: int) -> bool:
     return n_seen >= start and (n_seen - start) % every_nth == 0
 

@@ -5,6 +5,7 @@ import the trainer and `interplay --help` imports almost nothing.
     interplay sandbox make --preset push --n 1000 --size 64x64 --frames 13 --seed 0 OUT/
     interplay eval GENERATED REFERENCE [--out report.json]
     interplay train CONFIG.toml
+    interplay matrix analyse --data DIR (--model DIR | --random tiny) [--layers all] [--json OUT]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ COMMANDS = {
     "sandbox": ("models.sandbox.cli", "main", "make synthetic interaction datasets"),
     "eval": ("models.sandbox.evaluate", "main", "score a generated video against a reference"),
     "train": ("models.training.cli", "main", "train a backbone, control branch or LoRA from a config"),
+    "matrix": ("models.control.matrix_analysis", "main", "MATRIX tools: `matrix analyse` ranks attention layers"),
 }
 
 

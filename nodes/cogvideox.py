@@ -131,13 +131,17 @@ class InterplayCogVideoXSampler:
                                            "away from it (follows the arrow more strictly; costs one more forward per "
                                            "step, high values blur the object). 1 = off."}),
             "controls": CONTROLS_INPUT,
+            "inputs": ("INTERPLAY_LATENT_INPUTS", {"tooltip": "Extra first-frame pictures for a widened model's "
+                                                              "extra input channels (e.g. the MATRIX ID map from "
+                                                              "ID Map Input); fitted like the image and VAE-encoded. "
+                                                              "Unconnected: those channels get zeros."}),
             **SPEED_INPUTS,
             **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, image, prompt, negative, width, height, num_frames, steps, cfg, dynamic_cfg,
                scheduler, seed, decode, control=None, branch=None, control_weight=0.5, control_start=0.0,
-               control_end=1.0, control_guidance=1.0, controls=None, step_cache=False,
+               control_end=1.0, control_guidance=1.0, controls=None, inputs=None, step_cache=False,
                cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import cogvideox as cog
         from ..models.sampling.cogvideox import sample_cogvideox
@@ -165,13 +169,16 @@ class InterplayCogVideoXSampler:
             if bc.signal is not None and bc.signal.video.shape[0] != num_frames:
                 raise ValueError(f"{node}: 'control' has {bc.signal.video.shape[0]} frames but num_frames is "
                                  f"{num_frames}; paint the control with num_frames={num_frames}")
+        from ..models.sampling.latent_inputs import encode
+
+        extra = encode(backbone, inputs, height, width, cog.latent_frames(backbone, num_frames), where=node)
         cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
         pos = cog.encode_prompt(backbone, [prompt])
         neg = cog.encode_prompt(backbone, [negative or ""]) if cfg > 1 else None
         lat = sample_cogvideox(backbone, img, pos, neg, controls=bound, num_frames=num_frames, steps=steps, cfg=cfg,
                                dynamic_cfg=dynamic_cfg, seed=seed, scheduler=scheduler, preview=True,
                                control_cfg=float(control_guidance), decode=bool(decode), step_cache=cache,
-                               speed=speed, parallel=parallel)
+                               speed=speed, parallel=parallel, inputs=extra or None)
         latent = {"samples": lat.permute(0, 2, 1, 3, 4).float().cpu(), "interplay_family": "cogvideox"}
         if decode:
             frames = cog.decode_latents(backbone, lat)[0]

@@ -177,15 +177,21 @@ class InterplayWanSampler:
             "controls": CONTROLS_INPUT,
             "batched_cfg": ("BOOLEAN", {"default": True, "tooltip": "Run cond and uncond as one batch (fastest); off: "
                                         "one after the other (half the activation memory)."}),
+            "inputs": ("INTERPLAY_LATENT_INPUTS", {"tooltip": "Extra first-frame pictures for a widened model's "
+                                                              "extra input channels (e.g. the MATRIX ID map from "
+                                                              "ID Map Input); fitted like the image and encoded as "
+                                                              "the I2V image is (latent + first-frame mask). "
+                                                              "Unconnected: those channels get zeros."}),
             **SPEED_INPUTS,
             **PARALLEL_INPUT,
         }}
 
     def sample(self, backbone, prompt, negative, width, height, num_frames, steps, cfg, cfg_low_noise, shift,
                scheduler, boundary, seed, decode, image=None, control=None, branch=None, control_weight=1.0,
-               control_start=0.0, control_end=1.0, controls=None, batched_cfg=True, step_cache=False,
+               control_start=0.0, control_end=1.0, controls=None, batched_cfg=True, inputs=None, step_cache=False,
                cache_threshold=DEFAULT_THRESHOLD, compile=False, fp8="off", attention="auto", parallel="auto"):
         from ..models.backbones import wan
+        from ..models.sampling.latent_inputs import encode
         from ..models.sampling.wan import sample_wan
         from ..models.video_io import fit_frames
 
@@ -216,9 +222,11 @@ class InterplayWanSampler:
         two = bool(backbone.experts)
         guided = cfg > 1 or (two and (cfg_low_noise or cfg) > 1)
         cache, speed = speed_settings(node, step_cache, cache_threshold, compile, fp8, attention)
+        extra = encode(backbone, inputs, height, width, 0, where=node, num_frames=num_frames)
         pos = wan.encode_prompt(backbone, [prompt])
         neg = wan.encode_prompt(backbone, [negative or ""]) if guided else None
         lat = sample_wan(backbone, img, pos, neg, controls=bound, num_frames=num_frames, height=height, width=width,
+                         inputs=extra or None,
                          steps=steps, cfg=cfg, cfg_low_noise=(cfg_low_noise or None) if two else None,
                          shift=shift or None, scheduler=scheduler, boundary=boundary or None, seed=seed,
                          preview=True, batched_cfg=batched_cfg, desc=node, step_cache=cache, speed=speed,

@@ -237,7 +237,9 @@ def attention_slots(ctx: ForwardContext, attachments: Sequence[Attachment], laye
 
     ``layers``: name -> diffusers Attention module (the family's ``attention_layers``); ``make_slot(name, chain)``
     builds the family's slot processor around ``chain`` (from :func:`attention_chain`). Unknown names are
-    refused, naming the valid ones."""
+    refused, naming the valid ones. Yields the set of slotted layer names: a family forward must not
+    gradient-checkpoint the blocks holding them (backward would recompute those blocks after the slots are
+    gone, without the attachments)."""
     wanted: dict[str, list[Attachment]] = {}
     for att in attachments:
         for name in att.attention_layers(ctx) or ():
@@ -252,7 +254,7 @@ def attention_slots(ctx: ForwardContext, attachments: Sequence[Attachment], laye
             mod = layers[name]
             saved.append((mod, mod.processor))
             mod.processor = make_slot(name, lambda mask=None, _n=name, _a=atts: attention_chain(ctx, _n, _a, mask))
-        yield
+        yield set(wanted)
     finally:
         for mod, proc in saved:
             mod.processor = proc

@@ -709,9 +709,10 @@ def forward(bb: Backbone, latent_in: torch.Tensor, timestep, prompt_embeds: torc
     hs = run_after_embed(ctx, atts, hs)
     # 3. blocks, each followed by the after_block door
     grad_ckpt = torch.is_grad_enabled() and tr.gradient_checkpointing
-    with attention_slots(ctx, atts, attention_layers(tr) if atts else {}, lambda name, chain: SlotProcessor(chain)):
+    with attention_slots(ctx, atts, attention_layers(tr) if atts else {},
+                         lambda name, chain: SlotProcessor(chain)) as slotted:
         for i, block in enumerate(tr.transformer_blocks):
-            if grad_ckpt:
+            if grad_ckpt and attention_layer(i) not in slotted:  # a slotted block is not recomputed without its slot
                 hs, enc = tr._gradient_checkpointing_func(block, hs, enc, emb, image_rotary_emb, None)
             else:
                 hs, enc = block(hidden_states=hs, encoder_hidden_states=enc, temb=emb,

@@ -333,15 +333,19 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
     if not bb.experts:
         boundary = None
     bound = fit_controls(bound_controls(controls, branch, "wan", WHERE), num_frames, height, width, WHERE, rgb=False)
-    guid = expert_guidance(bb, cfg, cfg_low_noise, control_cfg, has_control=len(bound) > 0)
-    rows = sorted({r for g in guid.values() for r in g.rows}, key=("uncond", "cond", "no_control").index)
+    atts = registry.attachments(bound, bb) + list(attachments)
+    # perturbation rows the attachments declare (MATRIX CAG/CMG, PAG-style): each copies a row's inputs
+    extra_rows = [r for a in atts for r in a.guidance_rows()]
+    guid = {n: g.with_rows(extra_rows)
+            for n, g in expert_guidance(bb, cfg, cfg_low_noise, control_cfg, has_control=len(bound) > 0).items()}
+    order = ("uncond", "cond", "no_control") + tuple(r[0] for r in extra_rows)
+    rows = sorted({r for g in guid.values() for r in g.rows}, key=order.index)
     b = image.shape[0] if image is not None else prompt_embeds.shape[0]
     check_request(bb, num_frames, height, width, b * (max(len(g.rows) for g in guid.values()) if batched_cfg else 1),
                   memory_budget_gb=memory_budget_gb)
 
     from .parallel import plan
 
-    atts = registry.attachments(bound, bb) + list(attachments)
     par = plan(parallel, rows=max(len(g.rows) for g in guid.values()), engine=parallel_engine, where=WHERE,
                attachments=atts, heads=wan.expert_module(bb).config.num_attention_heads,
                frames=wan.latent_shape(bb, num_frames, height, width)[2])
@@ -355,6 +359,8 @@ def sample_wan(bb: Backbone, image: torch.Tensor | None, prompt_embeds: torch.Te
     latents = latents.to(dev, torch.float32)
     conds = prepare_conds(bb, image, prompt_embeds, negative_embeds, num_frames, height, width, rows=rows,
                           inputs=inputs)
+    for name, like, _ in extra_rows:
+        conds.text[name] = conds.text[like]
     sched = flow.make_scheduler(scheduler, shift, steps, config=bb.scheduler_config, device=dev)
     timesteps = sched.timesteps
     controls_of = atts[:len(atts) - len(attachments)]

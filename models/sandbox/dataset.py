@@ -316,6 +316,7 @@ class SandboxDataset(Dataset):
     initially moving objects are annotated); driven_mask float32 [F,H,W]; caption str; fps float; name str;
     camera_c2w float64 [F,4,4] (poses relative to frame 0), camera_intrinsics [4] and has_camera (0/1): see
     :func:`camera_poses`.
+    objects, events: the sidecar's lists (object names for MATRIX prompts, collisions).
 
     ``frames`` keeps the first F frames (clips shorter than that are skipped); ``size`` (H, W) resizes
     (frames bilinear, masks nearest, vel_image rescaled). A clip that fails to read is reported once by file
@@ -418,7 +419,8 @@ class SandboxDataset(Dataset):
                     vel_world=torch.from_numpy(clip.vel_world), vel_image=vel_image, vel_control=vc,
                     driven=driven, control=control, driven_mask=driven_mask, caption=clip.caption,
                     fps=float(clip.fps), name=p.name, camera_c2w=c2w, camera_intrinsics=intr,
-                    has_camera=has_cam)
+                    has_camera=has_cam, objects=list(clip.objects),
+                    events=list(clip.events))
         if self.hoi is not None and is_hoi_clip(clip):
             item.update({k: v.float() / 255.0 for k, v in self._hoi_videos(p, clip, tuple(frames.shape[1:3])).items()})
         return item

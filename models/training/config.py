@@ -1,6 +1,6 @@
 """Training run configs (TOML or JSON) and the builders shared by `interplay train` and the training node.
 
-    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | interdyn_branch |
+    task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | matrix_lora | interdyn_branch |
                                     # gamecraft_camera | wan_backbone
     out_dir = "runs/kinemask-s1"    # relative paths are relative to the config file
     resume = true
@@ -37,7 +37,7 @@ from pathlib import Path
 from .trainer import TrainConfig
 
 # tasks that train no control branch; branch tasks come from the branch registry (control/<kind>.py)
-BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "wan_backbone": "wan"}
+BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "wan_backbone": "wan", "matrix_lora": "cogvideox"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size", "hoi")
@@ -185,6 +185,10 @@ def _task_class(task: str):
         from .wan import WanBackboneTask
 
         return WanBackboneTask
+    if task == "matrix_lora":
+        from .matrix import MatrixTask
+
+        return MatrixTask
     from .cogvideox import CogVideoXBackboneTask
 
     return CogVideoXBackboneTask  # cogvideox_backbone, and the LoRA's base objective
@@ -275,6 +279,10 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
         if branch is None and path:
             branch = load_branch_file(task, path)
         return _task_class(task)(backbone, branch, generator=gen, **opts)
+    if task == "matrix_lora":
+        from .matrix_wan import matrix_task
+
+        return matrix_task(backbone, **opts)  # CogVideoX or Wan by the backbone's family
     if task in ("cogvideox_backbone", "wan_backbone"):
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask

@@ -526,3 +526,34 @@ def check_extras(module: torch.nn.Module, shapes: dict, meta: dict, source: str)
             raise ValueError(f"LoRA: {source} does not fit this model's layer sizes ({k}: {tuple(shape)} in the "
                              f"file, {tuple(params[k].shape)} in the model); it was trained for a different model "
                              "(e.g. another input width)")
+def add_lora_weights(bb: Backbone, sd: dict, *, alpha: float | None = None, strength: float = 1.0,
+                     prefix: str | None = None, name: str = "lora") -> Backbone:
+    """``apply_lora`` for weights already read (e.g. the LoRA part of a MATRIX file, which also holds other
+    modules): ``sd`` holds only ``<prefix>.<path>.lora_A/B.weight`` keys; alpha defaults to the rank. A new bundle
+    over a shared-weight copy; ``bb`` is unchanged."""
+    a_keys = [k for k in sd if k.endswith(".lora_A.weight")]
+    odd = next((k for k in sd if not k.endswith((".lora_A.weight", ".lora_B.weight"))), None)
+    if not a_keys or odd is not None:
+        raise ValueError(f"LoRA: {name} holds no LoRA weights" if not a_keys else
+                         f"LoRA: {name} has a non-LoRA key {odd!r} among its LoRA weights")
+    prefix = PREFIX.get(bb.family, "transformer") if prefix is None else prefix
+    strip = f"{prefix}." if prefix else ""
+    paths = sorted({(k[len(strip):] if k.startswith(strip) else k)[: -len(".lora_A.weight")] for k in a_keys})
+    ranks = {sd[k].shape[0] for k in a_keys}
+    if len(ranks) != 1:
+        raise ValueError(f"LoRA: {name} mixes ranks {sorted(ranks)}; only one rank per file is supported")
+    rank = ranks.pop()
+    den = shared_copy(bb.denoiser)
+    known = {n for n, _ in den.named_modules()}
+    absent = [p for p in paths if p not in known]
+    if absent:
+        raise ValueError(f"LoRA: {len(absent)} of the {len(paths)} layers {name} adapts do not exist in this "
+                         f"{bb.family} model (e.g. {absent[0]!r}); it was trained for a different model")
+    adapter = free_adapter_name(den)
+    add_lora(den, rank, float(alpha if alpha is not None else rank) * float(strength), paths, adapter=adapter)
+    load_lora_state_dict(den, sd, prefix, adapter, source=name)
+    place_adapter(den, adapter, bb.dtype)
+    den.requires_grad_(False)
+    if not bb.denoiser.training:
+        den.eval()
+    return bb.replace(denoiser=den, loras=tuple(bb.loras) + ((name, float(strength)),))
