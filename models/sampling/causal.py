@@ -34,6 +34,7 @@ snapshots) and per-block records; :mod:`models.sessions` stores rollouts across 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -525,12 +526,14 @@ class CausalRollout:
         return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(self.bb.device)
 
     def generate_block(self, attachments: Sequence = (), *, prompt: str | None = None, tick=None,
-                       observe=None) -> torch.Tensor:
+                       observe=None, exit_step: int | None = None) -> torch.Tensor:
         """Generate the next block -> its clean latents [B, C, n, h, w] float32 (on bb.device).
 
         ``prompt``: the block's prompt (a change recaches first). ``tick()`` after every forward (progress);
         ``observe(kind, step, x_in, t, v)`` sees every denoising prediction (tests compare them with a full
-        forward)."""
+        forward). ``exit_step`` (few-step only; Self-Forcing training, ``training.self_forcing``): stop after that
+        step, its x0 prediction is the block, computed with gradients (every earlier step and the cache pass
+        without); the last step's index gives the sampler's block exactly."""
         t0 = time.perf_counter()
         recache = None
         switched = False
@@ -555,22 +558,29 @@ class CausalRollout:
         ntt = self.bb.extra.get("num_train_timesteps", 1000)
         forwards0 = self.forwards
         experts = []
+        if exit_step is not None:
+            nts = len(c.timesteps)
+            if c.schedule != "few_step":
+                raise ValueError(f"{WHERE}: exit_step is for the few-step schedule; this rollout is {c.schedule}")
+            if isinstance(exit_step, bool) or not isinstance(exit_step, int) or not 0 <= exit_step < nts:
+                raise ValueError(f"{WHERE}: exit_step must be a step index in 0..{nts - 1}; got {exit_step!r}")
         x = self._noise(shape)
         with torch.no_grad():
             if c.schedule == "few_step":
-                ts = c.timesteps
+                ts = c.timesteps if exit_step is None else c.timesteps[:exit_step + 1]
                 for i, t in enumerate(ts):
                     name = flow.expert_for_timestep(t, self.boundary, ntt)
                     experts.append(name)
                     last = i == len(ts) - 1
                     if last and not c.cache_update_pass:
                         self.cache.mode = "write"
-                    v = predict_step(self.bb, x, t, conds, self.guidance[name], attachments=atts, expert=name,
-                                     step=(i, len(ts)), rope_offset=a)
+                    with torch.enable_grad() if (last and exit_step is not None) else contextlib.nullcontext():
+                        v = predict_step(self.bb, x, t, conds, self.guidance[name], attachments=atts, expert=name,
+                                         step=(i, len(c.timesteps)), rope_offset=a)
+                        x0 = x - (t / ntt) * v
                     self.forwards += 1
                     if observe is not None:
                         observe("step", i, x, t, v)
-                    x0 = x - (t / ntt) * v
                     if not last:
                         s = ts[i + 1] / ntt
                         x = (1 - s) * x0 + s * self._noise(shape)

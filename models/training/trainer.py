@@ -20,6 +20,8 @@ Task protocol (duck-typed; ``models/training/interdyn.py``, ``kinemask.py`` and 
                                                     root's other weights under a launch; trainable_state_dict()
                                                     must be root.state_dict()
     train() / eval()                                module modes around the loop
+    set_step(step)                                  called before each step's losses with the step index
+                                                    (0-based; resumes continue it), for tasks that alternate
 
 Output folder ``out_dir``:
     checkpoint.safetensors   trainable weights (loadable by the branch / LoRA loader)
@@ -748,6 +750,8 @@ def _train(task, dataset, cfg: TrainConfig, out_dir, on_step, resume: bool, desc
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             opt.zero_grad(set_to_none=True)
+            if callable(getattr(task, "set_step", None)):  # tasks whose loss alternates by step (Self-Forcing)
+                task.set_step(step)
             total = 0.0
             for k, micro in enumerate(mine):
                 batch = next_batch(cursor, micro)
