@@ -342,9 +342,77 @@ class InterplayGameCraftCameraEncoderLoader:
         return (br,)
 
 
+class InterplayTrainCausalStudent:
+    DESCRIPTION = ("Self-Forcing distillation (GameCraft-2 stage 3): a few-step causal student learns from the "
+                   "connected Wan model (the teacher, never changed) by generating block by block on its own KV "
+                   "cache, as the GameCraft Sampler does, and matching the teacher's distribution on what it made "
+                   "(DMD, with a critic trained beside it). Clips give the first frames, captions and length. "
+                   "Saves the student's transformer(s) to models/interplay/<output_name>/ (checkpoint.safetensors, "
+                   "checkpoint_low_noise.safetensors for a two-expert model), resumable; outputs the student, "
+                   "which the GameCraft Sampler runs causally, and the loss curve.")
+    CATEGORY = "Interplay/training"
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("INTERPLAY_BACKBONE", "IMAGE", "STRING")
+    RETURN_NAMES = ("student", "loss_curve", "checkpoint")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .training import COMMON_TAIL, TRAIN_INPUTS, _common_inputs
+
+        common = _common_inputs("causal_student")
+        common["dataset_dir"] = (common["dataset_dir"][0], {**common["dataset_dir"][1], "default": "sandbox/camera"})
+        common["frames"] = (common["frames"][0], {**common["frames"][1], "tooltip": "Use the first F frames of "
+                            "each clip (0: all); the latent frames must be whole blocks (block_latent_frames 3: "
+                            "9, 21, 33 ... frames)."})
+        train = dict(TRAIN_INPUTS)
+        train["lr"] = ("FLOAT", {**TRAIN_INPUTS["lr"][1], "default": 2e-6, "tooltip": "Learning rate of the "
+                       "student (Self-Forcing: 2e-6 generator, 4e-7 critic; set critic_lr_scale in extra)."})
+        return {"required": {**common, **train,
+                             "critic_ratio": ("INT", {"default": 5, "min": 1, "max": 100, "tooltip": "Critic "
+                                              "updates per student update (Self-Forcing: 5)."}),
+                             "teacher_cfg": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                             "tooltip": "The teacher's guidance scale (the student runs "
+                                             "without CFG)."})},
+                "optional": dict(COMMON_TAIL)}
+
+    def train(self, backbone, dataset_dir, output_name, frames, steps, lr, batch_size, grad_accum, precision, seed,
+              checkpoint_every, resume, critic_ratio, teacher_cfg, extra=""):
+        from ..models.training.config import build_task
+        from .training import (_base_train, _check_options, _dataset, _run, _train_config, output_folder,
+                               parse_extra, resolve_dataset)
+
+        node = "Train Causal Student"
+        data, out = resolve_dataset(node, dataset_dir), output_folder(node, output_name)  # paths first
+        if backbone.family != "wan":
+            raise ValueError(f"{node}: the teacher must be a Wan model; got {backbone.family}")
+        if backbone.loras:
+            raise ValueError(f"{node}: the teacher has LoRAs applied; the student file would carry peft's layer "
+                             "names. Connect the loader's backbone without them")
+        opts, tr, dse = parse_extra(node, extra)
+        opts = {"critic_ratio": int(critic_ratio), "teacher_cfg": float(teacher_cfg), **opts}
+        _check_options(node, "self_forcing", opts)
+        cfg = _train_config(node, _base_train(steps, lr, batch_size, grad_accum, precision, seed,
+                                              checkpoint_every), tr)
+        ds = _dataset(node, data, frames, dse)
+        try:
+            t = build_task("self_forcing", backbone, opts, seed=cfg.seed)
+        except ValueError as ex:
+            raise ValueError(f"{node}: {ex}") from ex
+        res, curve, text = _run(t, ds, cfg, out, resume, "self_forcing")
+        student = t.student
+        for m in (student.denoiser, *student.experts.values()):
+            m.eval().requires_grad_(False)
+        # the file's causal metadata is what makes the GameCraft Sampler's "auto" mode run it causally
+        student = student.replace(source={**dict(backbone.source or {}), "transformer": str(res.checkpoint)})
+        return {"ui": {"text": [text]}, "result": (student, curve, str(res.checkpoint))}
+
+
 NODE_CLASS_MAPPINGS = {"InterplayGameCraftCameraEncoderLoader": InterplayGameCraftCameraEncoderLoader,
                        "InterplayGameCraftSampler": InterplayGameCraftSampler,
-                       "InterplayGameCraftSession": InterplayGameCraftSession}
+                       "InterplayGameCraftSession": InterplayGameCraftSession,
+                       "InterplayTrainCausalStudent": InterplayTrainCausalStudent}
 NODE_DISPLAY_NAME_MAPPINGS = {"InterplayGameCraftCameraEncoderLoader": "GameCraft Camera Encoder Loader (Interplay)",
                               "InterplayGameCraftSampler": "GameCraft Sampler (Interplay)",
-                              "InterplayGameCraftSession": "GameCraft Session (Interplay)"}
+                              "InterplayGameCraftSession": "GameCraft Session (Interplay)",
+                              "InterplayTrainCausalStudent": "Train Causal Student (Interplay)"}

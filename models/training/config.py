@@ -1,7 +1,7 @@
 """Training run configs (TOML or JSON) and the builders shared by `interplay train` and the training node.
 
     task = "kinemask_branch"        # kinemask_branch | cogvideox_backbone | lora | matrix_lora | interdyn_branch |
-                                    # gamecraft_camera | wan_backbone
+                                    # gamecraft_camera | wan_backbone | self_forcing
     out_dir = "runs/kinemask-s1"    # relative paths are relative to the config file
     resume = true
 
@@ -37,7 +37,8 @@ from pathlib import Path
 from .trainer import TrainConfig
 
 # tasks that train no control branch; branch tasks come from the branch registry (control/<kind>.py)
-BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "wan_backbone": "wan", "matrix_lora": "cogvideox"}
+BASE_TASKS = {"cogvideox_backbone": "cogvideox", "lora": "cogvideox", "wan_backbone": "wan", "matrix_lora": "cogvideox",
+              "self_forcing": "wan"}
 TOP_KEYS = ("task", "out_dir", "resume", "backbone", "dataset", "options", "train")
 BACKBONE_KEYS = ("source", "random", "dtype", "device", "seed", "family")
 DATASET_KEYS = ("root", "frames", "size", "hoi")
@@ -189,6 +190,10 @@ def _task_class(task: str):
         from .matrix import MatrixTask
 
         return MatrixTask
+    if task == "self_forcing":
+        from .self_forcing import SelfForcingTask
+
+        return SelfForcingTask
     from .cogvideox import CogVideoXBackboneTask
 
     return CogVideoXBackboneTask  # cogvideox_backbone, and the LoRA's base objective
@@ -196,7 +201,8 @@ def _task_class(task: str):
 
 def _check_options(task: str, opts: dict, where: str) -> None:
     params = inspect.signature(_task_class(task).__init__).parameters
-    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train", "generator"}
+    # "student" is a loaded bundle (Python API only: a config names no second model file)
+    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"train", "generator", "student"}
     if task in branch_tasks():
         allowed.add("branch")
     if task == "lora":
@@ -283,7 +289,7 @@ def build_task(task: str, backbone, options: dict, branch=None, seed: int = 0):
         from .matrix_wan import matrix_task
 
         return matrix_task(backbone, **opts)  # CogVideoX or Wan by the backbone's family
-    if task in ("cogvideox_backbone", "wan_backbone"):
+    if task in ("cogvideox_backbone", "wan_backbone", "self_forcing"):
         return _task_class(task)(backbone, **opts)
     from .lora import LoraTask
 
