@@ -28,9 +28,9 @@ multi-process launches of this task (one process; the critic-only steps leave th
 refuses), and the camera encoder (train it first with ``gamecraft_camera``).
 
 Batches (sandbox format): ``frames`` [B, F, H, W, 3] (frame 0 is the image of I2V models; F sets the latent
-length, which must be whole blocks), ``caption``. Draw order on the loss generator, per sample: the exit step (once
-per step, before the samples), the rollout's seed, then (generator steps) t and e of the DMD loss, then t and e of
-the critic loss.
+length, which must be whole blocks), ``caption``. Draw order on the loss generator: the exit step (once per
+micro-batch, shared by its samples), then per sample the rollout's seed, (generator steps) t and e of the DMD loss,
+then t and e of the critic loss.
 
 Checkpoint: ``checkpoint.safetensors`` is the student's transformer (the high-noise expert of a pair) in the
 format ``load_wan`` reads, with ``interplay_causal`` metadata (``backbones.wan_causal.causal_info``);
@@ -99,6 +99,10 @@ class SelfForcingTask(WanTaskBase):
                  critic_lr_scale: float = 0.2, lr_scale_high_noise: float = 1.0, lr_scale_low_noise: float = 1.0,
                  student: Backbone | None = None, generator: torch.Generator | None = None):
         self._setup(backbone, caption=caption, shift=shift)
+        if backbone.extra.get("ti2v"):
+            # its first latent frame is the clean image at t = 0 per token, which the DMD noising here ignores
+            raise ValueError(f"{WHO}: {backbone.variant} (text-image-to-video) students are not supported; use a "
+                             "Wan2.1 / Wan2.2 I2V or T2V model")
         self.rollout_config = C.CausalConfig(block_latent_frames=block_latent_frames,
                                              sink_latent_frames=sink_latent_frames,
                                              window_latent_frames=window_latent_frames, schedule="few_step",

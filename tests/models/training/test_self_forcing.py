@@ -201,6 +201,9 @@ def test_bad_arguments_and_clip_lengths_are_named(bb):
     task = SelfForcingTask(bb)  # blocks of 3 latent frames: 9 frames give 3, 5 frames give 2
     with pytest.raises(ValueError, match="not whole blocks of 3"):
         task.loss({"frames": torch.rand(1, 5, S, S, 3), "caption": ["a"]}, torch.Generator().manual_seed(0))
+    ti2v = wan.load_wan(tiny.tiny_wan_dir(variant="2.2-ti2v"), dtype="fp32", device="cpu")
+    with pytest.raises(ValueError, match="text-image-to-video"):
+        SelfForcingTask(ti2v)
     with pytest.raises(ValueError, match="Wan"):
         from interplay.models.backbones import cogvideox as cvx
 
