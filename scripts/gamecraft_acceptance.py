@@ -1,7 +1,7 @@
 """GameCraft-2 acceptance experiment (issue 18): does a trained tiny camera encoder make the generated camera
 motion follow the commanded keys better than the encoder zeroed, on held-out sandbox scenes?
 
-    python scripts/gamecraft_acceptance.py --out runs/gamecraft_acceptance      # the full run (~9 min on 2 shared cores)
+    python scripts/gamecraft_acceptance.py --out runs/gamecraft_acceptance      # the full run (~10 min on one core)
     python scripts/gamecraft_acceptance.py --out /tmp/gc --small               # a ~1 min run
 
 Stages (everything from a tiny random Wan2.2 I2V-A14B of the real classes, seeded):
@@ -50,12 +50,12 @@ class Config:
     frames: int = 9                 # 4n+1 (GameCraft-2's first causal block)
     fps: float = 16.0
     n_train: int = 32
-    n_test: int = 8                 # held-out scenes (x 6 commands)
+    n_test: int = 24                # held-out scenes (x 6 commands)
     train_seed: int = 1
     test_seed: int = 1001
     backbone_steps: int = 200       # per expert
     backbone_lr: float = 1e-3
-    camera_steps: int = 1400
+    camera_steps: int = 4000
     camera_lr: float = 2e-3
     heads: int = 4                  # transformer width = heads x 16 (the kit's tiny model: 2)
     layers: int = 3
@@ -278,6 +278,12 @@ def evaluate(bb, encoder, clips: dict, cfg: Config, weight: float = 1.0) -> dict
                              epe_px=float(np.mean([r[name]["epe"] for r in rows])))
         if name != "vae_roundtrip":
             summary[name]["latent_agreement"] = float(np.mean([r[name]["latent_agreement"] for r in rows]))
+    # trained minus zeroed per clip (same scene, command and noise), with its standard error over the clips
+    summary["paired"] = {}
+    for key in ("cosine", "epe", "latent_agreement"):
+        d = np.array([r["trained"][key] - r["zeroed"][key] for r in rows], dtype=np.float64)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        summary["paired"][key] = dict(mean=float(d.mean()), se=se, clips=len(d))
     return dict(summary=summary, clips=rows)
 
 
