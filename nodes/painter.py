@@ -64,6 +64,10 @@ class InterplayArrowPainter:
     FUNCTION = "paint"
     RETURN_TYPES = ("INTERPLAY_CONTROL", "MASK", "IMAGE")
     RETURN_NAMES = ("control", "masks", "preview")
+    # An output node: ComfyUI re-sends a cached run's UI only for output nodes, and the canvas needs its image
+    # (reload the page, queue the unchanged graph: otherwise the painter stays blank). It also lets "queue
+    # selected output nodes" fetch just the image to draw on.
+    OUTPUT_NODE = True
     OUTPUT_TOOLTIPS = ("KineMask velocity control: frame 0 encodes each object's velocity on its mask, later "
                        "frames are zero.", "One mask per arrow, in drawing order [N,H,W].",
                        "The image with masks, arrows and speeds drawn.")

@@ -90,3 +90,16 @@ def test_node_metadata_is_complete():
             for name, (typ, *opts) in group.items():
                 assert opts and opts[0].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
         assert cls.DESCRIPTION and cls.CATEGORY == "Interplay/conditions"
+
+
+def test_the_painter_is_an_output_node_so_cached_runs_resend_its_image():
+    """ComfyUI re-sends the UI of a cached run only for output nodes (checked against a real server: on the
+    second queue of an unchanged sandbox_push only nodes 9, 10, 11 got "executed"); the canvas needs that image."""
+    from pathlib import Path
+
+    from interplay.nodes import NODE_CLASS_MAPPINGS, graph
+
+    prompt = graph.load_workflow(Path(__file__).resolve().parents[2] / "workflows" / "api" / "sandbox_push.json",
+                                 NODE_CLASS_MAPPINGS)
+    painters = [k for k, v in prompt.items() if v["class_type"] == "InterplayArrowPainter"]
+    assert painters and set(painters) <= set(graph.output_nodes(prompt, NODE_CLASS_MAPPINGS))
