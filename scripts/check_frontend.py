@@ -83,6 +83,15 @@ TINY_RUN["gamecraft_play"] = {
     "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
     "InterplayGameCraftSampler": {"width": 32, "height": 32, "chunk_steps": 2},
 }
+_TINY_COG = {"InterplayCogVideoXLoader": {"weight_dtype": "fp32", "offload": "none", "vae_tiling": False},
+             "InterplayCogVideoXSampler": {"width": 32, "height": 32, "num_frames": 9, "steps": 2}}
+TINY_RUN["matrix_i2v"] = dict(_TINY_COG)
+TINY_RUN["matrix_attention"] = {**_TINY_COG, "InterplayMatrixAttentionView": {"layer": 1}}  # both views: layer 1
+TINY_RUN["pam_hoi"] = {**_TINY_COG,
+                       "InterplayLoadVideo": {"force_width": 32, "force_height": 32},
+                       "InterplayHOIRenderConditions": {"width": 32, "height": 32, "frames": 9, "points": 3000,
+                                                        "splat_radius": 0, "min_area": 1},
+                       "InterplayPAMControl": {"num_frames": 9}}
 TINY_RUN["wan_i2v"] = {  # the Wan files above are placed for the play workflow; the same names serve this one
     "InterplayWanLoader": {"weight_dtype": "fp32", "vae_tiling": False},
     "InterplayWanSampler": {"width": 32, "height": 32, "num_frames": 5, "steps": 2},
@@ -196,6 +205,12 @@ def make_inputs(folder: Path) -> None:
     Image.fromarray(img).save(folder / "kinemask_input.png")
     Image.fromarray(img).save(folder / "gamecraft_start.png")
     Image.fromarray(img).save(folder / "wan_input.png")
+    Image.fromarray(img).save(folder / "pam_first_frame.png")
+    Image.fromarray(img).save(folder / "matrix_input.png")
+    idm = np.zeros((TINY_SIZE, TINY_SIZE, 3), np.uint8)
+    idm[26:39, 14:27] = (255, 0, 0)  # id1: the red cube
+    idm[40:56, 36:56] = (0, 255, 0)  # id2
+    Image.fromarray(idm).save(folder / "matrix_id_map.png")
     import av
 
     with av.open(str(folder / "interdyn_driving.mp4"), "w") as out:
@@ -231,10 +246,8 @@ def tiny_models(models: Path) -> list[str]:
 
     placed = []
 
-    def put(src: Path, rel: str):
-        dst = models / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(Path(src).resolve(), target_is_directory=Path(src).is_dir())
+    def put(src: Path, rel: str):  # hard links (or copies): the pack refuses model symlinks that lead elsewhere
+        tiny._link_or_copy(Path(src).resolve(), models / rel)
         placed.append(rel)
 
     root = tiny.tiny_models_root()
@@ -264,7 +277,29 @@ def tiny_models(models: Path) -> list[str]:
     kinemask.save_branch(br.module, models / "interplay" / "kinemask_cogvideox5b_i2v.safetensors")
     placed.append("interplay/kinemask_cogvideox5b_i2v.safetensors")
     placed += tiny_gamecraft_models(models, root)
+    put(tiny.tiny_pam_released_dir(), "controlnet/pam_dexycb_all_cond")
+    placed += tiny_matrix_model(models, cog)
     return placed
+
+
+def tiny_matrix_model(models: Path, cog) -> list[str]:
+    """A "trained" MATRIX file for the tiny CogVideoX under the shipped name (v2t layer 0, v2v layer 1: the tiny
+    model has two blocks), its ID-map kernels and LoRA non-zero so the ID map reaches the video."""
+    import torch
+
+    from interplay.models.training.matrix import MatrixTask
+
+    torch.manual_seed(0)
+    task = MatrixTask(cog, preset="paper", v2t_layers=(0,), v2v_layers=(1,), lora_rank=4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        task.proj.weight[:, 8:].normal_(0, 0.5, generator=g)
+        for n, p in task.lora.denoiser.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=g)
+    rel = "interplay/matrix_cogvideox5b_i2v.safetensors"
+    task.save_weights(models / rel, task.trainable_state_dict())
+    return [rel]
 
 
 def tiny_gamecraft_models(models: Path, root: Path) -> list[str]:
