@@ -20,7 +20,6 @@ with ``train_experts``, ``<checkpoint>_<expert>.safetensors`` each expert's tran
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ import torch
 from ..backbones import wan
 from ..backbones.base import Backbone, cast
 from ..control.base import ControlBranch
-from .wan import WanTaskBase
+from .wan import WanTaskBase, save_transformer
 
 KIND = TASK = "gamecraft_camera"
 LORA_EXPERTS = ("both", "high_noise", "low_noise")
@@ -208,7 +207,7 @@ class GameCraftCameraTask(WanTaskBase):
 
         from ..control.gamecraft import _clean_config
         from .lora import save_lora
-        from .trainer import _replace_atomic, _tmp
+        from .trainer import write_beside
 
         path = Path(path)
         meta = {"format": "pt", "kind": KIND, "family": "wan",
@@ -216,26 +215,17 @@ class GameCraftCameraTask(WanTaskBase):
                 "interplay_training": json.dumps(self.hp)}
         save_file({k: v.contiguous() for k, v in sd.items() if not k.startswith(("lora.", "expert."))}, str(path),
                   metadata=meta)
-        m = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
-        stem = Path(m.group(1) if m else path.name).stem
         for n, mod in self.full.items():  # the transformer files load_wan reads (WanBackboneTask's format)
             pre = f"expert.{n}."
-            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(mod.config).items()
-                   if not k.startswith("_")}
-            final = path.with_name(f"{stem}_{n}.safetensors")
-            tmp = _tmp(final)
-            save_file({k[len(pre):]: v.contiguous() for k, v in sd.items() if k.startswith(pre)}, str(tmp),
-                      metadata={"format": "pt", "config": json.dumps(cfg)})
-            _replace_atomic(tmp, final)
+            write_beside(path, f"_{n}.safetensors", lambda tmp, pre=pre, mod=mod: save_transformer(
+                tmp, {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, mod))
         for n in self.lora:
             pre = f"lora.{n}."
-            final = path.with_name(f"{stem}_lora_{n}.safetensors")
-            tmp = _tmp(final)
-            save_lora({k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, tmp,
-                      {"rank": self.hp["lora_rank"], "alpha": self.hp["lora_alpha"],
-                       "target_modules": self.hp["lora_targets"], "prefix": "transformer", "family": "wan",
-                       "expert": n})
-            _replace_atomic(tmp, final)
+            write_beside(path, f"_lora_{n}.safetensors", lambda tmp, pre=pre, n=n: save_lora(
+                {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, tmp,
+                {"rank": self.hp["lora_rank"], "alpha": self.hp["lora_alpha"],
+                 "target_modules": self.hp["lora_targets"], "prefix": "transformer", "family": "wan",
+                 "expert": n}))
 
     def train(self):
         self.encoder.train()

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-from pathlib import Path
 
 import torch
 
@@ -50,8 +48,8 @@ from ..backbones.base import Backbone
 from ..sampling import causal as C
 from ..sampling import flow
 from ..sampling import wan as sampler
-from .objectives import shift_sigma
-from .wan import WanTaskBase
+from .objectives import _noise, flow_matching_loss, shift_sigma
+from .wan import WanTaskBase, save_transformer
 
 TASK = "self_forcing"
 WHO = "SelfForcingTask"
@@ -184,33 +182,23 @@ class SelfForcingTask(WanTaskBase):
         return (self.step if step is None else int(step)) % self.critic_ratio == 0
 
     def save_weights(self, path, sd: dict) -> None:
-        """The student's transformer(s) in ``load_wan``'s single-file format (the trainer hands a temporary
-        name ``.<final>.tmp<pid>``; the low-noise file takes the final name's stem)."""
-        from safetensors.torch import save_file
-
+        """The student's transformer(s) in ``load_wan``'s single-file format: the high-noise (or only) one at
+        ``path``, the low-noise one beside it."""
         from ..backbones.wan_causal import CAUSAL_KEY
-        from .trainer import _replace_atomic, _tmp
+        from .trainer import write_beside
 
-        path = Path(path)
-        m = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
-        stem = Path(m.group(1) if m else path.name).stem
         c = self.rollout_config
         for n, mod in wan.expert_modules(self.student).items():
-            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(mod.config).items()
-                   if not k.startswith("_")}
             pre = f"student.{n}."
-            tensors = {k[len(pre):]: v.contiguous() for k, v in sd.items() if k.startswith(pre)}
-            meta = {"format": "pt", "config": json.dumps(cfg),
-                    CAUSAL_KEY: json.dumps({"source": "interplay_self_forcing", "expert": n,
+            tensors = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+            meta = {CAUSAL_KEY: json.dumps({"source": "interplay_self_forcing", "expert": n,
                                             "block_latent_frames": c.block_latent_frames,
                                             "timesteps": list(c.timesteps), "training": self.hp})}
             if n == "high_noise":
-                save_file(tensors, str(path), metadata=meta)
-                continue
-            final = path.with_name(f"{stem}_{n}.safetensors")
-            tmp = _tmp(final)
-            save_file(tensors, str(tmp), metadata=meta)
-            _replace_atomic(tmp, final)
+                save_transformer(path, tensors, mod, meta)
+            else:
+                write_beside(path, f"_{n}.safetensors", lambda tmp, t=tensors, m=mod, md=meta:
+                             save_transformer(tmp, t, m, md))
 
     def train(self):
         for m in self._groups().values():
@@ -231,15 +219,17 @@ class SelfForcingTask(WanTaskBase):
         s = (lo + u * (hi - lo)) / 1000.0
         return float(1000.0 * shift_sigma(torch.tensor(s, dtype=torch.float64), self.shift))
 
-    def _noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
-
     def _x0(self, bb: Backbone, x_t, t: float, conds, guidance) -> torch.Tensor:
         """x0 = x_t - sigma v of one guided prediction on the expert t selects."""
         ntt = bb.extra.get("num_train_timesteps", 1000)
         name = flow.expert_for_timestep(t, self.boundary, ntt)
         v = sampler.predict_step(bb, x_t, t, conds, guidance[name], expert=name)
         return x_t - (t / ntt) * v
+
+    def _critic_v(self, x_t, t: float, conds) -> torch.Tensor:
+        """The critic's velocity at timestep ``t`` (no guidance), on the expert t selects."""
+        name = flow.expert_for_timestep(t, self.boundary, self.bb.extra.get("num_train_timesteps", 1000))
+        return sampler.predict_step(self.critic, x_t, t, conds, self.plain[name], expert=name)
 
     def rollout(self, image, caption: str, latent_frames: int, seed: int, exit_step: int | None,
                 height: int, width: int, grad: bool = True) -> torch.Tensor:
@@ -270,6 +260,7 @@ class SelfForcingTask(WanTaskBase):
         B, F, H, W, _ = frames.shape
         caps = self._captions(batch, B)
         e = self.bb.extra
+        ntt = e.get("num_train_timesteps", 1000)
         f = 1 + (F - 1) // e["vae_scale_factor_temporal"]
         gen_step = self.generator_step()
         steps = len(self.rollout_config.timesteps)
@@ -285,8 +276,8 @@ class SelfForcingTask(WanTaskBase):
             loss = x.new_zeros(())
             if gen_step:
                 t = self._t(generator)
-                sig = t / e.get("num_train_timesteps", 1000)
-                noise = self._noise(x, generator)
+                sig = t / ntt
+                noise = _noise(x, generator)
                 with torch.no_grad():
                     x_t = (1 - sig) * x.detach() + sig * noise
                     real = self._x0(self.bb, x_t, t, conds, self.teacher_guidance)
@@ -294,15 +285,9 @@ class SelfForcingTask(WanTaskBase):
                 g = dmd_loss(x, real, fake)
                 info["dmd"].append(float(g.detach()))
                 loss = loss + g.float()
-            xd = x.detach()
             t = self._t(generator)
-            ntt = e.get("num_train_timesteps", 1000)
-            sig = t / ntt
-            noise = self._noise(xd, generator)
-            x_t = (1 - sig) * xd + sig * noise
-            name = flow.expert_for_timestep(t, self.boundary, ntt)
-            v = sampler.predict_step(self.critic, x_t, t, conds, self.plain[name], expert=name)
-            c = torch.mean((v.float() - (noise - xd)) ** 2)
+            c = flow_matching_loss(lambda x_t, tt, t=t: self._critic_v(x_t, t, conds), x.detach(), generator,
+                                   sigmas=torch.tensor([t / ntt]), num_train_timesteps=ntt)
             info["critic"].append(float(c.detach()))
             total = total + loss + c
         self.last = info

@@ -59,6 +59,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -282,6 +283,19 @@ def _replace_atomic(tmp: Path, final: Path) -> None:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_beside(path, suffix: str, write: Callable[[Path], None]) -> Path:
+    """Write the file ``<final stem><suffix>`` next to the checkpoint ``path`` a task's save_weights is handed
+    (the trainer passes the temporary name :func:`_tmp` makes, or the final one), atomically: ``write(tmp)``
+    then a rename. Returns the final path."""
+    path = Path(path)
+    m = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
+    final = path.with_name(Path(m.group(1) if m else path.name).stem + suffix)
+    tmp = _tmp(final)
+    write(tmp)
+    _replace_atomic(tmp, final)
+    return final
 
 
 def _pid_alive(pid: int) -> bool:

@@ -227,6 +227,20 @@ class EncodedDataset(torch.utils.data.Dataset):
         return item
 
 
+def transformer_config(mod) -> dict:
+    """A diffusers transformer's config as JSON-able values (what ``load_wan`` reads from a file's metadata)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(mod.config).items() if not k.startswith("_")}
+
+
+def save_transformer(path, tensors: dict, mod, metadata: dict | None = None) -> None:
+    """One transformer file ``load_wan`` reads: diffusers keys, ``mod``'s config JSON in the metadata (plus
+    ``metadata``)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt", "config": json.dumps(transformer_config(mod)), **(metadata or {})})
+
+
 class WanBackboneTask(WanTaskBase):
     """Train a Wan denoiser (the only model, or one expert: ``expert``) with flow matching, e.g. a tiny sandbox
     model; with ``train=False`` every weight stays frozen and only the loss is used (the LoRA's base objective:
@@ -260,18 +274,11 @@ class WanBackboneTask(WanTaskBase):
         self.model.load_state_dict(sd, strict=True)
 
     def config(self) -> dict:
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.model.config).items()
-               if not k.startswith("_")}
-        return {"task": "wan_backbone", **self.hp, "transformer": cfg}
+        return {"task": "wan_backbone", **self.hp, "transformer": transformer_config(self.model)}
 
     def save_weights(self, path, sd: dict) -> None:
         """One transformer file (diffusers keys, the config JSON in the metadata: load_wan reads it)."""
-        from safetensors.torch import save_file
-
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.model.config).items()
-               if not k.startswith("_")}
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
-                  metadata={"format": "pt", "config": json.dumps(cfg)})
+        save_transformer(path, sd, self.model)
 
     def train(self):
         if self.trains:
