@@ -278,28 +278,9 @@ def tiny_models(models: Path) -> list[str]:
     placed.append("interplay/kinemask_cogvideox5b_i2v.safetensors")
     placed += tiny_gamecraft_models(models, root)
     put(tiny.tiny_pam_released_dir(), "controlnet/pam_dexycb_all_cond")
-    placed += tiny_matrix_model(models, cog)
+    tiny.save_tiny_matrix_file(cog, models / "interplay" / "matrix_cogvideox5b_i2v.safetensors")
+    placed.append("interplay/matrix_cogvideox5b_i2v.safetensors")
     return placed
-
-
-def tiny_matrix_model(models: Path, cog) -> list[str]:
-    """A "trained" MATRIX file for the tiny CogVideoX under the shipped name (v2t layer 0, v2v layer 1: the tiny
-    model has two blocks), its ID-map kernels and LoRA non-zero so the ID map reaches the video."""
-    import torch
-
-    from interplay.models.training.matrix import MatrixTask
-
-    torch.manual_seed(0)
-    task = MatrixTask(cog, preset="paper", v2t_layers=(0,), v2v_layers=(1,), lora_rank=4)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        task.proj.weight[:, 8:].normal_(0, 0.5, generator=g)
-        for n, p in task.lora.denoiser.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.2, generator=g)
-    rel = "interplay/matrix_cogvideox5b_i2v.safetensors"
-    task.save_weights(models / rel, task.trainable_state_dict())
-    return [rel]
 
 
 def tiny_gamecraft_models(models: Path, root: Path) -> list[str]:

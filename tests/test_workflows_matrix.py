@@ -10,7 +10,6 @@ from PIL import Image
 
 from interplay.models import runtime
 from interplay.models.backbones import cogvideox as cog
-from interplay.models.training.matrix import MatrixTask
 from interplay.nodes import NODE_CLASS_MAPPINGS, graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +24,10 @@ def setup(tiny_cogvideox, tmp_path_factory):
     from kit.tiny import _link_or_copy  # hard links: a symlink out of the folder is refused by the path rule
 
     _link_or_copy(tiny_cogvideox, root / "diffusers" / "tiny_cogvideox")
+    from kit.tiny import save_tiny_matrix_file
+
     bb = cog.load_cogvideox(tiny_cogvideox, dtype=torch.float32, device="cpu")
-    torch.manual_seed(0)
-    task = MatrixTask(bb, preset="paper", v2t_layers=(0,), v2v_layers=(1,), lora_rank=4)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # a "trained" file: the ID-map kernels and the LoRA are non-zero
-        task.proj.weight[:, 8:].normal_(0, 0.5, generator=g)
-        for n, p in task.lora.denoiser.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.2, generator=g)
-    task.save_weights(root / "interplay" / "matrix_test.safetensors", task.trainable_state_dict())
+    save_tiny_matrix_file(bb, root / "interplay" / "matrix_test.safetensors")  # a "trained" file
     img = np.full((S, S, 3), 90, np.uint8)
     img[4:14, 4:14] = (220, 40, 40)
     img[18:30, 16:30] = (40, 40, 220)

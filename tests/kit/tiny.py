@@ -940,6 +940,25 @@ def new_pam_released_state(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> tuple
     return sd, dict(tr.config)
 
 
+def save_tiny_matrix_file(cog, path) -> Path:
+    """A "trained" MATRIX file for a tiny CogVideoX (v2t layer 0, v2v layer 1: the tiny model has two blocks): its
+    ID-map kernels and LoRA non-zero, so the ID map reaches the video. Seeded (global 0, draws 1)."""
+    import torch
+
+    from interplay.models.training.matrix import MatrixTask
+
+    torch.manual_seed(0)
+    task = MatrixTask(cog, preset="paper", v2t_layers=(0,), v2v_layers=(1,), lora_rank=4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        task.proj.weight[:, 8:].normal_(0, 0.5, generator=g)
+        for n, p in task.lora.denoiser.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=g)
+    task.save_weights(Path(path), task.trainable_state_dict())
+    return Path(path)
+
+
 def tiny_pam_released_dir(seed: int = 0, num_blocks: int = PAM_BLOCKS) -> Path:
     """A tiny PAM checkpoint in the released layout: a WHOLE CogVideoX transformer folder as the release's
     ``save_pretrained`` writes it (diffusers' own sharded writer: ``diffusion_pytorch_model-0000k-of-0000n
